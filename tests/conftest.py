@@ -67,3 +67,23 @@ def s3_bucket(s3_endpoint) -> str:
     name = f"encore-test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3").create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_endpoint, tmp_path_factory):
+    """One Ray instance for the whole session, started in-process on loopback.
+
+    It depends on the S3 server so that workers inherit the AWS settings. ``address="local"``
+    keeps it apart from a demo cluster started with ``ray start``; it is shut down, never stopped
+    with ``ray stop`` (which would kill every cluster on the machine).
+    """
+    import ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Workers import `jobs` and `serve_apps` from the repository, wherever pytest was started.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,115 @@
+"""Ingest implicit-feedback interactions into an Encore dataset, on Ray Data.
+
+Reads (user, item, weight[, timestamp]) rows from CSV/TSV or Parquet files at a path or
+``s3://`` URI, or a Last.fm HetRec 2011 folder (``user_artists.dat`` with artist names and
+tags). Files are parsed and validated row by row inside Ray Data workers; user ids are
+pseudonymised there, before anything else sees them. Rejected rows go to ``rejects.csv`` with
+their source, line and reason. The dataset (dense id maps, a seeded per-user
+train/validation/test split and a fingerprint) is written as Parquet.
+
+    python -m jobs.ingest --input data/lastfm-hetrec2k --output artifacts/datasets/lastfm
+"""
+
+import argparse
+import io
+import logging
+
+import pandas as pd
+import ray
+
+from encore import fs, hetrec
+from encore.ids import id_key, key_fingerprint
+from encore.interactions import InteractionDataset, SplitConfig, merge_duplicates, parse_file
+from encore.runtime import init_ray, setup_logging
+
+logger = logging.getLogger("encore.ingest")
+
+INPUT_SUFFIXES = (".csv", ".tsv", ".dat", ".txt", ".parquet")
+REJECTS_SHOWN = 20
+
+
+def _parse_batch(batch: pd.DataFrame, key: bytes) -> pd.DataFrame:
+    frames = [parse_file(data, str(path), key) for path, data in zip(batch["path"], batch["bytes"])]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _input_files(input_uri: str) -> tuple[list[str], pd.DataFrame]:
+    """The interaction files to read and the item catalogue (empty unless the input has one)."""
+    if hetrec.is_hetrec(input_uri):
+        return [fs.join(input_uri, hetrec.INTERACTIONS_FILE)], hetrec.load_catalogue(input_uri)
+    files = fs.list_files(input_uri, INPUT_SUFFIXES)
+    if not files:
+        raise SystemExit(f"error: {input_uri}: no interaction files ({', '.join(INPUT_SUFFIXES)})")
+    return files, pd.DataFrame({"item_id": pd.Series(dtype=str), "name": pd.Series(dtype=str), "tags": []})
+
+
+def ingest(input_uri: str, output_uri: str, split: SplitConfig) -> dict:
+    """Run the ingest and return its summary (counts, fingerprint, where things were written)."""
+    input_uri, output_uri = fs.absolute(input_uri), fs.absolute(output_uri)
+    key = id_key()
+    files, catalogue = _input_files(input_uri)
+    logger.info("reading %d file(s) from %s", len(files), input_uri)
+
+    filesystem, _ = fs.resolve(files[0])
+    paths = [fs.resolve(f)[1] for f in files]
+    parsed = (
+        ray.data.read_binary_files(paths, include_paths=True, filesystem=filesystem)
+        .map_batches(_parse_batch, fn_kwargs={"key": key}, batch_size=1, batch_format="pandas")
+        .to_pandas()
+    )
+    rejects = parsed[parsed["reason"] != ""][["source", "line", "reason", "record"]]
+    good = parsed[parsed["reason"] == ""]
+    pairs = merge_duplicates(good)
+
+    dataset = InteractionDataset.build(pairs, catalogue, split, manifest={
+        "sources": files,
+        "id_key_fingerprint": key_fingerprint(key),
+        "rows": {"read": len(parsed), "accepted": len(good), "rejected": len(rejects),
+                 "duplicates_merged": len(good) - len(pairs)},
+    })
+    dataset.save(output_uri)
+    rejects_uri = fs.join(output_uri, "rejects.csv")
+    buffer = io.StringIO()
+    rejects.to_csv(buffer, index=False)
+    fs.write_bytes(rejects_uri, buffer.getvalue().encode())
+
+    for row in rejects.head(REJECTS_SHOWN).itertuples():
+        logger.warning("rejected %s line %d: %s", row.source, row.line, row.reason)
+    if len(rejects) > REJECTS_SHOWN:
+        logger.warning("... and %d more rejected rows", len(rejects) - REJECTS_SHOWN)
+    summary = {**dataset.manifest["rows"], **dataset.manifest["counts"],
+               "fingerprint": dataset.manifest["fingerprint"], "dataset": output_uri, "rejects": rejects_uri}
+    logger.info("read %(read)d rows: %(accepted)d accepted, %(rejected)d rejected, "
+                "%(duplicates_merged)d duplicates merged", summary)
+    logger.info("%(users)d users, %(items)d items; train %(train)d, validation %(validation)d, "
+                "test %(test)d interactions", summary)
+    logger.info("wrote dataset %s (fingerprint %s) and rejects %s", output_uri, summary["fingerprint"][:12], rejects_uri)
+    return summary
+
+
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = SplitConfig()
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the per-user split")
+    parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
+    parser.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction)
+    parser.add_argument("--min-items", type=int, default=defaults.min_items,
+                        help="users with fewer items keep them all in train")
+
+
+def split_config(args: argparse.Namespace) -> SplitConfig:
+    return SplitConfig(args.seed, args.test_fraction, args.validation_fraction, args.min_items)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", required=True, help="file, folder or s3:// prefix of interactions, or a HetRec folder")
+    parser.add_argument("--output", required=True, help="dataset folder or s3:// prefix to write")
+    add_split_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    init_ray()
+    return ingest(args.input, args.output, split_config(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The end-to-end pipeline: ingest interactions, train and evaluate a recommender, store it,
+and promote it to the alias the Serve application answers from.
+
+    python -m jobs.pipeline --input data/lastfm-hetrec2k --dataset artifacts/datasets/lastfm --store artifacts
+
+Under ``ray job submit --working-dir .`` the job runs in an unpacked copy of the repository, so
+give absolute paths (or s3:// URIs): the Serve application reads the same store.
+"""
+
+import argparse
+import json
+import logging
+
+from jobs.ingest import add_split_arguments, ingest, split_config
+from jobs.train import train
+
+from encore.models import MODELS
+from encore.runtime import init_ray, setup_logging
+
+logger = logging.getLogger("encore.pipeline")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", required=True, help="interactions: file, folder, s3:// prefix or HetRec folder")
+    parser.add_argument("--dataset", required=True, help="where to write the ingested dataset")
+    parser.add_argument("--store", default="./artifacts", help="model store folder or s3:// prefix")
+    parser.add_argument("--model", default="popularity", choices=sorted(MODELS))
+    parser.add_argument("--params", default="{}", help="model hyperparameters as JSON")
+    parser.add_argument("--promote-to", default="production", help="alias to point at the new version")
+    add_split_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    init_ray()
+    summary = ingest(args.input, args.dataset, split_config(args))
+    version = train(args.dataset, args.model, json.loads(args.params), args.store, ["latest", args.promote_to])
+    logger.info("pipeline done: %s serves as %r from %s", version, args.promote_to, args.store)
+    return {"ingest": summary, "version": version}
+
+
+if __name__ == "__main__":
+    main()

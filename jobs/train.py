@@ -1,0 +1,79 @@
+"""Train a recommender on an ingested dataset, evaluate it and save it in the model store.
+
+The model is fitted on the train split and scored on validation (the figure to select on),
+then refitted on train + validation and scored on test; the refitted model is what is stored,
+with both sets of metrics.
+
+    python -m jobs.train --dataset artifacts/datasets/lastfm --model popularity --store artifacts
+"""
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+
+import ray
+
+from encore import fs
+from encore.ids import id_key, key_fingerprint
+from encore.interactions import InteractionDataset
+from encore.metrics import evaluate
+from encore.models import MODELS, model_class
+from encore.runtime import init_ray, setup_logging
+from encore.serving import RecommenderBundle, preprocessing
+from encore.store import ModelStore
+
+logger = logging.getLogger("encore.train")
+
+
+def fit_and_evaluate(kind: str, params: dict, dataset: InteractionDataset) -> tuple[RecommenderBundle, dict]:
+    """The model refitted on train + validation, and its validation and test metrics."""
+    started = time.perf_counter()
+    selection_model = model_class(kind)(**params).fit(dataset.matrix("train"))
+    validation = evaluate(selection_model, dataset.matrix("train"), dataset.matrix("validation"))
+    final_model = model_class(kind)(**params).fit(dataset.matrix("train", "validation"))
+    test = evaluate(final_model, dataset.matrix("train", "validation"), dataset.matrix("test"))
+    metrics = {"validation": validation, "test": test, "fit_and_evaluate_seconds": time.perf_counter() - started}
+    return RecommenderBundle.from_dataset(final_model, dataset, "train", "validation"), metrics
+
+
+def train(dataset_uri: str, kind: str, params: dict, store_uri: str, aliases: list[str]) -> str:
+    """Train on Ray (one task, so it runs where the cluster has room) and save; returns the version."""
+    dataset_uri, store_uri = fs.absolute(dataset_uri), fs.absolute(store_uri)
+    dataset = InteractionDataset.load(dataset_uri)
+    key_print = key_fingerprint(id_key())
+    if dataset.manifest["id_key_fingerprint"] != key_print:
+        raise SystemExit(f"error: {dataset_uri} was ingested under another ENCORE_ID_KEY; "
+                         "train and serve with the key the data was ingested with")
+    logger.info("training %s %s on %s (%d users, %d items)", kind, params, dataset_uri, dataset.n_users, dataset.n_items)
+    bundle, metrics = ray.get(ray.remote(fit_and_evaluate).remote(kind, params, dataset))
+    for split in ("validation", "test"):
+        logger.info("%s: %s", split, ", ".join(f"{name} {value:.4f}" for name, value in metrics[split].items()
+                                              if name.startswith(("ndcg@10", "recall@20", "precision@10", "map@10"))))
+    with tempfile.TemporaryDirectory() as folder:
+        bundle.save(folder)
+        manifest = ModelStore(store_uri).save(
+            folder, kind=kind, config={"params": params, "dataset": dataset_uri, "split": dataset.manifest["split"]},
+            metrics=metrics, data_fingerprint=dataset.manifest["fingerprint"],
+            preprocessing=preprocessing(key_print), aliases=aliases,
+        )
+    logger.info("saved %s to %s (aliases: %s)", manifest.version, store_uri, ", ".join(aliases))
+    return manifest.version
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, help="ingested dataset folder or s3:// prefix")
+    parser.add_argument("--model", default="popularity", choices=sorted(MODELS))
+    parser.add_argument("--params", default="{}", help="model hyperparameters as JSON, e.g. '{\"by\": \"weight\"}'")
+    parser.add_argument("--store", default="./artifacts", help="model store folder or s3:// prefix")
+    parser.add_argument("--alias", action="append", default=None, help="aliases to move to the new version (default: latest)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    init_ray()
+    return train(args.dataset, args.model, json.loads(args.params), args.store, args.alias or ["latest"])
+
+
+if __name__ == "__main__":
+    main()

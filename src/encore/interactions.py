@@ -1,0 +1,316 @@
+"""Implicit-feedback interactions: parsing with row-level validation, the per-user split, and
+the ingested dataset on disk or S3.
+
+Parsing works on one file at a time (the ingest job runs it inside Ray Data workers) and never
+raises on a bad row: every row either becomes an interaction or a reject that names its source,
+line and reason. User ids are pseudonymised while parsing, so a raw id never leaves this module,
+not even in a reject.
+"""
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from encore import fs
+from encore.ids import pseudonymize
+
+SCHEMA_VERSION = "interactions/v1"
+
+# Header names accepted for each role, compared case-insensitively.
+COLUMN_ALIASES = {
+    "user": {"user", "user_id", "userid"},
+    "item": {"item", "item_id", "itemid", "artistid", "artist_id", "track_id"},
+    "weight": {"weight", "plays", "play_count", "playcount", "count"},
+    "timestamp": {"timestamp", "ts", "time"},
+}
+PARSED_COLUMNS = ["user", "item", "weight", "timestamp", "source", "line", "reason", "record"]
+SPLITS = ("train", "validation", "test")
+
+
+class IngestError(ValueError):
+    """A whole input is unusable (no header we understand, unreadable file)."""
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Per-user holdout: ``test_fraction`` of each user with at least ``min_items`` items goes to
+    test; of the rest, ``validation_fraction`` goes to validation while at least ``min_items`` remain."""
+
+    seed: int = 42
+    test_fraction: float = 0.2
+    validation_fraction: float = 0.2
+    min_items: int = 5
+
+
+def _map_header(header: list[str], source: str) -> dict[str, int]:
+    positions = {}
+    for index, name in enumerate(header):
+        for role, aliases in COLUMN_ALIASES.items():
+            if name.strip().lower() in aliases and role not in positions:
+                positions[role] = index
+    missing = [role for role in ("user", "item", "weight") if role not in positions]
+    if missing:
+        raise IngestError(
+            f"{source}: header {header!r} has no column for {', '.join(missing)} "
+            f"(accepted names: {', '.join(sorted(a for r in missing for a in COLUMN_ALIASES[r]))})"
+        )
+    return positions
+
+
+def _parse_timestamp(text: str) -> float:
+    """Seconds since the epoch from a number or an ISO-8601 date; ValueError otherwise."""
+    try:
+        return float(text)
+    except ValueError:
+        parsed = datetime.fromisoformat(text)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed.timestamp()
+
+
+def _validate(fields: dict[str, str]) -> tuple[float, float, str]:
+    """(weight, timestamp, reason) for one row; reason is '' when the row is good."""
+    if not fields["user"]:
+        return math.nan, math.nan, "missing user id"
+    if not fields["item"]:
+        return math.nan, math.nan, "missing item id"
+    try:
+        weight = float(fields["weight"])
+    except ValueError:
+        return math.nan, math.nan, f"weight {fields['weight']!r} is not a number"
+    if not math.isfinite(weight):
+        return math.nan, math.nan, f"weight {fields['weight']!r} is not finite"
+    if weight < 0:
+        return math.nan, math.nan, f"weight {fields['weight']!r} is negative"
+    timestamp = math.nan
+    if fields.get("timestamp"):
+        try:
+            timestamp = _parse_timestamp(fields["timestamp"])
+        except ValueError:
+            return math.nan, math.nan, f"timestamp {fields['timestamp']!r} is neither a number nor an ISO-8601 date"
+    return weight, timestamp, ""
+
+
+def _rows_to_frame(rows: list[tuple]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=PARSED_COLUMNS)
+    return frame.astype({
+        "user": str, "item": str, "weight": "float64", "timestamp": "float64",
+        "source": str, "line": "int64", "reason": str, "record": str,
+    })
+
+
+def parse_delimited(data: bytes, source: str, key: bytes) -> pd.DataFrame:
+    """Parse a CSV or tab-separated file with a header line.
+
+    Returns one row per data line with the columns of ``PARSED_COLUMNS``: good rows have an
+    empty ``reason``; rejected rows keep their line number (1-based, the header is line 1), the
+    reason and the record with its user field pseudonymised.
+    """
+    text = data.decode("utf-8-sig", errors="replace")
+    lines = text.splitlines()
+    if not lines:
+        raise IngestError(f"{source}: file is empty")
+    delimiter = "\t" if "\t" in lines[0] else ","
+    reader = csv.reader(lines, delimiter=delimiter)
+    header = next(reader)
+    positions = _map_header(header, source)
+    rows = []
+    for line_number, values in enumerate(reader, start=2):
+        if not values or all(not value.strip() for value in values):
+            continue  # blank lines carry no record
+        # The user field is replaced before anything else so no path below can leak it.
+        user_position = positions["user"]
+        if len(values) > user_position and values[user_position].strip():
+            values[user_position] = pseudonymize(values[user_position].strip(), key)
+        record = delimiter.join(values)
+        if len(values) != len(header):
+            rows.append(("", "", math.nan, math.nan, source, line_number,
+                         f"expected {len(header)} fields, found {len(values)}", record))
+            continue
+        fields = {role: values[index].strip() for role, index in positions.items()}
+        weight, timestamp, reason = _validate(fields)
+        if reason:
+            rows.append((fields["user"], fields["item"], math.nan, math.nan, source, line_number, reason, record))
+        else:
+            rows.append((fields["user"], fields["item"], weight, timestamp, source, line_number, "", ""))
+    return _rows_to_frame(rows)
+
+
+def parse_parquet(data: bytes, source: str, key: bytes) -> pd.DataFrame:
+    """Parse a Parquet file; rejected rows are numbered from 1 in file order."""
+    table = pq.read_table(io.BytesIO(data))
+    positions = _map_header(table.column_names, source)
+    columns = {role: table.column(index).to_pylist() for role, index in positions.items()}
+    rows = []
+    for row_number in range(table.num_rows):
+        raw_user = columns["user"][row_number]
+        user = pseudonymize(str(raw_user).strip(), key) if raw_user not in (None, "") else ""
+        fields = {
+            role: ("" if values[row_number] is None else str(values[row_number]).strip())
+            for role, values in columns.items()
+        }
+        fields["user"] = user
+        weight, timestamp, reason = _validate(fields)
+        record = json.dumps(fields) if reason else ""
+        rows.append((user, fields["item"], weight, timestamp, source, row_number + 1, reason, record))
+    return _rows_to_frame(rows)
+
+
+def parse_file(data: bytes, source: str, key: bytes) -> pd.DataFrame:
+    """Parse one interactions file; a file that cannot be read at all becomes a single reject."""
+    try:
+        if source.lower().endswith(".parquet"):
+            return parse_parquet(data, source, key)
+        return parse_delimited(data, source, key)
+    except (IngestError, pa.ArrowException, UnicodeError, csv.Error) as error:
+        reason = str(error) if isinstance(error, IngestError) else f"{source}: unreadable: {error}"
+        return _rows_to_frame([("", "", math.nan, math.nan, source, 0, reason, "")])
+
+
+def merge_duplicates(good: pd.DataFrame) -> pd.DataFrame:
+    """Sum the weights of repeated (user, item) pairs; keep the latest timestamp."""
+    return (
+        good.groupby(["user", "item"], as_index=False, sort=True)
+        .agg(weight=("weight", "sum"), timestamp=("timestamp", "max"))
+    )
+
+
+def assign_split(pairs: pd.DataFrame, config: SplitConfig) -> pd.Series:
+    """The split of each (user, item) pair: a function of the pairs and the seed only.
+
+    Each pair gets a seeded hash; within a user, the pairs with the smallest hashes go to test
+    and the next ones to validation. No dependence on row order or on other users.
+    """
+    hash_key = hashlib.sha256(f"encore-split-{config.seed}".encode()).hexdigest()[:16]
+    order = pd.util.hash_pandas_object(pairs[["user", "item"]], index=False, hash_key=hash_key)
+    frame = pd.DataFrame({"user": pairs["user"].to_numpy(), "order": order.to_numpy()})
+    rank = frame.groupby("user")["order"].rank(method="first").to_numpy() - 1
+    count = frame.groupby("user")["order"].transform("size").to_numpy()
+
+    n_test = np.where(count >= config.min_items, np.maximum(1, np.round(count * config.test_fraction)), 0)
+    remaining = count - n_test
+    n_validation = np.where(
+        (count >= config.min_items) & (remaining >= config.min_items),
+        np.maximum(1, np.round(remaining * config.validation_fraction)), 0,
+    )
+    split = np.full(len(pairs), "train", dtype=object)
+    split[rank < n_test + n_validation] = "validation"
+    split[rank < n_test] = "test"
+    return pd.Series(split, index=pairs.index, name="split")
+
+
+def fingerprint(pairs: pd.DataFrame, config: SplitConfig) -> str:
+    """sha256 over the canonical interactions and the split settings."""
+    canonical = pairs.sort_values(["user", "item"], kind="stable")[["user", "item", "weight", "timestamp"]]
+    digest = hashlib.sha256(SCHEMA_VERSION.encode())
+    digest.update(json.dumps(config.__dict__, sort_keys=True).encode())
+    digest.update(pd.util.hash_pandas_object(canonical, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class InteractionDataset:
+    """An ingested dataset: dense id maps, interactions with their split, and its manifest.
+
+    ``interactions`` has columns user_idx, item_idx, weight, timestamp, split; ``users`` maps
+    user_idx to the pseudonymised ``user_key``; ``items`` maps item_idx to ``item_id``, ``name``
+    and ``tags``.
+    """
+
+    interactions: pd.DataFrame
+    users: pd.DataFrame
+    items: pd.DataFrame
+    manifest: dict
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    def matrix(self, *splits: str) -> sp.csr_matrix:
+        """Users x items matrix of summed weights over the given splits."""
+        unknown = set(splits) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"unknown split(s) {sorted(unknown)}; choose from {SPLITS}")
+        rows = self.interactions[self.interactions["split"].isin(splits)]
+        return sp.csr_matrix(
+            (rows["weight"].to_numpy(np.float32), (rows["user_idx"].to_numpy(), rows["item_idx"].to_numpy())),
+            shape=(self.n_users, self.n_items),
+        )
+
+    @classmethod
+    def build(cls, pairs: pd.DataFrame, items: pd.DataFrame, config: SplitConfig, manifest: dict) -> "InteractionDataset":
+        """Dense ids and the split from merged (user, item, weight, timestamp) pairs.
+
+        ``items`` (item_id, name, tags) is the catalogue: it may hold items nobody played yet.
+        """
+        user_keys = np.sort(pairs["user"].unique())
+        catalogue = items.set_index("item_id")
+        item_ids = np.union1d(pairs["item"].unique(), catalogue.index.to_numpy(dtype=str))
+        catalogue = catalogue.reindex(item_ids)
+        users = pd.DataFrame({"user_idx": np.arange(len(user_keys), dtype=np.int32), "user_key": user_keys})
+        items_table = pd.DataFrame({
+            "item_idx": np.arange(len(item_ids), dtype=np.int32),
+            "item_id": item_ids,
+            "name": catalogue["name"].fillna(pd.Series(item_ids, index=item_ids)).to_numpy(dtype=str),
+            "tags": [list(t) if isinstance(t, list) else [] for t in catalogue["tags"]],
+        })
+        interactions = pd.DataFrame({
+            "user_idx": np.searchsorted(user_keys, pairs["user"].to_numpy()).astype(np.int32),
+            "item_idx": np.searchsorted(item_ids, pairs["item"].to_numpy()).astype(np.int32),
+            "weight": pairs["weight"].to_numpy(np.float32),
+            "timestamp": pairs["timestamp"].to_numpy(np.float64),
+            "split": assign_split(pairs, config).to_numpy(),
+        })
+        manifest = {
+            **manifest,
+            "schema": SCHEMA_VERSION,
+            "fingerprint": fingerprint(pairs, config),
+            "split": config.__dict__,
+            "counts": {
+                "users": len(users), "items": len(items_table), "interactions": len(interactions),
+                **{name: int((interactions["split"] == name).sum()) for name in SPLITS},
+            },
+        }
+        return cls(interactions, users, items_table, manifest)
+
+    def save(self, uri: str | os.PathLike) -> None:
+        """Write the dataset as Parquet files plus ``manifest.json`` under ``uri`` (a folder or S3 prefix)."""
+        uri = str(uri)
+        filesystem, path = fs.resolve(uri)
+        filesystem.create_dir(path, recursive=True)
+        for name in ("interactions", "users", "items"):
+            table = pa.Table.from_pandas(getattr(self, name), preserve_index=False)
+            pq.write_table(table, f"{path}/{name}.parquet", filesystem=filesystem)
+        fs.write_bytes(fs.join(uri, "manifest.json"), json.dumps(self.manifest, indent=2).encode())
+
+    @classmethod
+    def load(cls, uri: str | os.PathLike) -> "InteractionDataset":
+        uri = str(uri)
+        filesystem, path = fs.resolve(uri)
+        manifest_uri = fs.join(uri, "manifest.json")
+        if not fs.exists(manifest_uri):
+            raise FileNotFoundError(f"{uri}: not an ingested dataset (no manifest.json); run jobs.ingest first")
+        manifest = json.loads(fs.read_bytes(manifest_uri))
+        if manifest.get("schema") != SCHEMA_VERSION:
+            raise ValueError(f"{uri}: dataset schema {manifest.get('schema')!r}, expected {SCHEMA_VERSION!r}")
+        tables = {
+            name: pq.read_table(f"{path}/{name}.parquet", filesystem=filesystem).to_pandas()
+            for name in ("interactions", "users", "items")
+        }
+        tables["items"]["tags"] = tables["items"]["tags"].map(list)
+        return cls(tables["interactions"], tables["users"], tables["items"], manifest)

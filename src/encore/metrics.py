@@ -1,0 +1,79 @@
+"""Ranking metrics for top-N recommendation, and one evaluator for every model.
+
+Definitions, for one user with relevant (held-out) set R and ranked list L cut at k:
+
+- ``precision@k`` = |L ∩ R| / k
+- ``recall@k`` = |L ∩ R| / |R|
+- ``hitrate@k`` = 1 if L ∩ R is not empty
+- ``ndcg@k`` = DCG / IDCG, DCG = Σ_i [L_i ∈ R] / log2(i + 2), IDCG the best DCG for min(k, |R|) hits
+- ``map@k`` = Σ_i [L_i ∈ R] · precision@(i+1) / min(k, |R|)
+
+Each is averaged over the users with at least one relevant item. ``coverage@k`` is the share of
+the catalogue that appears in at least one user's top k.
+"""
+
+import numpy as np
+import scipy.sparse as sp
+
+DEFAULT_KS = (10, 20)
+
+
+def user_metrics(ranked: np.ndarray, relevant: set[int], k: int) -> dict[str, float]:
+    """The metrics of one ranked list (item indices, best first) against one relevant set."""
+    if not relevant:
+        raise ValueError("a user with no relevant items has no ranking metrics")
+    top = ranked[:k]
+    hits = np.fromiter((item in relevant for item in top), dtype=bool, count=len(top))
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = discounts[: min(k, len(relevant))].sum()
+    precision_at_hits = np.cumsum(hits) / np.arange(1, len(top) + 1)
+    return {
+        f"precision@{k}": hits.sum() / k,
+        f"recall@{k}": hits.sum() / len(relevant),
+        f"hitrate@{k}": float(hits.any()),
+        f"ndcg@{k}": (hits * discounts[: len(top)]).sum() / ideal,
+        f"map@{k}": (precision_at_hits * hits).sum() / min(k, len(relevant)),
+    }
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores of each row, best first (ties broken by lower index)."""
+    k = min(k, scores.shape[1])
+    candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    candidate_scores = np.take_along_axis(scores, candidates, axis=1)
+    order = np.lexsort((candidates, -candidate_scores), axis=1)
+    return np.take_along_axis(candidates, order, axis=1)
+
+
+def evaluate(model, seen: sp.csr_matrix, held_out: sp.csr_matrix, ks=DEFAULT_KS, batch_size: int = 512) -> dict:
+    """Rank the whole catalogue for every user with held-out items and average the metrics.
+
+    ``model.score(users)`` gives a (len(users), n_items) array; items in ``seen`` (what the model
+    was fitted on) are excluded from each user's ranking so they cannot count as hits or misses.
+    """
+    seen, held_out = sp.csr_matrix(seen), sp.csr_matrix(held_out)
+    if seen.shape != held_out.shape:
+        raise ValueError(f"seen {seen.shape} and held-out {held_out.shape} matrices differ in shape")
+    users = np.flatnonzero(np.diff(held_out.indptr))
+    if len(users) == 0:
+        raise ValueError("no user has held-out items to evaluate on")
+    k_max = max(ks)
+    totals: dict[str, float] = {}
+    recommended = {k: np.zeros(seen.shape[1], dtype=bool) for k in ks}
+    for start in range(0, len(users), batch_size):
+        batch = users[start:start + batch_size]
+        scores = np.asarray(model.score(batch), dtype=np.float64)
+        rows, cols = seen[batch].nonzero()
+        scores[rows, cols] = -np.inf
+        ranked = top_k(scores, k_max)
+        for row, user in enumerate(batch):
+            relevant = set(held_out.indices[held_out.indptr[user]:held_out.indptr[user + 1]].tolist())
+            for k in ks:
+                for name, value in user_metrics(ranked[row], relevant, k).items():
+                    totals[name] = totals.get(name, 0.0) + value
+        for k in ks:
+            recommended[k][ranked[:, :k].ravel()] = True
+    results = {name: float(value / len(users)) for name, value in sorted(totals.items())}
+    results.update({f"coverage@{k}": float(recommended[k].mean()) for k in ks})
+    results["users"] = int(len(users))
+    return results

@@ -1,0 +1,93 @@
+"""A recommender as it is stored and served: the model with its id maps.
+
+A bundle folder holds the model's own files (``config.json``, ``state.npz``), ``users.parquet``
+(dense index to pseudonymised user key) and ``items.parquet`` (dense index to item id, name and
+training popularity, which answers users the model has never seen). It is the unit saved in the
+model store, and its ``preprocessing`` record makes a serving process refuse a bundle made
+under another pseudonymisation key.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from encore.interactions import SCHEMA_VERSION, InteractionDataset
+from encore.models import Recommender, model_class
+
+
+def preprocessing(id_key_fingerprint: str) -> dict:
+    """What a serving process must share with the data a recommender was trained on."""
+    return {"id_key_fingerprint": id_key_fingerprint, "interactions_schema": SCHEMA_VERSION}
+
+
+class UnknownItemError(KeyError):
+    """An item id that is not in the model's catalogue."""
+
+
+@dataclass
+class RecommenderBundle:
+    model: Recommender
+    users: pd.DataFrame
+    items: pd.DataFrame
+
+    @classmethod
+    def from_dataset(cls, model: Recommender, dataset: InteractionDataset, *splits: str) -> "RecommenderBundle":
+        """Bundle a model fitted on ``splits`` of ``dataset`` with its id maps and item popularity."""
+        plays = dataset.matrix(*splits)
+        items = dataset.items[["item_idx", "item_id", "name"]].assign(
+            popularity=np.asarray((plays > 0).sum(axis=0)).ravel().astype(np.int64)
+        )
+        return cls(model, dataset.users[["user_idx", "user_key"]], items)
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        self.model.save(folder)
+        pq.write_table(pa.Table.from_pandas(self.users, preserve_index=False), folder / "users.parquet")
+        pq.write_table(pa.Table.from_pandas(self.items, preserve_index=False), folder / "items.parquet")
+
+    @classmethod
+    def load(cls, folder: str | Path, kind: str) -> "RecommenderBundle":
+        folder = Path(folder)
+        return cls(
+            model_class(kind).load(folder),
+            pq.read_table(folder / "users.parquet").to_pandas(),
+            pq.read_table(folder / "items.parquet").to_pandas(),
+        )
+
+    def __post_init__(self):
+        self._user_index = pd.Index(self.users["user_key"])
+        self._item_index = pd.Index(self.items["item_id"])
+        self._items_by_index = self.items.set_index("item_idx")
+
+    def user_index(self, user_key: str) -> int | None:
+        """Dense index of a pseudonymised user, or None if the model has never seen them."""
+        position = self._user_index.get_indexer([user_key])[0]
+        return None if position < 0 else int(self.users["user_idx"].iloc[position])
+
+    def item_indices(self, item_ids: list[str]) -> np.ndarray:
+        positions = self._item_index.get_indexer(item_ids)
+        unknown = [item for item, position in zip(item_ids, positions) if position < 0]
+        if unknown:
+            raise UnknownItemError(unknown)
+        return self.items["item_idx"].to_numpy()[positions]
+
+    def recommend(self, user_key: str, n: int = 10, exclude_seen: bool = True) -> dict:
+        """``{"items": [{"item_id", "name", "score"}], "fallback": None | "popular"}`` for one user."""
+        user = self.user_index(user_key)
+        if user is None:
+            ids = np.argsort(-self.items["popularity"].to_numpy(), kind="stable")[:n]
+            scores = self.items["popularity"].to_numpy()[ids].astype(float)
+            return {"items": self._describe(ids, scores), "fallback": "popular"}
+        ids, scores = self.model.recommend(user, n, exclude_seen=exclude_seen)
+        return {"items": self._describe(ids, scores), "fallback": None}
+
+    def _describe(self, ids: np.ndarray, scores: np.ndarray) -> list[dict]:
+        rows = self._items_by_index.loc[ids]
+        return [
+            {"item_id": item_id, "name": name, "score": float(score)}
+            for item_id, name, score in zip(rows["item_id"], rows["name"], scores)
+        ]
