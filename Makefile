@@ -1,0 +1,28 @@
+# The two commands of the quick start: `make demo` and `make test`. Both install into .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+INSTALLED := $(VENV)/.installed
+
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: install demo test stop clean
+
+install: $(INSTALLED)
+
+# Re-runs only when the pins change; `pip install` of pinned versions is idempotent anyway.
+$(INSTALLED): pyproject.toml constraints.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+demo: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
+
+test: install
+	$(VENV)/bin/python -m pytest
+
+stop:
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" RAY_AUTH_MODE=token ray stop
+
+clean: stop
+	rm -rf artifacts
