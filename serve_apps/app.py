@@ -29,7 +29,8 @@ DEFAULT_STORE = Path(__file__).resolve().parents[1] / "artifacts"
 app = create_app()
 
 
-@serve.deployment
+# Fractional CPUs: on a small cluster the replicas must leave room for training jobs.
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
 class Recommender:
     def __init__(self, store_uri: str, model_alias: str, poll_seconds: float):
         self.store = ModelStore(store_uri)
@@ -70,7 +71,7 @@ class Recommender:
         ]
 
 
-@serve.deployment
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
 class EncoreAPI:
     def __init__(self, recommender: DeploymentHandle):

@@ -17,6 +17,7 @@ import boto3
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+TEST_ID_KEY = "encore-test-suite-key"
 
 
 def free_port() -> int:
@@ -81,6 +82,8 @@ def ray_local(s3_endpoint, tmp_path_factory):
 
     os.environ.pop("RAY_ADDRESS", None)
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Ingest, training and the Serve replicas must pseudonymise with one key; workers inherit it.
+    os.environ["ENCORE_ID_KEY"] = TEST_ID_KEY
     # Workers import `jobs` and `serve_apps` from the repository, wherever pytest was started.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",

@@ -1,0 +1,19 @@
+"""Versioned model store: model folders saved with a manifest to a local folder or S3.
+
+See :class:`ModelStore`; ``python -m encore.store --help`` lists, inspects, promotes,
+rolls back and garbage-collects versions from the command line.
+"""
+
+from encore.store.core import LoadedVersion, ModelStore
+from encore.store.errors import ChecksumError, PreprocessingMismatch, StoreError, VersionNotFound
+from encore.store.manifest import Manifest
+
+__all__ = [
+    "ChecksumError",
+    "LoadedVersion",
+    "Manifest",
+    "ModelStore",
+    "PreprocessingMismatch",
+    "StoreError",
+    "VersionNotFound",
+]

@@ -1,0 +1,460 @@
+"""The versioned model store.
+
+Layout, the same in a local folder and under an S3 prefix::
+
+    <root>/versions/<version>/<files...>
+    <root>/versions/<version>/MANIFEST.json
+    <root>/aliases/<name>.json        {"version", "history", "updated_at"}
+
+A version's files are written first and its manifest last, and only versions with a
+manifest are visible, so a writer that dies half-way leaves nothing a reader can pick up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from encore.store.backends import FileDigest, LocalBackend, file_digest, open_backend
+from encore.store.errors import ChecksumError, PreprocessingMismatch, StoreError, VersionNotFound
+from encore.store.manifest import Manifest, code_version
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "MANIFEST.json"
+#: Previous targets an alias remembers. Bounded because every save moves "latest":
+#: an unbounded history would pin every version ever saved and gc could free nothing.
+ALIAS_HISTORY_LIMIT = 10
+
+_KIND = re.compile(r"[a-z0-9][a-z0-9_-]*")
+# Alias names and version ids become object keys: no slashes, no leading dot.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """A verified version ready to use: its files are under ``path``."""
+
+    path: Path
+    manifest: Manifest
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _human_size(size: int) -> str:
+    value, unit = float(size), "B"
+    for bigger in ("kB", "MB", "GB", "TB"):
+        if value < 1000:
+            break
+        value, unit = value / 1000, bigger
+    return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def _source_files(source: Path) -> list[tuple[str, Path]]:
+    """``(relative posix path, path)`` of everything but folders under ``source``, sorted by relative path."""
+    if not source.is_dir():
+        raise ValueError(f"{source} is not a directory")
+    # Anything that is not a folder counts, pipes included: skipping odd files silently
+    # would store a version that lacks what the caller meant to save.
+    files = sorted((path.relative_to(source).as_posix(), path) for path in source.rglob("*") if not path.is_dir())
+    if not files:
+        raise ValueError(f"{source} holds no files")
+    if any(relative == MANIFEST_NAME for relative, _ in files):
+        raise ValueError(f"{source} contains a {MANIFEST_NAME}, a name the store reserves")
+    return files
+
+
+def _is_safe_relative(relative: str) -> bool:
+    """Whether a manifest path stays inside its version folder (no absolute paths, no '..')."""
+    return all(part not in ("", ".", "..") for part in relative.split("/"))
+
+
+class ModelStore:
+    """Versioned storage of model folders in a local directory or an S3 prefix.
+
+    Parameters
+    ----------
+    uri : str or os.PathLike, default "./artifacts"
+        A local path (made absolute) or ``s3://bucket/prefix``.
+
+    Examples
+    --------
+    >>> store = ModelStore("s3://models/encore")
+    >>> manifest = store.save("out/", kind="popularity", config={}, metrics={"ndcg@10": 0.31},
+    ...                       data_fingerprint="sha256:...", preprocessing={"id_key": "k1"})
+    >>> store.promote(manifest.version)
+    >>> loaded = store.load("production", expected_preprocessing={"id_key": "k1"})
+    """
+
+    def __init__(self, uri: str | os.PathLike = "./artifacts"):
+        self._backend = open_backend(uri)
+
+    @property
+    def uri(self) -> str:
+        return self._backend.uri
+
+    def __repr__(self) -> str:
+        return f"ModelStore({self.uri!r})"
+
+    # ---- writing -------------------------------------------------------------------
+
+    def save(
+        self,
+        source_dir: str | os.PathLike,
+        *,
+        kind: str,
+        config: dict,
+        metrics: dict,
+        data_fingerprint: str,
+        preprocessing: dict,
+        aliases: Iterable[str] = ("latest",),
+    ) -> Manifest:
+        """Store the files under ``source_dir`` as a new version and point ``aliases`` at it.
+
+        Files are copied in sorted order, hashed while they are copied, and the manifest is
+        written last; only then do the aliases move.
+
+        Raises
+        ------
+        ValueError
+            If ``kind`` or an alias name is malformed, or ``source_dir`` holds no files.
+        TypeError
+            If ``config``, ``metrics`` or ``preprocessing`` cannot be written as JSON.
+        """
+        if not _KIND.fullmatch(kind):
+            raise ValueError(f"invalid model kind {kind!r}: use lowercase letters, digits, '_' and '-'")
+        aliases = list(aliases)
+        for alias in aliases:
+            self._check_alias_name(alias)
+        files = _source_files(Path(source_dir))
+        # Fail on values JSON cannot hold before copying anything rather than after.
+        json.dumps([config, metrics, preprocessing, data_fingerprint])
+
+        now = _utc_now()
+        version = f"{kind}-{now:%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:12]}"
+        recorded = {}
+        for relative, path in files:
+            digest = self._backend.write_file(self._version_key(version, relative), path)
+            recorded[relative] = {"sha256": digest.sha256, "size": digest.size}
+        manifest = Manifest(
+            version=version,
+            kind=kind,
+            config=config,
+            metrics=metrics,
+            files=recorded,
+            data_fingerprint=data_fingerprint,
+            preprocessing=preprocessing,
+            code_version=code_version(),
+            created_at=now.isoformat(timespec="microseconds"),
+        )
+        self._backend.write_bytes(self._version_key(version, MANIFEST_NAME), _to_json(manifest.to_dict()))
+        logger.info("saved %s (%d files, %s) to %s", version, len(recorded), _human_size(manifest.total_size), self.uri)
+        for alias in aliases:
+            self._point_alias(alias, version)
+        return manifest
+
+    def set_alias(self, alias: str, ref: str) -> str:
+        """Point ``alias`` at the version ``ref`` names, remembering where it pointed before.
+
+        Returns the version id. Each write of the alias record is atomic; two processes
+        moving the same alias at the same moment may lose one of the history entries.
+        """
+        self._check_alias_name(alias)
+        return self._point_alias(alias, self.resolve(ref))
+
+    def promote(self, ref: str, alias: str = "production") -> str:
+        """Point ``alias`` (by default "production") at ``ref``; returns the version id."""
+        version = self.set_alias(alias, ref)
+        logger.info("promoted %s to %s", version, alias)
+        return version
+
+    def rollback(self, alias: str = "production") -> str:
+        """Point ``alias`` back at the version it pointed at before; returns that version id.
+
+        Raises
+        ------
+        StoreError
+            If the alias does not exist or has no earlier version.
+        """
+        record = self._read_alias(alias)
+        if record is None:
+            raise VersionNotFound(f"no alias named {alias!r} in {self.uri}")
+        if not record["history"]:
+            raise StoreError(f"alias {alias!r} has no earlier version to roll back to (it points at {record['version']})")
+        previous = record["history"][-1]
+        self._write_alias(alias, previous, record["history"][:-1])
+        logger.info("rolled %s back from %s to %s", alias, record["version"], previous)
+        return previous
+
+    def gc(self, keep: int = 5, dry_run: bool = False, grace_seconds: float = 3600.0) -> list[str]:
+        """Delete versions nobody needs; returns the ids removed (or, with ``dry_run``, to remove).
+
+        Removed are complete versions older than the newest ``keep`` of their kind that no
+        alias points at, now or in its history, and incomplete versions (no manifest) whose
+        newest file is at least ``grace_seconds`` old; the grace period spares writers that
+        are still uploading.
+        """
+        if keep < 0:
+            raise ValueError(f"keep must be >= 0, got {keep}")
+        present = self._backend.children("versions")
+        complete = self.list()
+        pinned = {version for record in self._alias_records().values() for version in (record["version"], *record["history"])}
+
+        doomed = []
+        seen_per_kind = Counter()
+        for manifest in complete:
+            seen_per_kind[manifest.kind] += 1
+            if seen_per_kind[manifest.kind] > keep and manifest.version not in pinned:
+                doomed.append(manifest.version)
+        complete_ids = {manifest.version for manifest in complete}
+        now = time.time()
+        for version in present:
+            if version in complete_ids:
+                continue
+            newest = self._backend.newest_mtime(f"versions/{version}")
+            if newest is None or now - newest >= grace_seconds:
+                doomed.append(version)
+
+        for version in doomed:
+            if dry_run:
+                logger.info("would remove %s from %s", version, self.uri)
+                continue
+            # Manifest first: the version disappears at once instead of turning up damaged.
+            self._backend.delete(self._version_key(version, MANIFEST_NAME))
+            self._backend.delete_tree(f"versions/{version}")
+            logger.info("removed %s from %s", version, self.uri)
+        return doomed
+
+    # ---- reading -------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> str:
+        """The id of the complete version that ``ref`` (an alias or a version id) names.
+
+        Raises
+        ------
+        VersionNotFound
+            If there is no such alias or complete version.
+        """
+        return self._manifest(ref).version
+
+    def show(self, ref: str) -> Manifest:
+        """The manifest of the version ``ref`` names."""
+        return self._manifest(ref)
+
+    def list(self, kind: str | None = None) -> list[Manifest]:
+        """Manifests of the complete versions, of one ``kind`` if given, newest first."""
+        manifests = []
+        for version in self._backend.children("versions"):
+            # Ids start with their kind; reading only plausible manifests saves requests on S3.
+            if kind is not None and not version.startswith(f"{kind}-"):
+                continue
+            manifest = self._read_manifest(version)
+            if manifest is not None and (kind is None or manifest.kind == kind):
+                manifests.append(manifest)
+        return sorted(manifests, key=lambda manifest: (manifest.created_at, manifest.version), reverse=True)
+
+    def aliases(self) -> dict[str, str]:
+        """``{alias: version id}`` for every alias."""
+        return {alias: record["version"] for alias, record in self._alias_records().items()}
+
+    def load(self, ref: str = "latest", expected_preprocessing: dict | None = None) -> LoadedVersion:
+        """Verify a version and return where its files are.
+
+        A local store's version folder is verified in place and returned. An S3 version is
+        downloaded to the cache folder (``$ENCORE_CACHE_DIR`` or ``~/.cache/encore/store``),
+        verified there, and a cached copy is reused only while it still verifies.
+
+        Parameters
+        ----------
+        ref : str, default "latest"
+            Alias or version id.
+        expected_preprocessing : dict, optional
+            Each key given must equal the manifest's ``preprocessing[key]``.
+
+        Raises
+        ------
+        VersionNotFound
+            If ``ref`` names nothing or an incomplete version.
+        PreprocessingMismatch
+            If the version's preprocessing differs from ``expected_preprocessing``.
+        ChecksumError
+            If a file is missing, truncated or altered.
+        """
+        manifest = self._manifest(ref)
+        _check_preprocessing(manifest, expected_preprocessing or {})
+        if isinstance(self._backend, LocalBackend):
+            path = self._backend.path(f"versions/{manifest.version}")
+            _check_files(manifest, lambda relative: file_digest(path / relative))
+        else:
+            path = self._cached_copy(manifest)
+        logger.info("loaded %s from %s", manifest.version, self.uri)
+        return LoadedVersion(path=path, manifest=manifest)
+
+    def verify(self, ref: str) -> Manifest:
+        """Re-hash every file of a version where it is stored (never a cached copy).
+
+        Raises
+        ------
+        ChecksumError
+            Naming each file that is missing or differs from the manifest.
+        """
+        manifest = self._manifest(ref)
+        _check_files(manifest, lambda relative: self._backend.digest(self._version_key(manifest.version, relative)))
+        logger.info("verified %s (%d files)", manifest.version, len(manifest.files))
+        return manifest
+
+    # ---- internals -----------------------------------------------------------------
+
+    @staticmethod
+    def _version_key(version: str, relative: str) -> str:
+        return f"versions/{version}/{relative}"
+
+    @staticmethod
+    def _check_alias_name(alias: str) -> None:
+        if not _NAME.fullmatch(alias):
+            raise ValueError(f"invalid alias name {alias!r}: use letters, digits, '_', '-' and '.'")
+
+    def _read_manifest(self, version: str) -> Manifest | None:
+        """The manifest of ``version``, None if it has none (incomplete or absent)."""
+        raw = self._backend.read_bytes(self._version_key(version, MANIFEST_NAME))
+        if raw is None:
+            return None
+        try:
+            manifest = Manifest.from_dict(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"manifest of {version} in {self.uri} is unreadable: {exc!r}") from exc
+        unsafe = [relative for relative in manifest.files if not _is_safe_relative(relative)]
+        if unsafe:
+            raise StoreError(f"manifest of {version} in {self.uri} lists paths outside the version: {unsafe}")
+        return manifest
+
+    def _manifest(self, ref: str) -> Manifest:
+        if not _NAME.fullmatch(ref):
+            raise VersionNotFound(f"no version or alias named {ref!r} in {self.uri}")
+        record = self._read_alias(ref)
+        version = ref if record is None else record["version"]
+        manifest = self._read_manifest(version)
+        if manifest is not None:
+            return manifest
+        if self._backend.exists(f"versions/{version}"):
+            raise VersionNotFound(
+                f"version {version} in {self.uri} is incomplete: it has files but no {MANIFEST_NAME} "
+                "(its writer did not finish); gc removes it"
+            )
+        if record is not None:
+            raise VersionNotFound(f"alias {ref!r} points at {version}, which is not in {self.uri}")
+        raise VersionNotFound(f"no version or alias named {ref!r} in {self.uri}")
+
+    def _read_alias(self, alias: str) -> dict | None:
+        if not _NAME.fullmatch(alias):
+            return None
+        raw = self._backend.read_bytes(f"aliases/{alias}.json")
+        if raw is None:
+            return None
+        try:
+            record = json.loads(raw)
+            return {"version": record["version"], "history": list(record["history"]), "updated_at": record["updated_at"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"alias {alias!r} in {self.uri} is unreadable: {exc!r}") from exc
+
+    def _alias_records(self) -> dict[str, dict]:
+        records = {}
+        for name in self._backend.children("aliases"):
+            alias = name.removesuffix(".json")
+            if name.endswith(".json") and (record := self._read_alias(alias)) is not None:
+                records[alias] = record
+        return records
+
+    def _point_alias(self, alias: str, version: str) -> str:
+        record = self._read_alias(alias)
+        if record is None:
+            self._write_alias(alias, version, [])
+            logger.info("alias %s -> %s", alias, version)
+        elif record["version"] != version:
+            history = (record["history"] + [record["version"]])[-ALIAS_HISTORY_LIMIT:]
+            self._write_alias(alias, version, history)
+            logger.info("alias %s -> %s (was %s)", alias, version, record["version"])
+        return version
+
+    def _write_alias(self, alias: str, version: str, history: list[str]) -> None:
+        record = {"version": version, "history": history, "updated_at": _utc_now().isoformat(timespec="microseconds")}
+        self._backend.write_bytes(f"aliases/{alias}.json", _to_json(record))
+
+    def _cached_copy(self, manifest: Manifest) -> Path:
+        """A verified local copy of a remote version, downloaded unless a good one is cached."""
+        cache_root = Path(os.environ.get("ENCORE_CACHE_DIR") or Path.home() / ".cache" / "encore" / "store")
+        cache = cache_root.expanduser() / hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+        target = cache / manifest.version
+        if target.is_dir():
+            try:
+                _check_files(manifest, lambda relative: file_digest(target / relative))
+                return target
+            except ChecksumError as exc:
+                logger.warning("cached copy is damaged, downloading again: %s", exc)
+
+        # Download beside the target and move it into place once verified, so the cache
+        # never holds a partial copy under the version's name.
+        staging = cache / f".{manifest.version}.{uuid.uuid4().hex}.partial"
+        staging.mkdir(parents=True)
+        try:
+            _check_files(
+                manifest,
+                lambda relative: self._backend.fetch(self._version_key(manifest.version, relative), staging / relative),
+            )
+            (staging / MANIFEST_NAME).write_bytes(_to_json(manifest.to_dict()))
+            shutil.rmtree(target, ignore_errors=True)
+            try:
+                os.replace(staging, target)
+            except OSError:
+                # Another process moved its own verified copy in first; that one will do.
+                if not target.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+
+def _to_json(data: dict) -> bytes:
+    return json.dumps(data, indent=2).encode()
+
+
+def _check_files(manifest: Manifest, digest_of: Callable[[str], FileDigest | None]) -> None:
+    """Compare every manifest file with ``digest_of(relative path)``; raise ChecksumError naming all that differ."""
+    problems = []
+    for relative, expected in sorted(manifest.files.items()):
+        found = digest_of(relative)
+        if found is None:
+            problems.append(f"{relative} is missing")
+        elif found.size != expected["size"]:
+            problems.append(f"{relative} has {found.size} bytes, the manifest says {expected['size']}")
+        elif found.sha256 != expected["sha256"]:
+            problems.append(f"{relative} has sha256 {found.sha256}, the manifest says {expected['sha256']}")
+    if problems:
+        raise ChecksumError(f"version {manifest.version} failed verification: " + "; ".join(problems))
+
+
+def _check_preprocessing(manifest: Manifest, expected: dict) -> None:
+    missing = object()
+    mismatches = []
+    for key, wanted in expected.items():
+        found = manifest.preprocessing.get(key, missing)
+        if found != wanted:
+            shown = "nothing" if found is missing else repr(found)
+            mismatches.append(f"{key}: expected {wanted!r}, found {shown}")
+    if mismatches:
+        raise PreprocessingMismatch(
+            f"version {manifest.version} was built with other preprocessing: " + "; ".join(mismatches)
+        )

@@ -1,0 +1,17 @@
+"""Exceptions raised by the model store; all derive from :class:`StoreError`."""
+
+
+class StoreError(Exception):
+    """A model store operation failed; the message says what and where."""
+
+
+class VersionNotFound(StoreError):
+    """No complete version or alias answers to the given reference."""
+
+
+class ChecksumError(StoreError):
+    """A stored file is missing or differs from what the manifest recorded."""
+
+
+class PreprocessingMismatch(StoreError):
+    """A version was built with preprocessing other than the caller expects."""

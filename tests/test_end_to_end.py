@@ -1,0 +1,197 @@
+"""The pipeline on Ray and the Serve application over real HTTP, from one planted dataset.
+
+The dataset's user ids are distinctive strings; the last test greps every file the run wrote and
+every log line (ours and Ray's) for them.
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import free_port
+
+PLANTED_PREFIX = "PLANTEDUSER-q7x3"
+N_USERS, N_ITEMS = 30, 40
+BAD_LINES = {  # line number -> expected reason
+    4: "weight 'lots' is not a number",
+    9: "weight '-2' is negative",
+    15: "missing item id",
+    21: "expected 3 fields, found 2",
+}
+
+
+def planted_csv(path: Path) -> tuple[int, dict[str, set[str]]]:
+    """Write interactions with planted user ids and bad rows; return good row count and histories."""
+    rng = np.random.default_rng(5)
+    lines, histories = ["user,item,weight"], {}
+    for user in range(N_USERS):
+        raw = f"{PLANTED_PREFIX}-{user:04d}"
+        # Popular items are the low ids, so a popularity model has something to find.
+        items = rng.choice(N_ITEMS, size=12, replace=False, p=np.linspace(2, 1, N_ITEMS) / np.linspace(2, 1, N_ITEMS).sum())
+        histories[raw] = {f"track-{item}" for item in items}
+        lines += [f"{raw},track-{item},{rng.integers(1, 30)}" for item in items]
+    good = len(lines) - 1
+    for line_number, reason in sorted(BAD_LINES.items()):
+        user = f"{PLANTED_PREFIX}-bad{line_number}"
+        bad = {
+            "weight 'lots' is not a number": f"{user},track-1,lots",
+            "weight '-2' is negative": f"{user},track-1,-2",
+            "missing item id": f"{user},,3",
+            "expected 3 fields, found 2": f"{user},track-1",
+        }[reason]
+        lines.insert(line_number - 1, bad)
+    path.write_text("\n".join(lines) + "\n")
+    return good, histories
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(ray_local, tmp_path_factory):
+    """Run jobs.pipeline in-process on the session's Ray instance, logging into a list."""
+    from jobs import pipeline
+
+    root = tmp_path_factory.mktemp("e2e")
+    good_rows, histories = planted_csv(root / "plays.csv")
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(handler.format(record))
+    logging.getLogger().addHandler(handler)
+    try:
+        result = pipeline.main([
+            "--input", str(root / "plays.csv"), "--dataset", str(root / "dataset"), "--store", str(root / "store"),
+        ])
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return {"root": root, "result": result, "good_rows": good_rows, "histories": histories, "log": records}
+
+
+def test_ingest_reports_every_bad_row_and_keeps_every_good_one(pipeline_run):
+    import pandas as pd
+
+    summary = pipeline_run["result"]["ingest"]
+    assert summary["rejected"] == len(BAD_LINES)
+    assert summary["accepted"] == pipeline_run["good_rows"] == summary["interactions"]
+    rejects = pd.read_csv(summary["rejects"])
+    assert dict(zip(rejects["line"], rejects["reason"])) == BAD_LINES
+    logged = "\n".join(pipeline_run["log"])
+    for line_number, reason in BAD_LINES.items():
+        assert f"line {line_number}: {reason}" in logged
+
+
+def test_pipeline_stores_an_evaluated_version_as_production(pipeline_run):
+    from encore.store import ModelStore
+
+    store = ModelStore(pipeline_run["root"] / "store")
+    version = pipeline_run["result"]["version"]
+    assert store.resolve("production") == store.resolve("latest") == version
+    manifest = store.show(version)
+    assert manifest.kind == "popularity"
+    assert manifest.data_fingerprint == pipeline_run["result"]["ingest"]["fingerprint"]
+    assert 0 < manifest.metrics["test"]["ndcg@10"] <= 1
+    assert {"users.parquet", "items.parquet", "config.json", "state.npz"} <= set(manifest.files)
+
+
+@pytest.fixture(scope="module")
+def api(pipeline_run):
+    from ray import serve
+
+    from serve_apps.app import app_builder
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(app_builder({"store_uri": str(pipeline_run["root"] / "store"), "poll_seconds": 1}), name="encore")
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        yield client
+    serve.shutdown()
+
+
+def test_healthz_names_the_served_version(api, pipeline_run):
+    answer = api.get("/healthz").json()
+    assert answer == {"status": "ok", "model": {"kind": "popularity", "version": pipeline_run["result"]["version"]}}
+
+
+def test_known_user_gets_unseen_items(api, pipeline_run):
+    raw, history = next(iter(pipeline_run["histories"].items()))
+    answer = api.post("/v1/recommend", json={"user_id": raw, "n": 5})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["fallback"] is None and len(body["items"]) == 5
+    recommended = {item["item_id"] for item in body["items"]}
+    # Exclusion covers the items the stored model was fitted on (train + validation).
+    assert len(recommended & history) < 5
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    with_seen = api.post("/v1/recommend", json={"user_id": raw, "n": 5, "exclude_seen": False}).json()
+    assert {item["item_id"] for item in with_seen["items"]} != recommended or not (recommended & history)
+
+
+def test_unknown_user_gets_popular_items(api):
+    body = api.post("/v1/recommend", json={"user_id": "nobody-we-know", "n": 3}).json()
+    assert body["fallback"] == "popular"
+    assert [item["item_id"] for item in body["items"]][:1] == ["track-0"] or len(body["items"]) == 3
+    assert all(item["name"] for item in body["items"])
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"n": 3}, "user_id"),
+    ({"user_id": "x", "n": 0}, "n"),
+    ({"user_id": "x", "n": "many"}, "n"),
+    ({"user_id": "", "n": 3}, "user_id"),
+    ({"user_id": "x", "colour": "blue"}, "colour"),
+])
+def test_malformed_requests_get_422_naming_the_field(api, body, field):
+    answer = api.post("/v1/recommend", json=body)
+    assert answer.status_code == 422
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_request" and error["field"] == field and field in error["message"]
+
+
+def test_invalid_json_and_unknown_routes_use_the_error_shape(api):
+    answer = api.post("/v1/recommend", content=b"{not json", headers={"content-type": "application/json"})
+    assert answer.status_code == 422 and answer.json()["error"]["code"] == "invalid_request"
+    missing = api.get("/v1/nothing-here")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_openapi_describes_the_api(api):
+    spec = api.get("/openapi.json").json()
+    assert {"/healthz", "/v1/recommend"} <= set(spec["paths"])
+    assert api.get("/docs").status_code == 200
+
+
+def test_new_production_version_is_picked_up_without_restart(api, pipeline_run):
+    from jobs.train import train
+
+    root = pipeline_run["root"]
+    new_version = train(str(root / "dataset"), "popularity", {"by": "weight"}, str(root / "store"), ["production"])
+    deadline = time.monotonic() + 30
+    while api.get("/healthz").json()["model"]["version"] != new_version:
+        assert time.monotonic() < deadline, "the Serve app did not load the new production version"
+        time.sleep(0.5)
+    body = api.post("/v1/recommend", json={"user_id": "nobody-we-know", "n": 2}).json()
+    assert body["model"]["version"] == new_version
+
+
+def _strings_in_parquet(path: Path) -> str:
+    return json.dumps(pq.read_table(path).to_pylist(), default=str)
+
+
+def test_no_raw_user_id_in_any_artifact_or_log(pipeline_run, api, ray_local):
+    # The requests above sent raw planted ids through the API; now look everywhere for them.
+    api.post("/v1/recommend", json={"user_id": f"{PLANTED_PREFIX}-0001", "n": 2})
+    api.post("/v1/recommend", json={"user_id": f"{PLANTED_PREFIX}-0002", "n": -1})
+    written = [p for p in pipeline_run["root"].rglob("*") if p.is_file() and p.name != "plays.csv"]
+    session_logs = Path(ray_local._private.worker._global_node.get_session_dir_path()) / "logs"
+    logs = [p for p in session_logs.rglob("*") if p.is_file()]
+    assert len(written) > 10 and len(logs) > 10
+    for path in written + logs:
+        content = path.read_bytes().decode("utf-8", errors="replace")
+        if path.suffix == ".parquet":
+            content += _strings_in_parquet(path)
+        assert PLANTED_PREFIX not in content, f"raw user id found in {path}"
+    assert not any(PLANTED_PREFIX in line for line in pipeline_run["log"])
