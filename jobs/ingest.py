@@ -20,7 +20,7 @@ import ray
 from encore import fs, hetrec
 from encore.ids import id_key, key_fingerprint
 from encore.interactions import InteractionDataset, SplitConfig, merge_duplicates, parse_file
-from encore.runtime import init_ray, setup_logging
+from encore.runtime import init_ray, setup_logging, user_errors
 
 logger = logging.getLogger("encore.ingest")
 
@@ -28,8 +28,8 @@ INPUT_SUFFIXES = (".csv", ".tsv", ".dat", ".txt", ".parquet")
 REJECTS_SHOWN = 20
 
 
-def _parse_batch(batch: pd.DataFrame, key: bytes) -> pd.DataFrame:
-    frames = [parse_file(data, str(path), key) for path, data in zip(batch["path"], batch["bytes"])]
+def _parse_batch(batch: pd.DataFrame, key: bytes, scheme: str) -> pd.DataFrame:
+    frames = [parse_file(data, scheme + str(path), key) for path, data in zip(batch["path"], batch["bytes"])]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -52,9 +52,11 @@ def ingest(input_uri: str, output_uri: str, split: SplitConfig) -> dict:
 
     filesystem, _ = fs.resolve(files[0])
     paths = [fs.resolve(f)[1] for f in files]
+    # One file per batch: a file is the unit a reject names, and files parse in parallel.
+    parse_options = {"key": key, "scheme": "s3://" if fs.is_s3(input_uri) else ""}
     parsed = (
         ray.data.read_binary_files(paths, include_paths=True, filesystem=filesystem)
-        .map_batches(_parse_batch, fn_kwargs={"key": key}, batch_size=1, batch_format="pandas")
+        .map_batches(_parse_batch, fn_kwargs=parse_options, batch_size=1, batch_format="pandas")
         .to_pandas()
     )
     rejects = parsed[parsed["reason"] != ""][["source", "line", "reason", "record"]]
@@ -108,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     setup_logging()
     init_ray()
-    return ingest(args.input, args.output, split_config(args))
+    with user_errors():
+        return ingest(args.input, args.output, split_config(args))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from jobs.ingest import add_split_arguments, ingest, split_config
 from jobs.train import train
 
 from encore.models import MODELS
-from encore.runtime import init_ray, setup_logging
+from encore.runtime import init_ray, setup_logging, user_errors
 
 logger = logging.getLogger("encore.pipeline")
 
@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     setup_logging()
     init_ray()
-    summary = ingest(args.input, args.dataset, split_config(args))
-    version = train(args.dataset, args.model, json.loads(args.params), args.store, ["latest", args.promote_to])
+    with user_errors():
+        summary = ingest(args.input, args.dataset, split_config(args))
+        version = train(args.dataset, args.model, json.loads(args.params), args.store, ["latest", args.promote_to])
     logger.info("pipeline done: %s serves as %r from %s", version, args.promote_to, args.store)
     return {"ingest": summary, "version": version}
 

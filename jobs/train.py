@@ -20,7 +20,7 @@ from encore.ids import id_key, key_fingerprint
 from encore.interactions import InteractionDataset
 from encore.metrics import evaluate
 from encore.models import MODELS, model_class
-from encore.runtime import init_ray, setup_logging
+from encore.runtime import init_ray, setup_logging, user_errors
 from encore.serving import RecommenderBundle, preprocessing
 from encore.store import ModelStore
 
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     setup_logging()
     init_ray()
-    return train(args.dataset, args.model, json.loads(args.params), args.store, args.alias or ["latest"])
+    with user_errors():
+        return train(args.dataset, args.model, json.loads(args.params), args.store, args.alias or ["latest"])
 
 
 if __name__ == "__main__":

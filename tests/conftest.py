@@ -82,6 +82,7 @@ def ray_local(s3_endpoint, tmp_path_factory):
 
     os.environ.pop("RAY_ADDRESS", None)
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keeps every Ray port on loopback
     # Ingest, training and the Serve replicas must pseudonymise with one key; workers inherit it.
     os.environ["ENCORE_ID_KEY"] = TEST_ID_KEY
     # Workers import `jobs` and `serve_apps` from the repository, wherever pytest was started.
