@@ -38,8 +38,10 @@ def fit_and_evaluate(kind: str, params: dict, dataset: InteractionDataset) -> tu
     return RecommenderBundle.from_dataset(final_model, dataset, "train", "validation"), metrics
 
 
-def train(dataset_uri: str, kind: str, params: dict, store_uri: str, aliases: list[str]) -> str:
-    """Train on Ray (one task, so it runs where the cluster has room) and save; returns the version."""
+def train(dataset_uri: str, kind: str, params: dict, store_uri: str, aliases: list[str], tuning: dict | None = None) -> str:
+    """Train on Ray (one task, so it runs where the cluster has room) and save; returns the version.
+
+    ``tuning`` records the search that chose ``params``, if one did."""
     dataset_uri, store_uri = fs.absolute(dataset_uri), fs.absolute(store_uri)
     dataset = InteractionDataset.load(dataset_uri)
     key_print = key_fingerprint(id_key())
@@ -54,7 +56,7 @@ def train(dataset_uri: str, kind: str, params: dict, store_uri: str, aliases: li
     with tempfile.TemporaryDirectory() as folder:
         bundle.save(folder)
         manifest = ModelStore(store_uri).save(
-            folder, kind=kind, config={"params": params, "dataset": dataset_uri, "split": dataset.manifest["split"]},
+            folder, kind=kind, config={"params": params, "dataset": dataset_uri, "split": dataset.manifest["split"], "tuning": tuning},
             metrics=metrics, data_fingerprint=dataset.manifest["fingerprint"],
             preprocessing=preprocessing(key_print), aliases=aliases,
         )

@@ -195,3 +195,28 @@ def test_no_raw_user_id_in_any_artifact_or_log(pipeline_run, api, ray_local):
             content += _strings_in_parquet(path)
         assert PLANTED_PREFIX not in content, f"raw user id found in {path}"
     assert not any(PLANTED_PREFIX in line for line in pipeline_run["log"])
+
+
+def test_tune_search_selects_on_validation_and_stores_the_best(pipeline_run):
+    from ray import tune
+    from tuning import popularity
+    from tuning.common import main
+
+    from encore.store import ModelStore
+
+
+    root = pipeline_run["root"]
+    outcome = main("popularity", popularity.PARAM_SPACE, [
+        "--dataset", str(root / "dataset"), "--store", str(root / "tuned-store"),
+    ])
+    # Read back what Tune saved: the results must be on disk, not only in memory.
+    saved = tune.ExperimentAnalysis(outcome["results"])
+    trials = {trial.config["by"]: trial.last_result for trial in saved.trials}
+    assert set(trials) == {"users", "weight"}
+    best_by = max(trials, key=lambda by: trials[by]["ndcg@10"])
+    assert outcome["best_config"] == {"by": best_by}
+    manifest = ModelStore(root / "tuned-store").show("tuned-popularity")
+    assert manifest.version == outcome["version"]
+    assert manifest.config["params"] == {"by": best_by}
+    assert manifest.config["tuning"]["trials"] == 2
+    assert manifest.metrics["validation"]["ndcg@10"] == pytest.approx(trials[best_by]["ndcg@10"])

@@ -1,0 +1,32 @@
+"""The command line every search shares: search on validation, then train and store the best."""
+
+import argparse
+import logging
+
+from jobs.train import train
+
+from encore import fs, tuning
+from encore.runtime import init_ray, setup_logging, user_errors
+
+logger = logging.getLogger("encore.tuning")
+
+
+def main(kind: str, param_space: dict, argv: list[str] | None = None, scheduler=None) -> dict:
+    """Parse the arguments, run the search, save the best configuration's model in the store."""
+    parser = argparse.ArgumentParser(description=f"Ray Tune search for the {kind} recommender (selects on validation).")
+    parser.add_argument("--dataset", required=True, help="ingested dataset folder or s3:// prefix")
+    parser.add_argument("--store", default="./artifacts", help="model store for the best configuration")
+    parser.add_argument("--results", default=None, help="where Tune keeps its results (default: STORE/tune)")
+    parser.add_argument("--num-samples", type=int, default=1, help="samples of the search space (grid axes multiply)")
+    parser.add_argument("--alias", default=f"tuned-{kind}", help="alias for the stored best model")
+    args = parser.parse_args(argv)
+    setup_logging()
+    init_ray()
+    with user_errors():
+        results = tuning.search(kind, param_space, fs.absolute(args.dataset), args.results or fs.join(fs.absolute(args.store), "tune"),
+                                num_samples=args.num_samples, scheduler=scheduler)
+        best = results.get_best_result()
+        version = train(args.dataset, kind, best.config, args.store, ["latest", args.alias],
+                        tuning={"trials": len(results), "metric": tuning.SELECTION_METRIC,
+                                "best_validation": best.metrics[tuning.SELECTION_METRIC], "results": results.experiment_path})
+    return {"best_config": best.config, "version": version, "results": results.experiment_path}
