@@ -220,3 +220,23 @@ def test_tune_search_selects_on_validation_and_stores_the_best(pipeline_run):
     assert manifest.config["params"] == {"by": best_by}
     assert manifest.config["tuning"]["trials"] == 2
     assert manifest.metrics["validation"]["ndcg@10"] == pytest.approx(trials[best_by]["ndcg@10"])
+
+
+def test_evaluate_job_compares_fitted_and_stored_models(pipeline_run):
+    from jobs import evaluate
+
+    root = pipeline_run["root"]
+    rows = evaluate.main([
+        "--dataset", str(root / "dataset"), "--store", str(root / "store"), "--model", "popularity",
+        "--model", 'popularity:{"by": "weight"}', "--version", pipeline_run["result"]["version"],
+        "--output", str(root / "report"),
+    ])
+    by_name = {row["model"]: row for row in rows}
+    assert set(by_name) == {"popularity", 'popularity {"by": "weight"}', pipeline_run["result"]["version"]}
+    # The stored version was fitted on the same data with the same settings as "popularity".
+    assert by_name["popularity"]["ndcg@10"] == pytest.approx(by_name[pipeline_run["result"]["version"]]["ndcg@10"])
+    low, high = by_name["popularity"]["ndcg@10_ci95"]
+    assert low <= by_name["popularity"]["ndcg@10"] <= high
+    assert [row["ndcg@10"] for row in rows] == sorted((row["ndcg@10"] for row in rows), reverse=True)
+    saved = json.loads((root / "report" / "evaluation.json").read_text())
+    assert len(saved) == 3 and "| popularity |" in (root / "report" / "evaluation.md").read_text()

@@ -6,7 +6,7 @@ import pytest
 from conftest import REPO
 
 
-@pytest.mark.parametrize("module", ["jobs.ingest", "jobs.train", "jobs.pipeline", "encore.store"])
+@pytest.mark.parametrize("module", ["jobs.ingest", "jobs.train", "jobs.evaluate", "jobs.pipeline", "tuning.popularity", "encore.store"])
 def test_entrypoints_explain_themselves(module):
     result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -68,3 +68,22 @@ def test_evaluate_excludes_seen_items_and_averages_over_users():
 def test_evaluate_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="differ in shape"):
         evaluate(FixedScores(3), sp.csr_matrix((2, 3)), sp.csr_matrix((2, 4)))
+
+
+def test_bootstrap_interval_brackets_the_mean():
+    from encore.metrics import bootstrap_interval
+
+    values = np.random.default_rng(0).random(500)
+    low, high = bootstrap_interval(values)
+    assert low < values.mean() < high
+    assert high - low < 0.1
+    assert bootstrap_interval(np.full(50, 0.3)) == pytest.approx((0.3, 0.3))
+
+
+def test_restrict_items_keeps_only_those_columns():
+    from encore.metrics import restrict_items
+
+    held_out = sp.csr_matrix(np.array([[1, 0, 1], [0, 1, 0]]))
+    restricted = restrict_items(held_out, np.array([2]))
+    assert restricted.toarray().tolist() == [[0, 0, 1], [0, 0, 0]]
+    assert restricted.nnz == 1

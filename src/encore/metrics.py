@@ -45,8 +45,9 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(candidates, order, axis=1)
 
 
-def evaluate(model, seen: sp.csr_matrix, held_out: sp.csr_matrix, ks=DEFAULT_KS, batch_size: int = 512) -> dict:
-    """Rank the whole catalogue for every user with held-out items and average the metrics.
+def per_user_metrics(model, seen: sp.csr_matrix, held_out: sp.csr_matrix, ks=DEFAULT_KS,
+                     batch_size: int = 512) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Each metric for every user with held-out items, and the catalogue coverage at each k.
 
     ``model.score(users)`` gives a (len(users), n_items) array; items in ``seen`` (what the model
     was fitted on) are excluded from each user's ranking so they cannot count as hits or misses.
@@ -58,7 +59,7 @@ def evaluate(model, seen: sp.csr_matrix, held_out: sp.csr_matrix, ks=DEFAULT_KS,
     if len(users) == 0:
         raise ValueError("no user has held-out items to evaluate on")
     k_max = max(ks)
-    totals: dict[str, float] = {}
+    values: dict[str, list[float]] = {}
     recommended = {k: np.zeros(seen.shape[1], dtype=bool) for k in ks}
     for start in range(0, len(users), batch_size):
         batch = users[start:start + batch_size]
@@ -70,10 +71,35 @@ def evaluate(model, seen: sp.csr_matrix, held_out: sp.csr_matrix, ks=DEFAULT_KS,
             relevant = set(held_out.indices[held_out.indptr[user]:held_out.indptr[user + 1]].tolist())
             for k in ks:
                 for name, value in user_metrics(ranked[row], relevant, k).items():
-                    totals[name] = totals.get(name, 0.0) + value
+                    values.setdefault(name, []).append(value)
         for k in ks:
             recommended[k][ranked[:, :k].ravel()] = True
-    results = {name: float(value / len(users)) for name, value in sorted(totals.items())}
-    results.update({f"coverage@{k}": float(recommended[k].mean()) for k in ks})
-    results["users"] = int(len(users))
+    coverage = {f"coverage@{k}": float(recommended[k].mean()) for k in ks}
+    return {name: np.asarray(v) for name, v in sorted(values.items())}, coverage
+
+
+def evaluate(model, seen: sp.csr_matrix, held_out: sp.csr_matrix, ks=DEFAULT_KS, batch_size: int = 512) -> dict:
+    """Rank the whole catalogue for every user with held-out items and average the metrics."""
+    values, coverage = per_user_metrics(model, seen, held_out, ks, batch_size)
+    results = {name: float(v.mean()) for name, v in values.items()}
+    results.update(coverage)
+    results["users"] = int(len(next(iter(values.values()))))
     return results
+
+
+def bootstrap_interval(values: np.ndarray, confidence: float = 0.95, resamples: int = 1000,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over users."""
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(resamples, len(values)), replace=True).mean(axis=1)
+    tail = (1 - confidence) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def restrict_items(held_out: sp.csr_matrix, items: np.ndarray) -> sp.csr_matrix:
+    """``held_out`` with only the given item columns kept, e.g. cold-start items."""
+    mask = np.zeros(held_out.shape[1], dtype=np.float32)
+    mask[items] = 1
+    restricted = sp.csr_matrix(held_out.multiply(mask[None, :]))
+    restricted.eliminate_zeros()
+    return restricted
