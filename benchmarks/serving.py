@@ -47,8 +47,15 @@ def build_store(store: Path) -> None:
     model = Popularity().fit(dataset.matrix("train", "validation"))
     with tempfile.TemporaryDirectory() as folder:
         RecommenderBundle.from_dataset(model, dataset, "train", "validation").save(folder)
-        ModelStore(store).save(folder, kind="popularity", config={}, metrics={}, data_fingerprint="benchmark",
-                               preprocessing=preprocessing(key_fingerprint(key)), aliases=["production"])
+        ModelStore(store).save(
+            folder,
+            kind="popularity",
+            config={},
+            metrics={},
+            data_fingerprint="benchmark",
+            preprocessing=preprocessing(key_fingerprint(key)),
+            aliases=["production"],
+        )
 
 
 def reference_app(store: str):
@@ -129,8 +136,9 @@ def main() -> None:
         store = Path(folder) / "store"
         build_store(store)
         port = free_port()
-        reference = subprocess.Popen([sys.executable, "-m", "benchmarks.serving", "--serve-reference", str(store),
-                                      "--port", str(port)], cwd=REPO)
+        reference = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.serving", "--serve-reference", str(store), "--port", str(port)], cwd=REPO
+        )
         try:
             wait_for(f"http://127.0.0.1:{port}")
             plain = measure(f"http://127.0.0.1:{port}", args.requests, args.clients)
@@ -154,8 +162,10 @@ def main() -> None:
         encore = measure(f"http://127.0.0.1:{serve_port}", args.requests, args.clients)
         serve.shutdown()
 
-    print(f"\nServing {args.requests} requests of POST /v1/recommend (n=10), popularity on Last.fm HetRec, "
-          f"{os.cpu_count()} CPUs; Encore start-up (Ray + Serve) {startup:.1f} s, not counted below\n")
+    print(
+        f"\nServing {args.requests} requests of POST /v1/recommend (n=10), popularity on Last.fm HetRec, "
+        f"{os.cpu_count()} CPUs; Encore start-up (Ray + Serve) {startup:.1f} s, not counted below\n"
+    )
     print(f"| {'metric':<22} | {'plain FastAPI':>13} | {'Encore on Serve':>15} | {'Encore / plain':>14} |")
     print(f"|{'-' * 24}|{'-' * 14}:|{'-' * 16}:|{'-' * 15}:|")
     for name in plain:

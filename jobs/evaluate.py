@@ -68,20 +68,35 @@ def fit_and_score(kind: str, params: dict, dataset: InteractionDataset, cold_max
 def load_and_score(store_uri: str, ref: str, dataset: InteractionDataset, cold_max: int) -> dict:
     loaded = ModelStore(store_uri).load(ref)
     if loaded.manifest.data_fingerprint != dataset.manifest["fingerprint"]:
-        raise SystemExit(f"error: {loaded.manifest.version} was trained on other data (fingerprint "
-                         f"{loaded.manifest.data_fingerprint[:12]}, this dataset {dataset.manifest['fingerprint'][:12]})")
+        raise SystemExit(
+            f"error: {loaded.manifest.version} was trained on other data (fingerprint "
+            f"{loaded.manifest.data_fingerprint[:12]}, this dataset {dataset.manifest['fingerprint'][:12]})"
+        )
     bundle = RecommenderBundle.load(loaded.path, loaded.manifest.kind)
     return score_model(loaded.manifest.version, bundle.model, None, dataset, cold_max)
 
 
 def markdown_table(rows: list[dict]) -> str:
-    header = ["model", "NDCG@10 (95% CI)", "Recall@20", "Precision@10", "MAP@10", "Coverage@10", "cold NDCG@10", "fit s"]
+    header = [
+        "model",
+        "NDCG@10 (95% CI)",
+        "Recall@20",
+        "Precision@10",
+        "MAP@10",
+        "Coverage@10",
+        "cold NDCG@10",
+        "fit s",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
         low, high = row["ndcg@10_ci95"]
         cells = [
-            row["model"], f"{row['ndcg@10']:.4f} ({low:.4f}–{high:.4f})", f"{row['recall@20']:.4f}",
-            f"{row['precision@10']:.4f}", f"{row['map@10']:.4f}", f"{row['coverage@10']:.4f}",
+            row["model"],
+            f"{row['ndcg@10']:.4f} ({low:.4f}–{high:.4f})",
+            f"{row['recall@20']:.4f}",
+            f"{row['precision@10']:.4f}",
+            f"{row['map@10']:.4f}",
+            f"{row['coverage@10']:.4f}",
             f"{row['cold_ndcg@10']:.4f}" if "cold_ndcg@10" in row else "–",
             f"{row['fit_seconds']:.1f}" if row["fit_seconds"] is not None else "stored",
         ]

@@ -63,12 +63,21 @@ def ingest(input_uri: str, output_uri: str, split: SplitConfig) -> dict:
     good = parsed[parsed["reason"] == ""]
     pairs = merge_duplicates(good)
 
-    dataset = InteractionDataset.build(pairs, catalogue, split, manifest={
-        "sources": files,
-        "id_key_fingerprint": key_fingerprint(key),
-        "rows": {"read": len(parsed), "accepted": len(good), "rejected": len(rejects),
-                 "duplicates_merged": len(good) - len(pairs)},
-    })
+    dataset = InteractionDataset.build(
+        pairs,
+        catalogue,
+        split,
+        manifest={
+            "sources": files,
+            "id_key_fingerprint": key_fingerprint(key),
+            "rows": {
+                "read": len(parsed),
+                "accepted": len(good),
+                "rejected": len(rejects),
+                "duplicates_merged": len(good) - len(pairs),
+            },
+        },
+    )
     dataset.save(output_uri)
     rejects_uri = fs.join(output_uri, "rejects.csv")
     buffer = io.StringIO()
@@ -79,13 +88,24 @@ def ingest(input_uri: str, output_uri: str, split: SplitConfig) -> dict:
         logger.warning("rejected %s line %d: %s", row.source, row.line, row.reason)
     if len(rejects) > REJECTS_SHOWN:
         logger.warning("... and %d more rejected rows", len(rejects) - REJECTS_SHOWN)
-    summary = {**dataset.manifest["rows"], **dataset.manifest["counts"],
-               "fingerprint": dataset.manifest["fingerprint"], "dataset": output_uri, "rejects": rejects_uri}
-    logger.info("read %(read)d rows: %(accepted)d accepted, %(rejected)d rejected, "
-                "%(duplicates_merged)d duplicates merged", summary)
-    logger.info("%(users)d users, %(items)d items; train %(train)d, validation %(validation)d, "
-                "test %(test)d interactions", summary)
-    logger.info("wrote dataset %s (fingerprint %s) and rejects %s", output_uri, summary["fingerprint"][:12], rejects_uri)
+    summary = {
+        **dataset.manifest["rows"],
+        **dataset.manifest["counts"],
+        "fingerprint": dataset.manifest["fingerprint"],
+        "dataset": output_uri,
+        "rejects": rejects_uri,
+    }
+    logger.info(
+        "read %(read)d rows: %(accepted)d accepted, %(rejected)d rejected, %(duplicates_merged)d duplicates merged",
+        summary,
+    )
+    logger.info(
+        "%(users)d users, %(items)d items; train %(train)d, validation %(validation)d, test %(test)d interactions",
+        summary,
+    )
+    logger.info(
+        "wrote dataset %s (fingerprint %s) and rejects %s", output_uri, summary["fingerprint"][:12], rejects_uri
+    )
     return summary
 
 
@@ -94,8 +114,9 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the per-user split")
     parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
     parser.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction)
-    parser.add_argument("--min-items", type=int, default=defaults.min_items,
-                        help="users with fewer items keep them all in train")
+    parser.add_argument(
+        "--min-items", type=int, default=defaults.min_items, help="users with fewer items keep them all in train"
+    )
 
 
 def split_config(args: argparse.Namespace) -> SplitConfig:
@@ -104,7 +125,9 @@ def split_config(args: argparse.Namespace) -> SplitConfig:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, help="file, folder or s3:// prefix of interactions, or a HetRec folder")
+    parser.add_argument(
+        "--input", required=True, help="file, folder or s3:// prefix of interactions, or a HetRec folder"
+    )
     parser.add_argument("--output", required=True, help="dataset folder or s3:// prefix to write")
     add_split_arguments(parser)
     args = parser.parse_args(argv)

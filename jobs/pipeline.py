@@ -11,11 +11,10 @@ import argparse
 import json
 import logging
 
-from jobs.ingest import add_split_arguments, ingest, split_config
-from jobs.train import train
-
 from encore.models import MODELS
 from encore.runtime import init_ray, setup_logging, user_errors
+from jobs.ingest import add_split_arguments, ingest, split_config
+from jobs.train import train
 
 logger = logging.getLogger("encore.pipeline")
 

@@ -38,7 +38,9 @@ def fit_and_evaluate(kind: str, params: dict, dataset: InteractionDataset) -> tu
     return RecommenderBundle.from_dataset(final_model, dataset, "train", "validation"), metrics
 
 
-def train(dataset_uri: str, kind: str, params: dict, store_uri: str, aliases: list[str], tuning: dict | None = None) -> str:
+def train(
+    dataset_uri: str, kind: str, params: dict, store_uri: str, aliases: list[str], tuning: dict | None = None
+) -> str:
     """Train on Ray (one task, so it runs where the cluster has room) and save; returns the version.
 
     ``tuning`` records the search that chose ``params``, if one did."""
@@ -46,19 +48,34 @@ def train(dataset_uri: str, kind: str, params: dict, store_uri: str, aliases: li
     dataset = InteractionDataset.load(dataset_uri)
     key_print = key_fingerprint(id_key())
     if dataset.manifest["id_key_fingerprint"] != key_print:
-        raise SystemExit(f"error: {dataset_uri} was ingested under another ENCORE_ID_KEY; "
-                         "train and serve with the key the data was ingested with")
-    logger.info("training %s %s on %s (%d users, %d items)", kind, params, dataset_uri, dataset.n_users, dataset.n_items)
+        raise SystemExit(
+            f"error: {dataset_uri} was ingested under another ENCORE_ID_KEY; "
+            "train and serve with the key the data was ingested with"
+        )
+    logger.info(
+        "training %s %s on %s (%d users, %d items)", kind, params, dataset_uri, dataset.n_users, dataset.n_items
+    )
     bundle, metrics = ray.get(ray.remote(fit_and_evaluate).remote(kind, params, dataset))
     for split in ("validation", "test"):
-        logger.info("%s: %s", split, ", ".join(f"{name} {value:.4f}" for name, value in metrics[split].items()
-                                              if name.startswith(("ndcg@10", "recall@20", "precision@10", "map@10"))))
+        logger.info(
+            "%s: %s",
+            split,
+            ", ".join(
+                f"{name} {value:.4f}"
+                for name, value in metrics[split].items()
+                if name.startswith(("ndcg@10", "recall@20", "precision@10", "map@10"))
+            ),
+        )
     with tempfile.TemporaryDirectory() as folder:
         bundle.save(folder)
         manifest = ModelStore(store_uri).save(
-            folder, kind=kind, config={"params": params, "dataset": dataset_uri, "split": dataset.manifest["split"], "tuning": tuning},
-            metrics=metrics, data_fingerprint=dataset.manifest["fingerprint"],
-            preprocessing=preprocessing(key_print), aliases=aliases,
+            folder,
+            kind=kind,
+            config={"params": params, "dataset": dataset_uri, "split": dataset.manifest["split"], "tuning": tuning},
+            metrics=metrics,
+            data_fingerprint=dataset.manifest["fingerprint"],
+            preprocessing=preprocessing(key_print),
+            aliases=aliases,
         )
     logger.info("saved %s to %s (aliases: %s)", manifest.version, store_uri, ", ".join(aliases))
     return manifest.version
@@ -68,9 +85,11 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, help="ingested dataset folder or s3:// prefix")
     parser.add_argument("--model", default="popularity", choices=sorted(MODELS))
-    parser.add_argument("--params", default="{}", help="model hyperparameters as JSON, e.g. '{\"by\": \"weight\"}'")
+    parser.add_argument("--params", default="{}", help='model hyperparameters as JSON, e.g. \'{"by": "weight"}\'')
     parser.add_argument("--store", default="./artifacts", help="model store folder or s3:// prefix")
-    parser.add_argument("--alias", action="append", default=None, help="aliases to move to the new version (default: latest)")
+    parser.add_argument(
+        "--alias", action="append", default=None, help="aliases to move to the new version (default: latest)"
+    )
     args = parser.parse_args(argv)
     setup_logging()
     init_ray()

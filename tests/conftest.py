@@ -36,9 +36,15 @@ def s3_endpoint(tmp_path_factory):
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [shutil.which("moto_server", path=os.path.dirname(sys.executable)) or "moto_server",
-             "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                shutil.which("moto_server", path=os.path.dirname(sys.executable)) or "moto_server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     endpoint = f"http://127.0.0.1:{port}"
     os.environ.update(
@@ -55,7 +61,7 @@ def s3_endpoint(tmp_path_factory):
                 break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto server did not start: {log.read_text()}")
+                raise RuntimeError(f"moto server did not start: {log.read_text()}") from None
             time.sleep(0.2)
     yield endpoint
     proc.terminate()
@@ -87,7 +93,12 @@ def ray_local(s3_endpoint, tmp_path_factory):
     os.environ["ENCORE_ID_KEY"] = TEST_ID_KEY
     # Workers import `jobs` and `serve_apps` from the repository, wherever pytest was started.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+    )
     yield ray
     ray.shutdown()

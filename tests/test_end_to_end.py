@@ -13,7 +13,6 @@ import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import free_port
 
 PLANTED_PREFIX = "PLANTEDUSER-q7x3"
@@ -33,7 +32,9 @@ def planted_csv(path: Path) -> tuple[int, dict[str, set[str]]]:
     for user in range(N_USERS):
         raw = f"{PLANTED_PREFIX}-{user:04d}"
         # Popular items are the low ids, so a popularity model has something to find.
-        items = rng.choice(N_ITEMS, size=12, replace=False, p=np.linspace(2, 1, N_ITEMS) / np.linspace(2, 1, N_ITEMS).sum())
+        items = rng.choice(
+            N_ITEMS, size=12, replace=False, p=np.linspace(2, 1, N_ITEMS) / np.linspace(2, 1, N_ITEMS).sum()
+        )
         histories[raw] = {f"track-{item}" for item in items}
         lines += [f"{raw},track-{item},{rng.integers(1, 30)}" for item in items]
     good = len(lines) - 1
@@ -62,9 +63,16 @@ def pipeline_run(ray_local, tmp_path_factory):
     handler.emit = lambda record: records.append(handler.format(record))
     logging.getLogger().addHandler(handler)
     try:
-        result = pipeline.main([
-            "--input", str(root / "plays.csv"), "--dataset", str(root / "dataset"), "--store", str(root / "store"),
-        ])
+        result = pipeline.main(
+            [
+                "--input",
+                str(root / "plays.csv"),
+                "--dataset",
+                str(root / "dataset"),
+                "--store",
+                str(root / "store"),
+            ]
+        )
     finally:
         logging.getLogger().removeHandler(handler)
     return {"root": root, "result": result, "good_rows": good_rows, "histories": histories, "log": records}
@@ -137,13 +145,16 @@ def test_unknown_user_gets_popular_items(api):
     assert all(item["name"] for item in body["items"])
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"n": 3}, "user_id"),
-    ({"user_id": "x", "n": 0}, "n"),
-    ({"user_id": "x", "n": "many"}, "n"),
-    ({"user_id": "", "n": 3}, "user_id"),
-    ({"user_id": "x", "colour": "blue"}, "colour"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"n": 3}, "user_id"),
+        ({"user_id": "x", "n": 0}, "n"),
+        ({"user_id": "x", "n": "many"}, "n"),
+        ({"user_id": "", "n": 3}, "user_id"),
+        ({"user_id": "x", "colour": "blue"}, "colour"),
+    ],
+)
 def test_malformed_requests_get_422_naming_the_field(api, body, field):
     answer = api.post("/v1/recommend", json=body)
     assert answer.status_code == 422
@@ -199,16 +210,22 @@ def test_no_raw_user_id_in_any_artifact_or_log(pipeline_run, api, ray_local):
 
 def test_tune_search_selects_on_validation_and_stores_the_best(pipeline_run):
     from ray import tune
+
+    from encore.store import ModelStore
     from tuning import popularity
     from tuning.common import main
 
-    from encore.store import ModelStore
-
-
     root = pipeline_run["root"]
-    outcome = main("popularity", popularity.PARAM_SPACE, [
-        "--dataset", str(root / "dataset"), "--store", str(root / "tuned-store"),
-    ])
+    outcome = main(
+        "popularity",
+        popularity.PARAM_SPACE,
+        [
+            "--dataset",
+            str(root / "dataset"),
+            "--store",
+            str(root / "tuned-store"),
+        ],
+    )
     # Read back what Tune saved: the results must be on disk, not only in memory.
     saved = tune.ExperimentAnalysis(outcome["results"])
     trials = {trial.config["by"]: trial.last_result for trial in saved.trials}
@@ -226,11 +243,22 @@ def test_evaluate_job_compares_fitted_and_stored_models(pipeline_run):
     from jobs import evaluate
 
     root = pipeline_run["root"]
-    rows = evaluate.main([
-        "--dataset", str(root / "dataset"), "--store", str(root / "store"), "--model", "popularity",
-        "--model", 'popularity:{"by": "weight"}', "--version", pipeline_run["result"]["version"],
-        "--output", str(root / "report"),
-    ])
+    rows = evaluate.main(
+        [
+            "--dataset",
+            str(root / "dataset"),
+            "--store",
+            str(root / "store"),
+            "--model",
+            "popularity",
+            "--model",
+            'popularity:{"by": "weight"}',
+            "--version",
+            pipeline_run["result"]["version"],
+            "--output",
+            str(root / "report"),
+        ]
+    )
     by_name = {row["model"]: row for row in rows}
     assert set(by_name) == {"popularity", 'popularity {"by": "weight"}', pipeline_run["result"]["version"]}
     # The stored version was fitted on the same data with the same settings as "popularity".
@@ -240,3 +268,37 @@ def test_evaluate_job_compares_fitted_and_stored_models(pipeline_run):
     assert [row["ndcg@10"] for row in rows] == sorted((row["ndcg@10"] for row in rows), reverse=True)
     saved = json.loads((root / "report" / "evaluation.json").read_text())
     assert len(saved) == 3 and "| popularity |" in (root / "report" / "evaluation.md").read_text()
+
+
+def test_history_recommendations_for_a_new_listener(api, pipeline_run):
+    history = ["track-0", "track-1"]
+    body = api.post("/v1/recommend/history", json={"items": history, "n": 4}).json()
+    assert len(body["items"]) == 4 and not {item["item_id"] for item in body["items"]} & set(history)
+    unknown = api.post("/v1/recommend/history", json={"items": ["track-0", "no-such-track"], "n": 4})
+    assert unknown.status_code == 404
+    assert unknown.json()["error"] == {
+        "code": "unknown_item",
+        "field": "items",
+        "message": "unknown item id(s): 'no-such-track'",
+    }
+
+
+def test_verbs_a_model_cannot_do_say_so(api):
+    similar = api.get("/v1/items/track-0/similar", params={"n": 3})
+    assert similar.status_code == 400
+    assert similar.json()["error"]["code"] == "not_supported" and "similarity" in similar.json()["error"]["message"]
+    user = f"{PLANTED_PREFIX}-0003"
+    explained = api.post("/v1/recommend", json={"user_id": user, "n": 3, "explain": True})
+    assert explained.status_code == 400 and explained.json()["error"]["field"] == "explain"
+    assert api.get("/v1/items/no-such-track/similar").json()["error"]["code"] == "unknown_item"
+    assert api.get("/v1/items/track-0/similar", params={"n": 0}).json()["error"]["field"] == "n"
+
+
+def test_requests_choose_the_model_by_alias_version_or_kind(api, pipeline_run):
+    version = pipeline_run["result"]["version"]
+    for ref in (version, "latest", "popularity"):
+        body = api.post("/v1/recommend", json={"user_id": "x", "n": 1, "model": ref}).json()
+        assert body["model"]["kind"] == "popularity", body
+    assert api.post("/v1/recommend", json={"user_id": "x", "model": version}).json()["model"]["version"] == version
+    missing = api.post("/v1/recommend", json={"user_id": "x", "model": "als"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_model"

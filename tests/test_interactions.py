@@ -8,7 +8,12 @@ import pytest
 
 from encore.ids import key_fingerprint, pseudonymize
 from encore.interactions import (
-    InteractionDataset, SplitConfig, assign_split, fingerprint, merge_duplicates, parse_file,
+    InteractionDataset,
+    SplitConfig,
+    assign_split,
+    fingerprint,
+    merge_duplicates,
+    parse_file,
 )
 
 KEY = b"test-key"
@@ -122,8 +127,7 @@ def test_split_is_a_function_of_data_and_seed_only():
 
 def test_dataset_roundtrip_and_matrices(tmp_path):
     pairs = make_pairs()
-    catalogue = pd.DataFrame({"item_id": ["item1", "never-played"], "name": ["One", "Nobody"],
-                              "tags": [["rock"], []]})
+    catalogue = pd.DataFrame({"item_id": ["item1", "never-played"], "name": ["One", "Nobody"], "tags": [["rock"], []]})
     dataset = InteractionDataset.build(pairs, catalogue, SplitConfig(), manifest={"sources": ["x"]})
     assert "never-played" in set(dataset.items["item_id"])
     dataset.save(tmp_path / "ds")

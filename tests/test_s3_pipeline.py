@@ -9,10 +9,9 @@ import pyarrow.parquet as pq
 
 
 def test_pipeline_reads_and_writes_s3(ray_local, s3_bucket, tmp_path, monkeypatch):
-    from jobs import pipeline
-
     from encore.interactions import InteractionDataset
     from encore.store import ModelStore
+    from jobs import pipeline
 
     monkeypatch.setenv("ENCORE_CACHE_DIR", str(tmp_path / "cache"))
     s3 = boto3.client("s3")
@@ -22,22 +21,35 @@ def test_pipeline_reads_and_writes_s3(ray_local, s3_bucket, tmp_path, monkeypatc
     ]
     csv_rows.append("listener-0,song-1,-5,2025-01-01")  # line 98: rejected
     s3.put_object(Bucket=s3_bucket, Key="raw/part-0.csv", Body="\n".join(csv_rows).encode())
-    table = pa.table({"user": ["listener-0", "listener-1", None], "item": ["song-19", "song-18", "song-1"],
-                      "weight": [2.0, 3.0, 1.0]})
+    table = pa.table(
+        {
+            "user": ["listener-0", "listener-1", None],
+            "item": ["song-19", "song-18", "song-1"],
+            "weight": [2.0, 3.0, 1.0],
+        }
+    )
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     s3.put_object(Bucket=s3_bucket, Key="raw/part-1.parquet", Body=buffer.getvalue())
 
-    result = pipeline.main([
-        "--input", f"s3://{s3_bucket}/raw", "--dataset", f"s3://{s3_bucket}/datasets/plays",
-        "--store", f"s3://{s3_bucket}/models",
-    ])
+    result = pipeline.main(
+        [
+            "--input",
+            f"s3://{s3_bucket}/raw",
+            "--dataset",
+            f"s3://{s3_bucket}/datasets/plays",
+            "--store",
+            f"s3://{s3_bucket}/models",
+        ]
+    )
 
     summary = result["ingest"]
     assert (summary["read"], summary["accepted"], summary["rejected"]) == (100, 98, 2)
     rejects = pd.read_csv(io.BytesIO(s3.get_object(Bucket=s3_bucket, Key="datasets/plays/rejects.csv")["Body"].read()))
     assert sorted(zip(rejects["source"].str.rsplit("/", n=1).str[-1], rejects["line"])) == [
-        ("part-0.csv", 98), ("part-1.parquet", 3)]
+        ("part-0.csv", 98),
+        ("part-1.parquet", 3),
+    ]
     dataset = InteractionDataset.load(f"s3://{s3_bucket}/datasets/plays")
     assert dataset.n_users == 12 and dataset.manifest["fingerprint"] == summary["fingerprint"]
     loaded = ModelStore(f"s3://{s3_bucket}/models").load("production")

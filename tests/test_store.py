@@ -22,8 +22,8 @@ from encore.store import (
     PreprocessingMismatch,
     StoreError,
     VersionNotFound,
+    core,
 )
-from encore.store import core
 
 MODEL_FILES = {
     "weights.bin": bytes(range(256)) * 40,
@@ -61,7 +61,7 @@ class S3Objects:
 
     def keys(self) -> list[str]:
         reply = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}/")
-        return sorted(entry["Key"][len(self.prefix) + 1:] for entry in reply.get("Contents", []))
+        return sorted(entry["Key"][len(self.prefix) + 1 :] for entry in reply.get("Contents", []))
 
     def read(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/{key}")["Body"].read()
@@ -116,7 +116,10 @@ def save(store: ModelStore, source: Path, kind: str = "popularity", **overrides)
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "encore.store", *args],
-        capture_output=True, text=True, timeout=60, env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
 
 
@@ -218,7 +221,11 @@ def test_damaged_file_is_refused_naming_it(store, source, objects, damage):
         data = objects.read(key)
         objects.write(key, _flip_one_byte(data) if damage == "flip" else data[:-1])
 
-    problem = {"flip": "has sha256", "truncate": f"has {len(MODEL_FILES['weights.bin']) - 1} bytes", "delete": "is missing"}
+    problem = {
+        "flip": "has sha256",
+        "truncate": f"has {len(MODEL_FILES['weights.bin']) - 1} bytes",
+        "delete": "is missing",
+    }
     for check in (store.load, store.verify):
         with pytest.raises(ChecksumError, match=rf"{version}.*weights\.bin {problem[damage]}"):
             check(version)

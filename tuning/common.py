@@ -3,10 +3,9 @@
 import argparse
 import logging
 
-from jobs.train import train
-
 from encore import fs, tuning
 from encore.runtime import init_ray, setup_logging, user_errors
+from jobs.train import train
 
 logger = logging.getLogger("encore.tuning")
 
@@ -23,10 +22,26 @@ def main(kind: str, param_space: dict, argv: list[str] | None = None, scheduler=
     setup_logging()
     init_ray()
     with user_errors():
-        results = tuning.search(kind, param_space, fs.absolute(args.dataset), args.results or fs.join(fs.absolute(args.store), "tune"),
-                                num_samples=args.num_samples, scheduler=scheduler)
+        results = tuning.search(
+            kind,
+            param_space,
+            fs.absolute(args.dataset),
+            args.results or fs.join(fs.absolute(args.store), "tune"),
+            num_samples=args.num_samples,
+            scheduler=scheduler,
+        )
         best = results.get_best_result()
-        version = train(args.dataset, kind, best.config, args.store, ["latest", args.alias],
-                        tuning={"trials": len(results), "metric": tuning.SELECTION_METRIC,
-                                "best_validation": best.metrics[tuning.SELECTION_METRIC], "results": results.experiment_path})
+        version = train(
+            args.dataset,
+            kind,
+            best.config,
+            args.store,
+            ["latest", args.alias],
+            tuning={
+                "trials": len(results),
+                "metric": tuning.SELECTION_METRIC,
+                "best_validation": best.metrics[tuning.SELECTION_METRIC],
+                "results": results.experiment_path,
+            },
+        )
     return {"best_config": best.config, "version": version, "results": results.experiment_path}

@@ -1,6 +1,6 @@
 """Search the popularity baseline: rank by distinct listeners or by total plays.
 
-    python -m tuning.popularity --dataset artifacts/datasets/lastfm-hetrec2k --store artifacts
+python -m tuning.popularity --dataset artifacts/datasets/lastfm-hetrec2k --store artifacts
 """
 
 from ray import tune

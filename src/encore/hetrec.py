@@ -21,8 +21,9 @@ def is_hetrec(uri: str) -> bool:
 
 
 def _read_table(uri: str, encoding: str) -> pd.DataFrame:
-    return pd.read_csv(io.BytesIO(fs.read_bytes(uri)), sep="\t", encoding=encoding, dtype=str,
-                       quoting=3, keep_default_na=False)
+    return pd.read_csv(
+        io.BytesIO(fs.read_bytes(uri)), sep="\t", encoding=encoding, dtype=str, quoting=3, keep_default_na=False
+    )
 
 
 def load_catalogue(uri: str, top_tags: int = TOP_TAGS) -> pd.DataFrame:

@@ -29,7 +29,8 @@ def id_key() -> bytes:
     if not _warned_about_default:
         logger.warning(
             "%s is not set: user ids are pseudonymised with the public development key. "
-            "Set a secret key for any real data.", ID_KEY_ENV,
+            "Set a secret key for any real data.",
+            ID_KEY_ENV,
         )
         _warned_about_default = True
     return DEVELOPMENT_KEY.encode()

@@ -14,7 +14,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -75,7 +75,7 @@ def _parse_timestamp(text: str) -> float:
     except ValueError:
         parsed = datetime.fromisoformat(text)
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return parsed.timestamp()
 
 
@@ -104,10 +104,18 @@ def _validate(fields: dict[str, str]) -> tuple[float, float, str]:
 
 def _rows_to_frame(rows: list[tuple]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=PARSED_COLUMNS)
-    return frame.astype({
-        "user": str, "item": str, "weight": "float64", "timestamp": "float64",
-        "source": str, "line": "int64", "reason": str, "record": str,
-    })
+    return frame.astype(
+        {
+            "user": str,
+            "item": str,
+            "weight": "float64",
+            "timestamp": "float64",
+            "source": str,
+            "line": "int64",
+            "reason": str,
+            "record": str,
+        }
+    )
 
 
 def parse_delimited(data: bytes, source: str, key: bytes) -> pd.DataFrame:
@@ -135,8 +143,18 @@ def parse_delimited(data: bytes, source: str, key: bytes) -> pd.DataFrame:
             values[user_position] = pseudonymize(values[user_position].strip(), key)
         record = delimiter.join(values)
         if len(values) != len(header):
-            rows.append(("", "", math.nan, math.nan, source, line_number,
-                         f"expected {len(header)} fields, found {len(values)}", record))
+            rows.append(
+                (
+                    "",
+                    "",
+                    math.nan,
+                    math.nan,
+                    source,
+                    line_number,
+                    f"expected {len(header)} fields, found {len(values)}",
+                    record,
+                )
+            )
             continue
         fields = {role: values[index].strip() for role, index in positions.items()}
         weight, timestamp, reason = _validate(fields)
@@ -180,9 +198,8 @@ def parse_file(data: bytes, source: str, key: bytes) -> pd.DataFrame:
 
 def merge_duplicates(good: pd.DataFrame) -> pd.DataFrame:
     """Sum the weights of repeated (user, item) pairs; keep the latest timestamp."""
-    return (
-        good.groupby(["user", "item"], as_index=False, sort=True)
-        .agg(weight=("weight", "sum"), timestamp=("timestamp", "max"))
+    return good.groupby(["user", "item"], as_index=False, sort=True).agg(
+        weight=("weight", "sum"), timestamp=("timestamp", "max")
     )
 
 
@@ -202,7 +219,8 @@ def assign_split(pairs: pd.DataFrame, config: SplitConfig) -> pd.Series:
     remaining = count - n_test
     n_validation = np.where(
         (count >= config.min_items) & (remaining >= config.min_items),
-        np.maximum(1, np.round(remaining * config.validation_fraction)), 0,
+        np.maximum(1, np.round(remaining * config.validation_fraction)),
+        0,
     )
     split = np.full(len(pairs), "train", dtype=object)
     split[rank < n_test + n_validation] = "validation"
@@ -253,7 +271,9 @@ class InteractionDataset:
         )
 
     @classmethod
-    def build(cls, pairs: pd.DataFrame, items: pd.DataFrame, config: SplitConfig, manifest: dict) -> "InteractionDataset":
+    def build(
+        cls, pairs: pd.DataFrame, items: pd.DataFrame, config: SplitConfig, manifest: dict
+    ) -> "InteractionDataset":
         """Dense ids and the split from merged (user, item, weight, timestamp) pairs.
 
         ``items`` (item_id, name, tags) is the catalogue: it may hold items nobody played yet.
@@ -263,26 +283,32 @@ class InteractionDataset:
         item_ids = np.union1d(pairs["item"].unique(), catalogue.index.to_numpy(dtype=str))
         catalogue = catalogue.reindex(item_ids)
         users = pd.DataFrame({"user_idx": np.arange(len(user_keys), dtype=np.int32), "user_key": user_keys})
-        items_table = pd.DataFrame({
-            "item_idx": np.arange(len(item_ids), dtype=np.int32),
-            "item_id": item_ids,
-            "name": catalogue["name"].fillna(pd.Series(item_ids, index=item_ids)).to_numpy(dtype=str),
-            "tags": [list(t) if isinstance(t, list) else [] for t in catalogue["tags"]],
-        })
-        interactions = pd.DataFrame({
-            "user_idx": np.searchsorted(user_keys, pairs["user"].to_numpy()).astype(np.int32),
-            "item_idx": np.searchsorted(item_ids, pairs["item"].to_numpy()).astype(np.int32),
-            "weight": pairs["weight"].to_numpy(np.float32),
-            "timestamp": pairs["timestamp"].to_numpy(np.float64),
-            "split": assign_split(pairs, config).to_numpy(),
-        })
+        items_table = pd.DataFrame(
+            {
+                "item_idx": np.arange(len(item_ids), dtype=np.int32),
+                "item_id": item_ids,
+                "name": catalogue["name"].fillna(pd.Series(item_ids, index=item_ids)).to_numpy(dtype=str),
+                "tags": [list(t) if isinstance(t, list) else [] for t in catalogue["tags"]],
+            }
+        )
+        interactions = pd.DataFrame(
+            {
+                "user_idx": np.searchsorted(user_keys, pairs["user"].to_numpy()).astype(np.int32),
+                "item_idx": np.searchsorted(item_ids, pairs["item"].to_numpy()).astype(np.int32),
+                "weight": pairs["weight"].to_numpy(np.float32),
+                "timestamp": pairs["timestamp"].to_numpy(np.float64),
+                "split": assign_split(pairs, config).to_numpy(),
+            }
+        )
         manifest = {
             **manifest,
             "schema": SCHEMA_VERSION,
             "fingerprint": fingerprint(pairs, config),
             "split": config.__dict__,
             "counts": {
-                "users": len(users), "items": len(items_table), "interactions": len(interactions),
+                "users": len(users),
+                "items": len(items_table),
+                "interactions": len(interactions),
                 **{name: int((interactions["split"] == name).sum()) for name in SPLITS},
             },
         }

@@ -45,8 +45,9 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(candidates, order, axis=1)
 
 
-def per_user_metrics(model, seen: sp.csr_matrix, held_out: sp.csr_matrix, ks=DEFAULT_KS,
-                     batch_size: int = 512) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def per_user_metrics(
+    model, seen: sp.csr_matrix, held_out: sp.csr_matrix, ks=DEFAULT_KS, batch_size: int = 512
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Each metric for every user with held-out items, and the catalogue coverage at each k.
 
     ``model.score(users)`` gives a (len(users), n_items) array; items in ``seen`` (what the model
@@ -62,13 +63,13 @@ def per_user_metrics(model, seen: sp.csr_matrix, held_out: sp.csr_matrix, ks=DEF
     values: dict[str, list[float]] = {}
     recommended = {k: np.zeros(seen.shape[1], dtype=bool) for k in ks}
     for start in range(0, len(users), batch_size):
-        batch = users[start:start + batch_size]
+        batch = users[start : start + batch_size]
         scores = np.asarray(model.score(batch), dtype=np.float64)
         rows, cols = seen[batch].nonzero()
         scores[rows, cols] = -np.inf
         ranked = top_k(scores, k_max)
         for row, user in enumerate(batch):
-            relevant = set(held_out.indices[held_out.indptr[user]:held_out.indptr[user + 1]].tolist())
+            relevant = set(held_out.indices[held_out.indptr[user] : held_out.indptr[user + 1]].tolist())
             for k in ks:
                 for name, value in user_metrics(ranked[row], relevant, k).items():
                     values.setdefault(name, []).append(value)
@@ -87,8 +88,9 @@ def evaluate(model, seen: sp.csr_matrix, held_out: sp.csr_matrix, ks=DEFAULT_KS,
     return results
 
 
-def bootstrap_interval(values: np.ndarray, confidence: float = 0.95, resamples: int = 1000,
-                       seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+    values: np.ndarray, confidence: float = 0.95, resamples: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean over users."""
     rng = np.random.default_rng(seed)
     means = rng.choice(values, size=(resamples, len(values)), replace=True).mean(axis=1)

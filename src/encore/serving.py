@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from encore.interactions import SCHEMA_VERSION, InteractionDataset
-from encore.models import Recommender, model_class
+from encore.models import NotSupportedError, Recommender, model_class
 
 
 def preprocessing(id_key_fingerprint: str) -> dict:
@@ -24,8 +24,34 @@ def preprocessing(id_key_fingerprint: str) -> dict:
     return {"id_key_fingerprint": id_key_fingerprint, "interactions_schema": SCHEMA_VERSION}
 
 
-class UnknownItemError(KeyError):
-    """An item id that is not in the model's catalogue."""
+class ServingError(Exception):
+    """A request the served model cannot answer; carries the HTTP status, error code and field."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message, self.field = message, field
+
+
+class UnknownItemError(ServingError):
+    status, code = 404, "unknown_item"
+
+    def __init__(self, item_ids: list[str], field: str = "items"):
+        self.item_ids = item_ids
+        super().__init__(f"unknown item id(s): {', '.join(repr(i) for i in item_ids)}", field)
+
+
+class UnknownModelError(ServingError):
+    status, code = 404, "unknown_model"
+
+
+class UnsupportedError(ServingError):
+    status, code = 400, "not_supported"
+
+
+EXPLANATION_ITEMS = 3
 
 
 @dataclass
@@ -68,22 +94,52 @@ class RecommenderBundle:
         position = self._user_index.get_indexer([user_key])[0]
         return None if position < 0 else int(self.users["user_idx"].iloc[position])
 
-    def item_indices(self, item_ids: list[str]) -> np.ndarray:
+    def item_indices(self, item_ids: list[str], field: str = "items") -> np.ndarray:
         positions = self._item_index.get_indexer(item_ids)
         unknown = [item for item, position in zip(item_ids, positions) if position < 0]
         if unknown:
-            raise UnknownItemError(unknown)
+            raise UnknownItemError(unknown, field)
         return self.items["item_idx"].to_numpy()[positions]
 
-    def recommend(self, user_key: str, n: int = 10, exclude_seen: bool = True) -> dict:
-        """``{"items": [{"item_id", "name", "score"}], "fallback": None | "popular"}`` for one user."""
+    def recommend(self, user_key: str, n: int = 10, exclude_seen: bool = True, explain: bool = False) -> dict:
+        """``{"items": [{"item_id", "name", "score"[, "because"]}], "fallback": None | "popular"}``.
+
+        A user the model has never seen gets the most popular items, marked as the fallback; with
+        ``explain``, each item of a known user carries ``because``: the names of the history items
+        that contribute most to its score.
+        """
         user = self.user_index(user_key)
         if user is None:
             ids = np.argsort(-self.items["popularity"].to_numpy(), kind="stable")[:n]
             scores = self.items["popularity"].to_numpy()[ids].astype(float)
             return {"items": self._describe(ids, scores), "fallback": "popular"}
         ids, scores = self.model.recommend(user, n, exclude_seen=exclude_seen)
+        items = self._describe(ids, scores)
+        if explain:
+            for item, item_idx in zip(items, ids):
+                item["because"] = self._because(user, int(item_idx))
+        return {"items": items, "fallback": None}
+
+    def recommend_for_history(self, item_ids: list[str], n: int = 10) -> dict:
+        """Top ``n`` items for someone the model has never seen, from the items they played."""
+        ids, scores = self.model.recommend_for_history(self.item_indices(item_ids), n)
         return {"items": self._describe(ids, scores), "fallback": None}
+
+    def similar_items(self, item_id: str, n: int = 10) -> dict:
+        item = int(self.item_indices([item_id], field="item_id")[0])
+        try:
+            ids, scores = self.model.similar_items(item, n)
+        except NotSupportedError as error:
+            raise UnsupportedError(str(error), "model") from None
+        return {"items": self._describe(ids, scores)}
+
+    def _because(self, user: int, item: int) -> list[str]:
+        try:
+            contributions = self.model.explain(user, item)
+        except NotSupportedError as error:
+            raise UnsupportedError(str(error), "explain") from None
+        top = [index for index, weight in contributions[:EXPLANATION_ITEMS] if weight > 0]
+        return self._items_by_index.loc[top, "name"].tolist()
 
     def _describe(self, ids: np.ndarray, scores: np.ndarray) -> list[dict]:
         rows = self._items_by_index.loc[ids]

@@ -29,8 +29,17 @@ def _trial(config: dict, kind: str, dataset: InteractionDataset) -> None:
     tune.report({**metrics, "fit_seconds": fit_seconds})
 
 
-def search(kind: str, param_space: dict, dataset_uri: str, storage_uri: str, *, num_samples: int = 1,
-           scheduler=None, cpus_per_trial: float = 1, metric: str = SELECTION_METRIC) -> tune.ResultGrid:
+def search(
+    kind: str,
+    param_space: dict,
+    dataset_uri: str,
+    storage_uri: str,
+    *,
+    num_samples: int = 1,
+    scheduler=None,
+    cpus_per_trial: float = 1,
+    metric: str = SELECTION_METRIC,
+) -> tune.ResultGrid:
     """Run the search and return Tune's results; ``param_space`` holds Tune search spaces."""
     dataset = InteractionDataset.load(dataset_uri)
     trainable = tune.with_resources(tune.with_parameters(_trial, kind=kind, dataset=dataset), {"cpu": cpus_per_trial})
@@ -38,13 +47,22 @@ def search(kind: str, param_space: dict, dataset_uri: str, storage_uri: str, *, 
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=num_samples, scheduler=scheduler),
-        run_config=tune.RunConfig(name=f"{kind}-{time.strftime('%Y%m%dT%H%M%S')}", storage_path=fs.absolute(storage_uri)),
+        run_config=tune.RunConfig(
+            name=f"{kind}-{time.strftime('%Y%m%dT%H%M%S')}", storage_path=fs.absolute(storage_uri)
+        ),
     )
     results = tuner.fit()
     errors = [result.error for result in results if result.error]
     if len(errors) == len(results):
         raise RuntimeError(f"every {kind} trial failed; first error: {errors[0]}")
     best = results.get_best_result()
-    logger.info("best %s of %d trials: %s with validation %s %.4f (results in %s)",
-                kind, len(results), best.config, metric, best.metrics[metric], results.experiment_path)
+    logger.info(
+        "best %s of %d trials: %s with validation %s %.4f (results in %s)",
+        kind,
+        len(results),
+        best.config,
+        metric,
+        best.metrics[metric],
+        results.experiment_path,
+    )
     return results

@@ -26,7 +26,9 @@ class Recommender(ABC):
     kind: ClassVar[str]
 
     def get_params(self) -> dict:
-        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters if name != "self"}
+        return {
+            name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters if name != "self"
+        }
 
     @abstractmethod
     def fit(self, user_items: sp.csr_matrix) -> "Recommender":
@@ -98,8 +100,14 @@ class Recommender(ABC):
                 continue
             if sp.issparse(value):
                 value = sp.csr_matrix(value)
-                arrays.update({f"{name}:data": value.data, f"{name}:indices": value.indices,
-                               f"{name}:indptr": value.indptr, f"{name}:shape": np.asarray(value.shape)})
+                arrays.update(
+                    {
+                        f"{name}:data": value.data,
+                        f"{name}:indices": value.indices,
+                        f"{name}:indptr": value.indptr,
+                        f"{name}:shape": np.asarray(value.shape),
+                    }
+                )
             else:
                 arrays[name] = np.asarray(value)
         np.savez(folder / "state.npz", **arrays)

@@ -49,13 +49,15 @@ def _list(store: ModelStore, kind: str | None) -> str:
     rows = [["VERSION", "KIND", "CREATED (UTC)", "ALIASES", "METRICS"]]
     for manifest in manifests:
         headline = _headline(manifest.metrics)
-        rows.append([
-            manifest.version,
-            manifest.kind,
-            manifest.created_at[:19].replace("T", " "),
-            ",".join(aliases_of[manifest.version]) or "-",
-            " ".join(f"{name}={_format_value(value)}" for name, value in headline) or "-",
-        ])
+        rows.append(
+            [
+                manifest.version,
+                manifest.kind,
+                manifest.created_at[:19].replace("T", " "),
+                ",".join(aliases_of[manifest.version]) or "-",
+                " ".join(f"{name}={_format_value(value)}" for name, value in headline) or "-",
+            ]
+        )
     return _table(rows)
 
 

@@ -223,8 +223,8 @@ class S3Backend:
         with self._errors(prefix):
             paginator = self._client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=start, Delimiter="/"):
-                names.update(entry["Prefix"][len(start):].rstrip("/") for entry in page.get("CommonPrefixes", []))
-                names.update(entry["Key"][len(start):] for entry in page.get("Contents", []))
+                names.update(entry["Prefix"][len(start) :].rstrip("/") for entry in page.get("CommonPrefixes", []))
+                names.update(entry["Key"][len(start) :] for entry in page.get("Contents", []))
         return sorted(names)
 
     def exists(self, prefix: str) -> bool:
@@ -245,7 +245,7 @@ class S3Backend:
         with self._errors(prefix):
             keys = [entry["Key"] for entry in self._objects(prefix)]
             for start in range(0, len(keys), 1000):  # the most one DeleteObjects call accepts
-                batch = [{"Key": key} for key in keys[start:start + 1000]]
+                batch = [{"Key": key} for key in keys[start : start + 1000]]
                 self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
 

@@ -193,7 +193,9 @@ class ModelStore:
         if record is None:
             raise VersionNotFound(f"no alias named {alias!r} in {self.uri}")
         if not record["history"]:
-            raise StoreError(f"alias {alias!r} has no earlier version to roll back to (it points at {record['version']})")
+            raise StoreError(
+                f"alias {alias!r} has no earlier version to roll back to (it points at {record['version']})"
+            )
         previous = record["history"][-1]
         self._write_alias(alias, previous, record["history"][:-1])
         logger.info("rolled %s back from %s to %s", alias, record["version"], previous)
@@ -211,7 +213,9 @@ class ModelStore:
             raise ValueError(f"keep must be >= 0, got {keep}")
         present = self._backend.children("versions")
         complete = self.list()
-        pinned = {version for record in self._alias_records().values() for version in (record["version"], *record["history"])}
+        pinned = {
+            version for record in self._alias_records().values() for version in (record["version"], *record["history"])
+        }
 
         doomed = []
         seen_per_kind = Counter()
@@ -366,7 +370,11 @@ class ModelStore:
             return None
         try:
             record = json.loads(raw)
-            return {"version": record["version"], "history": list(record["history"]), "updated_at": record["updated_at"]}
+            return {
+                "version": record["version"],
+                "history": list(record["history"]),
+                "updated_at": record["updated_at"],
+            }
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"alias {alias!r} in {self.uri} is unreadable: {exc!r}") from exc
 
