@@ -22,7 +22,7 @@ import ray
 from encore import fs
 from encore.interactions import InteractionDataset
 from encore.metrics import bootstrap_interval, per_user_metrics, restrict_items
-from encore.models import model_class
+from encore.models import fit_model
 from encore.runtime import init_ray, setup_logging, user_errors
 from encore.serving import RecommenderBundle
 from encore.store import ModelStore
@@ -60,7 +60,7 @@ def score_model(name: str, model, fit_seconds: float | None, dataset: Interactio
 
 def fit_and_score(kind: str, params: dict, dataset: InteractionDataset, cold_max: int) -> dict:
     started = time.perf_counter()
-    model = model_class(kind)(**params).fit(dataset.matrix("train", "validation"))
+    model = fit_model(kind, params, dataset.matrix("train", "validation"), dataset.items)
     name = kind + (f" {json.dumps(params, sort_keys=True)}" if params else "")
     return score_model(name, model, time.perf_counter() - started, dataset, cold_max)
 

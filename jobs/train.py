@@ -19,7 +19,7 @@ from encore import fs
 from encore.ids import id_key, key_fingerprint
 from encore.interactions import InteractionDataset
 from encore.metrics import evaluate
-from encore.models import MODELS, model_class
+from encore.models import MODELS, fit_model
 from encore.runtime import init_ray, setup_logging, user_errors
 from encore.serving import RecommenderBundle, preprocessing
 from encore.store import ModelStore
@@ -30,9 +30,9 @@ logger = logging.getLogger("encore.train")
 def fit_and_evaluate(kind: str, params: dict, dataset: InteractionDataset) -> tuple[RecommenderBundle, dict]:
     """The model refitted on train + validation, and its validation and test metrics."""
     started = time.perf_counter()
-    selection_model = model_class(kind)(**params).fit(dataset.matrix("train"))
+    selection_model = fit_model(kind, params, dataset.matrix("train"), dataset.items)
     validation = evaluate(selection_model, dataset.matrix("train"), dataset.matrix("validation"))
-    final_model = model_class(kind)(**params).fit(dataset.matrix("train", "validation"))
+    final_model = fit_model(kind, params, dataset.matrix("train", "validation"), dataset.items)
     test = evaluate(final_model, dataset.matrix("train", "validation"), dataset.matrix("test"))
     metrics = {"validation": validation, "test": test, "fit_and_evaluate_seconds": time.perf_counter() - started}
     return RecommenderBundle.from_dataset(final_model, dataset, "train", "validation"), metrics

@@ -13,7 +13,7 @@ from ray import tune
 from encore import fs
 from encore.interactions import InteractionDataset
 from encore.metrics import evaluate
-from encore.models import model_class
+from encore.models import fit_model
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ SELECTION_METRIC = "ndcg@10"
 def _trial(config: dict, kind: str, dataset: InteractionDataset) -> None:
     started = time.perf_counter()
     train = dataset.matrix("train")
-    model = model_class(kind)(**config).fit(train)
+    model = fit_model(kind, config, train, dataset.items)
     fit_seconds = time.perf_counter() - started
     metrics = evaluate(model, train, dataset.matrix("validation"))
     tune.report({**metrics, "fit_seconds": fit_seconds})

@@ -1,9 +1,13 @@
 """Recommendation models, by kind."""
 
+import pandas as pd
+import scipy.sparse as sp
+
 from encore.models.base import NotSupportedError, Recommender
+from encore.models.content import ContentBased, Hybrid
 from encore.models.popularity import Popularity
 
-MODELS: dict[str, type[Recommender]] = {model.kind: model for model in (Popularity,)}
+MODELS: dict[str, type[Recommender]] = {model.kind: model for model in (Popularity, ContentBased, Hybrid)}
 
 
 def model_class(kind: str) -> type[Recommender]:
@@ -12,4 +16,10 @@ def model_class(kind: str) -> type[Recommender]:
     return MODELS[kind]
 
 
-__all__ = ["MODELS", "NotSupportedError", "Popularity", "Recommender", "model_class"]
+def fit_model(kind: str, params: dict, user_items: sp.csr_matrix, items: pd.DataFrame) -> Recommender:
+    """Fit a model by kind; ``items`` is the item catalogue (id, name, tags, audio features...)."""
+    model = model_class(kind)(**params)
+    return model.fit(user_items, items) if model.uses_item_catalogue else model.fit(user_items)
+
+
+__all__ = ["MODELS", "NotSupportedError", "Popularity", "Recommender", "fit_model", "model_class"]

@@ -24,6 +24,9 @@ class NotSupportedError(NotImplementedError):
 
 class Recommender(ABC):
     kind: ClassVar[str]
+    # Models that learn from item side information (tags, audio features) get the item catalogue
+    # in ``fit(user_items, items)``; ``encore.models.fit_model`` passes it to those that do.
+    uses_item_catalogue: ClassVar[bool] = False
 
     def get_params(self) -> dict:
         return {
@@ -90,15 +93,18 @@ class Recommender(ABC):
         return ids[:, keep], best[:, keep]
 
     def save(self, folder: str | Path) -> None:
-        """Write ``config.json`` (kind and hyperparameters) and ``state.npz`` (learned arrays)."""
+        """Write ``config.json`` (kind and hyperparameters) and ``state.npz`` (learned arrays); a
+        learned sub-model (as in a hybrid) goes into a subfolder of its own name."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(json.dumps({"kind": self.kind, "params": self.get_params()}, indent=2))
-        arrays = {}
+        arrays, submodels = {}, {}
         for name, value in vars(self).items():
             if not name.endswith("_"):
                 continue
-            if sp.issparse(value):
+            if isinstance(value, Recommender):
+                value.save(folder / name)
+                submodels[name] = value.kind
+            elif sp.issparse(value):
                 value = sp.csr_matrix(value)
                 arrays.update(
                     {
@@ -111,6 +117,8 @@ class Recommender(ABC):
             else:
                 arrays[name] = np.asarray(value)
         np.savez(folder / "state.npz", **arrays)
+        config = {"kind": self.kind, "params": self.get_params(), "submodels": submodels}
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
 
     @classmethod
     def load(cls, folder: str | Path) -> "Recommender":
@@ -118,7 +126,11 @@ class Recommender(ABC):
         config = json.loads((folder / "config.json").read_text())
         if config["kind"] != cls.kind:
             raise ValueError(f"{folder} holds a {config['kind']!r} model, not {cls.kind!r}")
+        from encore.models import model_class
+
         model = cls(**config["params"])
+        for name, kind in config.get("submodels", {}).items():
+            setattr(model, name, model_class(kind).load(folder / name))
         with np.load(folder / "state.npz") as state:
             for key in state.files:
                 name, _, part = key.partition(":")
