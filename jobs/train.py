@@ -19,7 +19,7 @@ from encore import fs
 from encore.ids import id_key, key_fingerprint
 from encore.interactions import InteractionDataset
 from encore.metrics import evaluate
-from encore.models import MODELS, fit_model
+from encore.models import MODELS, fit_model, model_class
 from encore.runtime import init_ray, setup_logging, user_errors
 from encore.serving import RecommenderBundle, preprocessing
 from encore.store import ModelStore
@@ -27,21 +27,46 @@ from encore.store import ModelStore
 logger = logging.getLogger("encore.train")
 
 
-def fit_and_evaluate(kind: str, params: dict, dataset: InteractionDataset) -> tuple[RecommenderBundle, dict]:
-    """The model refitted on train + validation, and its validation and test metrics."""
+def fit_and_evaluate(
+    kind: str, params: dict, dataset: InteractionDataset, workers: dict | None = None
+) -> tuple[RecommenderBundle, dict]:
+    """The model refitted on train + validation, and its validation and test metrics.
+
+    With ``workers`` (``num_workers``, ``storage_path``, ``name``, ``use_gpu``), each fit runs on a Ray
+    Train worker group, as a run that resumes from its last checkpoint if it was interrupted.
+    """
+
+    def fit(*splits: str):
+        user_items = dataset.matrix(*splits)
+        if workers is None:
+            return fit_model(kind, params, user_items, dataset.items)
+        if kind != "als":
+            raise SystemExit(f"error: only als trains on Ray Train workers, not {kind!r}; leave out --workers")
+        from encore.models.als_train import fit_on_ray
+
+        run = {**workers, "name": f"{workers['name']}-{'-'.join(splits)}"}
+        return fit_on_ray(model_class(kind)(**params), user_items, **run)
+
     started = time.perf_counter()
-    selection_model = fit_model(kind, params, dataset.matrix("train"), dataset.items)
+    selection_model = fit("train")
     validation = evaluate(selection_model, dataset.matrix("train"), dataset.matrix("validation"))
-    final_model = fit_model(kind, params, dataset.matrix("train", "validation"), dataset.items)
+    final_model = fit("train", "validation")
     test = evaluate(final_model, dataset.matrix("train", "validation"), dataset.matrix("test"))
     metrics = {"validation": validation, "test": test, "fit_and_evaluate_seconds": time.perf_counter() - started}
     return RecommenderBundle.from_dataset(final_model, dataset, "train", "validation"), metrics
 
 
 def train(
-    dataset_uri: str, kind: str, params: dict, store_uri: str, aliases: list[str], tuning: dict | None = None
+    dataset_uri: str,
+    kind: str,
+    params: dict,
+    store_uri: str,
+    aliases: list[str],
+    tuning: dict | None = None,
+    workers: dict | None = None,
 ) -> str:
-    """Train on Ray (one task, so it runs where the cluster has room) and save; returns the version.
+    """Train on Ray and save; returns the version. Without ``workers`` the fits run as one Ray task, so
+    they land where the cluster has room; with them, on a Ray Train worker group (ALS).
 
     ``tuning`` records the search that chose ``params``, if one did."""
     dataset_uri, store_uri = fs.absolute(dataset_uri), fs.absolute(store_uri)
@@ -55,7 +80,10 @@ def train(
     logger.info(
         "training %s %s on %s (%d users, %d items)", kind, params, dataset_uri, dataset.n_users, dataset.n_items
     )
-    bundle, metrics = ray.get(ray.remote(fit_and_evaluate).remote(kind, params, dataset))
+    if workers is None:
+        bundle, metrics = ray.get(ray.remote(fit_and_evaluate).remote(kind, params, dataset))
+    else:
+        bundle, metrics = fit_and_evaluate(kind, params, dataset, workers)
     for split in ("validation", "test"):
         logger.info(
             "%s: %s",
@@ -71,7 +99,13 @@ def train(
         manifest = ModelStore(store_uri).save(
             folder,
             kind=kind,
-            config={"params": params, "dataset": dataset_uri, "split": dataset.manifest["split"], "tuning": tuning},
+            config={
+                "params": params,
+                "dataset": dataset_uri,
+                "split": dataset.manifest["split"],
+                "tuning": tuning,
+                "workers": workers,
+            },
             metrics=metrics,
             data_fingerprint=dataset.manifest["fingerprint"],
             preprocessing=preprocessing(key_print),
@@ -90,11 +124,27 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument(
         "--alias", action="append", default=None, help="aliases to move to the new version (default: latest)"
     )
+    parser.add_argument("--workers", type=int, default=0, help="fit ALS on this many Ray Train workers (0: one task)")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per Ray Train worker (NCCL)")
+    parser.add_argument(
+        "--run-name", default=None, help="Ray Train run name; submitting again with the same name resumes it"
+    )
+    parser.add_argument("--train-storage", default=None, help="Ray Train checkpoints (default: STORE/ray-train)")
     args = parser.parse_args(argv)
     setup_logging()
     init_ray()
+    workers = None
+    if args.workers:
+        workers = {
+            "num_workers": args.workers,
+            "use_gpu": args.gpu,
+            "name": args.run_name or f"{args.model}-{time.strftime('%Y%m%dT%H%M%S')}",
+            "storage_path": fs.absolute(args.train_storage or fs.join(fs.absolute(args.store), "ray-train")),
+        }
     with user_errors():
-        return train(args.dataset, args.model, json.loads(args.params), args.store, args.alias or ["latest"])
+        return train(
+            args.dataset, args.model, json.loads(args.params), args.store, args.alias or ["latest"], workers=workers
+        )
 
 
 if __name__ == "__main__":

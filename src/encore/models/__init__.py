@@ -3,11 +3,12 @@
 import pandas as pd
 import scipy.sparse as sp
 
+from encore.models.als import ALS
 from encore.models.base import NotSupportedError, Recommender
 from encore.models.content import ContentBased, Hybrid
 from encore.models.popularity import Popularity
 
-MODELS: dict[str, type[Recommender]] = {model.kind: model for model in (Popularity, ContentBased, Hybrid)}
+MODELS: dict[str, type[Recommender]] = {model.kind: model for model in (Popularity, ALS, ContentBased, Hybrid)}
 
 
 def model_class(kind: str) -> type[Recommender]:
@@ -22,4 +23,4 @@ def fit_model(kind: str, params: dict, user_items: sp.csr_matrix, items: pd.Data
     return model.fit(user_items, items) if model.uses_item_catalogue else model.fit(user_items)
 
 
-__all__ = ["MODELS", "NotSupportedError", "Popularity", "Recommender", "fit_model", "model_class"]
+__all__ = ["ALS", "MODELS", "NotSupportedError", "Popularity", "Recommender", "fit_model", "model_class"]

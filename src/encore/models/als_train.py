@@ -1,0 +1,118 @@
+"""ALS on a Ray Train worker group: each worker owns a slice of the users and of the items.
+
+Every half-step, each worker runs the conjugate-gradient update of ``encore.models.als`` on the rows
+it owns, then the slices are exchanged with ``torch.distributed`` broadcasts (gloo on CPU, NCCL on
+GPU) so every worker holds the full factors for the next half-step. The rows are independent
+systems and every worker starts from the same seeded factors, so N workers compute what one does.
+Each sweep is reported with a checkpoint of the factors; a run restarted under the same name and
+storage (a killed job resubmitted, or a worker group restarted after a failure) resumes from the
+last one.
+
+    model = fit_on_ray(ALS(factors=128), user_items, num_workers=2, storage_path="/abs/runs", name="als-1")
+"""
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import ray
+import scipy.sparse as sp
+import torch
+import torch.distributed as dist
+from ray import train
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from encore.models.als import ALS, _Interactions, _least_squares_cg
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "factors.npz"
+
+
+def _slices(n: int, parts: int) -> list[tuple[int, int]]:
+    bounds = np.linspace(0, n, parts + 1).astype(int)
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _exchange(factors: torch.Tensor, slices: list[tuple[int, int]]) -> None:
+    """Give every worker every slice: worker r broadcasts the rows it solved."""
+    for rank, (start, end) in enumerate(slices):
+        if end > start:
+            dist.broadcast(factors[start:end], src=rank)
+
+
+def _train_loop(config: dict) -> None:
+    context = train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    model = ALS(**config["params"])
+    device = torch.device("cuda", torch.cuda.current_device()) if config["use_gpu"] else torch.device("cpu")
+    excess = model._excess_matrix(ray.get(config["user_items"]))
+    n_users, n_items = excess.shape
+    user_slices, item_slices = _slices(n_users, world), _slices(n_items, world)
+    (u0, u1), (i0, i1) = user_slices[rank], item_slices[rank]
+    my_users = _Interactions(excess[u0:u1], model.factors, device)
+    my_items = _Interactions(excess.T.tocsr()[i0:i1], model.factors, device)
+    users, items = (factors.to(device) for factors in model._initial_factors(n_users, n_items))
+
+    first = 0
+    checkpoint = train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder, np.load(Path(folder) / CHECKPOINT_FILE) as saved:
+            users.copy_(torch.from_numpy(saved["users"]))
+            items.copy_(torch.from_numpy(saved["items"]))
+            first = int(saved["iteration"]) + 1
+        logger.info("resumed from the checkpoint of iteration %d", first - 1)
+
+    for iteration in range(first, model.iterations):
+        _least_squares_cg(my_users, users[u0:u1], items, model.regularization, model.cg_steps)
+        _exchange(users, user_slices)
+        _least_squares_cg(my_items, items[i0:i1], users, model.regularization, model.cg_steps)
+        _exchange(items, item_slices)
+        metrics = {"iteration": iteration, "resumed_from": first - 1}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                np.savez(Path(folder) / CHECKPOINT_FILE, users=users.cpu().numpy(), items=items.cpu().numpy(),
+                         iteration=iteration)  # fmt: skip
+                train.report(metrics, checkpoint=train.Checkpoint.from_directory(folder))
+        else:
+            train.report(metrics)
+
+
+def fit_on_ray(
+    model: ALS,
+    user_items: sp.csr_matrix,
+    num_workers: int,
+    storage_path: str,
+    name: str,
+    use_gpu: bool = False,
+    max_failures: int = 2,
+) -> ALS:
+    """Fit ``model`` on ``num_workers`` Ray Train workers and return it fitted, as ``model.fit`` would.
+
+    ``storage_path`` (an absolute path or ``s3://`` URI) and ``name`` identify the run: running again
+    with the same pair resumes from its last checkpoint instead of starting over.
+    """
+    params = {**model.get_params(), "device": "cuda" if use_gpu else "cpu"}
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"params": params, "user_items": ray.put(user_items), "use_gpu": use_gpu},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        run_config=train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as folder, np.load(Path(folder) / CHECKPOINT_FILE) as saved:
+        model.user_factors_, model.item_factors_ = saved["users"], saved["items"]
+    model.user_items_ = sp.csr_matrix(user_items, dtype=np.float32)
+    resumed_from = result.metrics["resumed_from"]
+    logger.info(
+        "fitted ALS on %d workers (run %s in %s%s)", num_workers, name, storage_path,
+        f", resumed from the checkpoint of iteration {resumed_from}" if resumed_from >= 0 else "",
+    )  # fmt: skip
+    return model

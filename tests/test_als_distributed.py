@@ -1,0 +1,107 @@
+"""ALS on Ray Train workers: the same factors as one process, and resumption after a kill."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+from encore.models import ALS
+from encore.models.als_train import fit_on_ray
+
+from conftest import REPO
+
+PARAMS = {"factors": 8, "iterations": 3, "regularization": 0.1, "alpha": 2.0, "cg_steps": 3}
+
+
+def plays(n_users=301, n_items=123, seed=0) -> sp.csr_matrix:
+    matrix = sp.random(n_users, n_items, density=0.05, format="csr", random_state=seed)
+    matrix.data = np.ceil(matrix.data * 20)
+    return matrix
+
+
+def test_two_workers_compute_what_one_process_does(ray_local, tmp_path):
+    user_items = plays()
+    local = ALS(**PARAMS).fit(user_items)
+    distributed = fit_on_ray(ALS(**PARAMS), user_items, num_workers=2, storage_path=str(tmp_path), name="agree")
+    np.testing.assert_allclose(distributed.user_factors_, local.user_factors_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(distributed.item_factors_, local.item_factors_, rtol=1e-4, atol=1e-6)
+    assert (distributed.user_items_ != local.user_items_).nnz == 0
+
+
+def synthetic_dataset(path, n_users=3_000, n_items=1_500, per_user=30, seed=1):
+    import pandas as pd
+
+    from encore.ids import id_key, key_fingerprint
+    from encore.interactions import InteractionDataset, SplitConfig
+
+    rng = np.random.default_rng(seed)
+    popularity = 1 / np.arange(1, n_items + 1) ** 0.8
+    items = np.concatenate([rng.choice(n_items, per_user, replace=False, p=popularity / popularity.sum())
+                            for _ in range(n_users)])  # fmt: skip
+    pairs = pd.DataFrame({
+        "user": np.repeat([f"u{u:06d}" for u in range(n_users)], per_user),
+        "item": [f"i{i:05d}" for i in items],
+        "weight": rng.integers(1, 50, size=len(items)).astype(float),
+        "timestamp": np.nan,
+    })  # fmt: skip
+    catalogue = pd.DataFrame({"item_id": pd.Series(dtype=str), "name": pd.Series(dtype=str), "tags": []})
+    manifest = {"id_key_fingerprint": key_fingerprint(id_key())}
+    dataset = InteractionDataset.build(pairs, catalogue, SplitConfig(), manifest)
+    dataset.save(path)
+    return dataset
+
+
+def run_training_job(ray_local, dataset, store, storage, params, until_checkpoint=None):
+    """``python -m jobs.train`` as a separate driver on the session's Ray instance; with
+    ``until_checkpoint`` (a run folder), SIGKILL it once Ray Train has registered a checkpoint there."""
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    command = [
+        sys.executable, "-m", "jobs.train", "--dataset", str(dataset), "--store", str(store), "--model", "als",
+        "--params", params, "--workers", "1", "--run-name", "resumable", "--train-storage", str(storage),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)  # fmt: skip
+    if until_checkpoint is None:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output
+        return output
+    deadline = time.monotonic() + 180
+    # A checkpoint counts once Ray Train's snapshot of its checkpoints names it.
+    while not (until_checkpoint / "checkpoint_manager_snapshot.json").exists():
+        assert process.poll() is None, "the job ended before it could be killed: " + process.stdout.read()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return None
+
+
+def test_a_killed_job_resumes_from_its_last_checkpoint(ray_local, tmp_path):
+    import json
+
+    from encore.interactions import InteractionDataset
+    from encore.metrics import evaluate
+    from encore.serving import RecommenderBundle
+    from encore.store import ModelStore
+
+    synthetic_dataset(tmp_path / "dataset")
+    dataset = InteractionDataset.load(tmp_path / "dataset")
+    params = {"factors": 16, "iterations": 6, "regularization": 1.0, "alpha": 1.0, "log_scaling": True}
+    storage = tmp_path / "runs"
+    run_training_job(ray_local, tmp_path / "dataset", tmp_path / "store", storage, json.dumps(params),
+                     until_checkpoint=storage / "resumable-train")  # fmt: skip
+
+    output = run_training_job(ray_local, tmp_path / "dataset", tmp_path / "store", storage, json.dumps(params))
+    assert "run resumable-train" in output and "resumed from the checkpoint of iteration" in output, output
+
+    stored = ModelStore(tmp_path / "store").load("latest")
+    model = RecommenderBundle.load(stored.path, "als").model
+    local = ALS(**params).fit(dataset.matrix("train", "validation"))
+    np.testing.assert_allclose(model.item_factors_, local.item_factors_, rtol=1e-3, atol=1e-5)
+    local_selection = ALS(**params).fit(dataset.matrix("train"))
+    expected = evaluate(local_selection, dataset.matrix("train"), dataset.matrix("validation"))["ndcg@10"]
+    assert abs(stored.manifest.metrics["validation"]["ndcg@10"] - expected) < 1e-3
