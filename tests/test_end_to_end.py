@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
 from conftest import free_port
 
 PLANTED_PREFIX = "PLANTEDUSER-q7x3"
@@ -188,26 +189,6 @@ def test_new_production_version_is_picked_up_without_restart(api, pipeline_run):
     assert body["model"]["version"] == new_version
 
 
-def _strings_in_parquet(path: Path) -> str:
-    return json.dumps(pq.read_table(path).to_pylist(), default=str)
-
-
-def test_no_raw_user_id_in_any_artifact_or_log(pipeline_run, api, ray_local):
-    # The requests above sent raw planted ids through the API; now look everywhere for them.
-    api.post("/v1/recommend", json={"user_id": f"{PLANTED_PREFIX}-0001", "n": 2})
-    api.post("/v1/recommend", json={"user_id": f"{PLANTED_PREFIX}-0002", "n": -1})
-    written = [p for p in pipeline_run["root"].rglob("*") if p.is_file() and p.name != "plays.csv"]
-    session_logs = Path(ray_local._private.worker._global_node.get_session_dir_path()) / "logs"
-    logs = [p for p in session_logs.rglob("*") if p.is_file()]
-    assert len(written) > 10 and len(logs) > 10
-    for path in written + logs:
-        content = path.read_bytes().decode("utf-8", errors="replace")
-        if path.suffix == ".parquet":
-            content += _strings_in_parquet(path)
-        assert PLANTED_PREFIX not in content, f"raw user id found in {path}"
-    assert not any(PLANTED_PREFIX in line for line in pipeline_run["log"])
-
-
 def test_tune_search_selects_on_validation_and_stores_the_best(pipeline_run):
     from ray import tune
 
@@ -302,3 +283,41 @@ def test_requests_choose_the_model_by_alias_version_or_kind(api, pipeline_run):
     assert api.post("/v1/recommend", json={"user_id": "x", "model": version}).json()["model"]["version"] == version
     missing = api.post("/v1/recommend", json={"user_id": "x", "model": "als"})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_model"
+
+
+def test_a_model_that_explains_answers_because_and_similar_items(api, pipeline_run):
+    from jobs.train import train
+
+    root = pipeline_run["root"]
+    params = {"factors": 8, "iterations": 5, "regularization": 0.1}
+    version = train(str(root / "dataset"), "als", params, str(root / "store"), ["latest"])
+    user = f"{PLANTED_PREFIX}-0004"
+    body = api.post("/v1/recommend", json={"user_id": user, "n": 3, "model": "als", "explain": True}).json()
+    assert body["model"] == {"kind": "als", "version": version} and body["fallback"] is None
+    history_names = {f"track-{i}" for i in range(N_ITEMS)}  # names default to the item ids here
+    assert all(item["because"] and set(item["because"]) <= history_names for item in body["items"])
+    similar = api.get("/v1/items/track-0/similar", params={"n": 3, "model": version}).json()
+    assert len(similar["items"]) == 3 and "track-0" not in {item["item_id"] for item in similar["items"]}
+    history = api.post("/v1/recommend/history", json={"items": ["track-0", "track-5"], "n": 3, "model": "als"})
+    assert history.status_code == 200 and history.json()["model"]["version"] == version
+
+
+# Last in the module: it checks every file and log line the tests above produced.
+def _strings_in_parquet(path: Path) -> str:
+    return json.dumps(pq.read_table(path).to_pylist(), default=str)
+
+
+def test_no_raw_user_id_in_any_artifact_or_log(pipeline_run, api, ray_local):
+    # The requests above sent raw planted ids through the API; now look everywhere for them.
+    api.post("/v1/recommend", json={"user_id": f"{PLANTED_PREFIX}-0001", "n": 2})
+    api.post("/v1/recommend", json={"user_id": f"{PLANTED_PREFIX}-0002", "n": -1})
+    written = [p for p in pipeline_run["root"].rglob("*") if p.is_file() and p.name != "plays.csv"]
+    session_logs = Path(ray_local._private.worker._global_node.get_session_dir_path()) / "logs"
+    logs = [p for p in session_logs.rglob("*") if p.is_file()]
+    assert len(written) > 10 and len(logs) > 10
+    for path in written + logs:
+        content = path.read_bytes().decode("utf-8", errors="replace")
+        if path.suffix == ".parquet":
+            content += _strings_in_parquet(path)
+        assert PLANTED_PREFIX not in content, f"raw user id found in {path}"
+    assert not any(PLANTED_PREFIX in line for line in pipeline_run["log"])
