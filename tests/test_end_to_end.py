@@ -302,6 +302,21 @@ def test_a_model_that_explains_answers_because_and_similar_items(api, pipeline_r
     assert history.status_code == 200 and history.json()["model"]["version"] == version
 
 
+def test_als_search_reports_every_sweep_and_asha_stops_early(pipeline_run):
+    from ray import tune
+
+    from tuning import als
+    from tuning.common import main
+
+    root = pipeline_run["root"]
+    outcome = main("als", als.PARAM_SPACE, ["--dataset", str(root / "dataset"), "--store", str(root / "als-search"),
+                                            "--num-samples", "6"], scheduler=als.scheduler())  # fmt: skip
+    trials = tune.ExperimentAnalysis(outcome["results"]).trials
+    iterations = sorted(trial.last_result["iterations"] for trial in trials)
+    assert len(trials) == 6 and iterations[-1] == als.ITERATIONS
+    assert iterations[0] < als.ITERATIONS, "ASHA stopped no trial early"
+
+
 # Last in the module: it checks every file and log line the tests above produced.
 def _strings_in_parquet(path: Path) -> str:
     return json.dumps(pq.read_table(path).to_pylist(), default=str)

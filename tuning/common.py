@@ -17,6 +17,7 @@ def main(kind: str, param_space: dict, argv: list[str] | None = None, scheduler=
     parser.add_argument("--store", default="./artifacts", help="model store for the best configuration")
     parser.add_argument("--results", default=None, help="where Tune keeps its results (default: STORE/tune)")
     parser.add_argument("--num-samples", type=int, default=1, help="samples of the search space (grid axes multiply)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random search")
     parser.add_argument("--alias", default=f"tuned-{kind}", help="alias for the stored best model")
     args = parser.parse_args(argv)
     setup_logging()
@@ -28,6 +29,7 @@ def main(kind: str, param_space: dict, argv: list[str] | None = None, scheduler=
             fs.absolute(args.dataset),
             args.results or fs.join(fs.absolute(args.store), "tune"),
             num_samples=args.num_samples,
+            seed=args.seed,
             scheduler=scheduler,
         )
         best = results.get_best_result()

@@ -5,15 +5,17 @@ part in the choice. The search's results are kept under ``storage_path`` (Tune's
 the best configuration is trained, evaluated and saved in the model store by ``jobs.train``.
 """
 
+import inspect
 import logging
 import time
 
 from ray import tune
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from encore import fs
 from encore.interactions import InteractionDataset
 from encore.metrics import evaluate
-from encore.models import fit_model
+from encore.models import fit_model, model_class
 
 logger = logging.getLogger(__name__)
 
@@ -22,11 +24,18 @@ SELECTION_METRIC = "ndcg@10"
 
 def _trial(config: dict, kind: str, dataset: InteractionDataset) -> None:
     started = time.perf_counter()
-    train = dataset.matrix("train")
+    train, validation = dataset.matrix("train"), dataset.matrix("validation")
+    if "callback" in inspect.signature(model_class(kind).fit).parameters:
+        # An iterative model reports after every sweep, so a scheduler such as ASHA can stop it early.
+        def report(iteration: int, model) -> None:
+            fit_seconds = time.perf_counter() - started
+            tune.report({**evaluate(model, train, validation), "iterations": iteration + 1, "fit_seconds": fit_seconds})
+
+        model_class(kind)(**config).fit(train, callback=report)
+        return
     model = fit_model(kind, config, train, dataset.items)
     fit_seconds = time.perf_counter() - started
-    metrics = evaluate(model, train, dataset.matrix("validation"))
-    tune.report({**metrics, "fit_seconds": fit_seconds})
+    tune.report({**evaluate(model, train, validation), "fit_seconds": fit_seconds})
 
 
 def search(
@@ -37,6 +46,7 @@ def search(
     *,
     num_samples: int = 1,
     scheduler=None,
+    seed: int | None = None,
     cpus_per_trial: float = 1,
     metric: str = SELECTION_METRIC,
 ) -> tune.ResultGrid:
@@ -46,7 +56,13 @@ def search(
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune.TuneConfig(metric=metric, mode="max", num_samples=num_samples, scheduler=scheduler),
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode="max",
+            num_samples=num_samples,
+            scheduler=scheduler,
+            search_alg=BasicVariantGenerator(random_state=seed),
+        ),
         run_config=tune.RunConfig(
             name=f"{kind}-{time.strftime('%Y%m%dT%H%M%S')}", storage_path=fs.absolute(storage_uri)
         ),
