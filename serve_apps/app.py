@@ -31,6 +31,7 @@ from encore.api import (
     create_app,
 )
 from encore.ids import id_key, key_fingerprint, pseudonymize
+from encore.models import MODELS
 from encore.serving import RecommenderBundle, UnknownModelError, preprocessing
 from encore.store import ModelStore, StoreError, VersionNotFound
 
@@ -72,6 +73,9 @@ class Recommender:
             self.bundles.move_to_end(version)
             return self.bundles[version]
         started = time.perf_counter()
+        kind = self.store.show(version).kind
+        if kind not in MODELS:
+            raise UnknownModelError(f"{version} is a {kind} model, not a recommender", "model")
         loaded = self.store.load(version, expected_preprocessing=self.expected)
         entry = (
             RecommenderBundle.load(loaded.path, loaded.manifest.kind),

@@ -1,0 +1,232 @@
+"""Train the composer on JSB Chorales with Ray Train, and save it in the model store.
+
+``--num-workers`` Ray Train workers train one model with DDP (gloo on CPU, NCCL with ``--use-gpu``,
+where the forward pass runs in bf16). After every epoch they report the validation NLL per time
+step, and rank 0 checkpoints the whole training state to ``--storage``. A worker that dies is
+replaced and training goes on from the last checkpoint, up to ``--max-failures`` times; if the
+job itself dies, running the same command again resumes the same run, whose name follows from the
+data and the settings (``--name`` sets it, e.g. to add epochs to a finished run). The weights of
+the epoch with the best validation NLL are scored on the test split and saved as kind "composer".
+
+The JSB Chorales JSON is not shipped in this repository (its source states no licence); the
+default ``--data`` is the copy beside the repository, in ``../shared/data/jsb-chorales``.
+
+    python -m jobs.train_composer --epochs 20 --num-workers 2 --store artifacts
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+
+from encore import fs
+from encore.composer import TOKENIZER_VERSION, Composer, ComposerConfig, DataError, TrainConfig, fit, load_jsb
+from encore.runtime import init_ray, setup_logging, user_errors
+from encore.store import ModelStore
+
+logger = logging.getLogger("encore.train_composer")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "jsb-chorales" / "jsb-chorales-quarter.json"
+STATE_FILE = "state.pt"
+
+
+def train_loop(config: dict) -> None:
+    """One Ray Train worker: resume from the run's last checkpoint if there is one, then train."""
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    train_config = TrainConfig(**config["train"])
+    torch.manual_seed(train_config.seed)
+    model = Composer(ComposerConfig(**config["model"]))
+    state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+        logger.info("rank %d resumes after epoch %d", rank, state["epoch"])
+
+    def report(epoch: int, metrics: dict, state: dict) -> None:
+        # Every rank reports; rank 0 alone writes the checkpoint, which all ranks' states equal.
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save(state, Path(folder) / STATE_FILE)
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics)
+
+    fit(
+        model,
+        config["train_chorales"],
+        config["valid_chorales"],
+        train_config,
+        report=report,
+        state=state,
+        parallel=ray.train.torch.prepare_model,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
+def run_name(data_fingerprint: str, model_config: ComposerConfig, train_config: TrainConfig, workers: int) -> str:
+    settings = json.dumps([data_fingerprint, asdict(model_config), asdict(train_config), workers], sort_keys=True)
+    return "composer-" + hashlib.sha256(settings.encode()).hexdigest()[:12]
+
+
+def train_composer(
+    data: str,
+    store_uri: str,
+    model_config: ComposerConfig,
+    train_config: TrainConfig,
+    *,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    storage: str = "./artifacts/ray-train",
+    name: str | None = None,
+    max_failures: int = 2,
+    aliases: tuple[str, ...] = ("composer-latest",),
+) -> str:
+    """Train on Ray Train, score the best validation epoch on test, save it; returns the store version."""
+    splits = load_jsb(data)
+    data_fingerprint = "sha256:" + hashlib.sha256(Path(data).read_bytes()).hexdigest()
+    name = name or run_name(data_fingerprint, model_config, train_config, num_workers)
+    storage = fs.absolute(storage)
+    logger.info(
+        "training run %s in %s: %d workers, %d/%d/%d chorales (rerun the same command to resume it)",
+        name,
+        storage,
+        num_workers,
+        *(len(splits[split]) for split in ("train", "valid", "test")),
+    )
+    trainer = ray.train.torch.TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "model": asdict(model_config),
+            "train": asdict(train_config),
+            "train_chorales": splits["train"],
+            "valid_chorales": splits["valid"],
+        },
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {name} finished without a checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+
+    model = Composer(model_config)
+    model.load_state_dict(state["best"]["model"])
+    test_nll = model.nll_per_step(splits["test"], train_config.eval_batch_size)
+    metrics = {
+        "valid_nll_per_step": state["best"]["valid_nll_per_step"],
+        "test_nll_per_step": test_nll,
+        "best_epoch": state["best"]["epoch"],
+        "epochs": state["epoch"],
+        "starts": state["starts"],
+        "history": state["history"],
+        "train_seconds": sum(epoch["epoch_seconds"] for epoch in state["history"]),
+        "parameters": model.num_parameters(),
+    }
+    logger.info(
+        "best epoch %d of %d: valid %.4f, test %.4f nats per step",
+        metrics["best_epoch"],
+        metrics["epochs"],
+        metrics["valid_nll_per_step"],
+        test_nll,
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        model.save(folder)
+        manifest = ModelStore(fs.absolute(store_uri)).save(
+            folder,
+            kind="composer",
+            config={
+                "model": asdict(model_config),
+                "train": asdict(train_config),
+                "data": str(data),
+                "num_workers": num_workers,
+                "use_gpu": use_gpu,
+                "run": name,
+            },
+            metrics=metrics,
+            data_fingerprint=data_fingerprint,
+            preprocessing={"tokenizer": TOKENIZER_VERSION},
+            aliases=aliases,
+        )
+    logger.info("saved %s to %s (aliases: %s)", manifest.version, store_uri, ", ".join(aliases))
+    return manifest.version
+
+
+def main(argv: list[str] | None = None) -> str:
+    model_defaults, train_defaults = ComposerConfig(), TrainConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="JSB Chorales JSON (default: %(default)s)")
+    parser.add_argument("--store", default="./artifacts", help="model store folder or s3:// prefix")
+    parser.add_argument("--storage", default="./artifacts/ray-train", help="Ray Train checkpoints: folder or s3://")
+    parser.add_argument("--name", help="Ray Train run name (default: derived from the data and the settings)")
+    parser.add_argument("--epochs", type=int, default=train_defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=train_defaults.batch_size, help="chorales per worker")
+    parser.add_argument("--lr", type=float, default=train_defaults.lr)
+    parser.add_argument("--weight-decay", type=float, default=train_defaults.weight_decay)
+    parser.add_argument("--warmup-steps", type=int, default=train_defaults.warmup_steps)
+    parser.add_argument("--seed", type=int, default=train_defaults.seed)
+    parser.add_argument("--layers", type=int, default=model_defaults.n_layer)
+    parser.add_argument("--d-model", type=int, default=model_defaults.d_model)
+    parser.add_argument("--heads", type=int, default=model_defaults.n_head)
+    parser.add_argument("--ff", type=int, default=model_defaults.d_ff, help="width of the feed-forward layers")
+    parser.add_argument("--dropout", type=float, default=model_defaults.dropout)
+    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL, bf16 autocast")
+    parser.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from")
+    parser.add_argument(
+        "--alias", action="append", default=None, help="aliases to move to the new version (default: composer-latest)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        model_config = ComposerConfig(
+            n_layer=args.layers, n_head=args.heads, d_model=args.d_model, d_ff=args.ff, dropout=args.dropout
+        )
+        train_config = TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            warmup_steps=args.warmup_steps,
+            seed=args.seed,
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    setup_logging()
+    init_ray()
+    with user_errors():
+        try:
+            return train_composer(
+                args.data,
+                args.store,
+                model_config,
+                train_config,
+                num_workers=args.num_workers,
+                use_gpu=args.use_gpu,
+                storage=args.storage,
+                name=args.name,
+                max_failures=args.max_failures,
+                aliases=tuple(args.alias or ["composer-latest"]),
+            )
+        except DataError as error:
+            raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()
