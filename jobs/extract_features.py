@@ -1,0 +1,450 @@
+"""Extract audio features from a folder or bucket of audio files, on Ray Data.
+
+Lists the audio files (wav, flac, ogg, mp3, au) under a local folder or ``s3://`` prefix; Ray Data
+actors read, hash, decode and analyse them (the GTZAN feature schema of the whole track and of each
+3-second segment, key, tempo and beats: ``encore.audio.features``). The driver never decodes audio.
+Written under the output folder or prefix:
+
+- ``tracks.parquet``: one row per track (path, size, sha256, duration, sample rate, key, beats, features);
+- ``segments.parquet``: one row per whole 3-second segment of a track;
+- ``errors.parquet``: every file that could not be analysed, with its path, size and reason.
+
+A rerun skips files whose path and content hash already have a track row, retries the files that
+failed, and rewrites the three tables without duplicates. Each batch of files is analysed in a forked
+child of the actor, so a worker crash in native code (a bad numba cache did that here) is caught:
+the files of the batch are retried one by one and the ones that still crash are reported by name.
+The workers keep librosa's numba cache in a folder of their own on each node, built under a lock and
+rebuilt if it crashes a warm-up (``--numba-cache-dir``).
+
+    python -m jobs.extract_features --input data/audio-samples --output artifacts/features
+"""
+
+import argparse
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from encore import fs
+from encore.audio import AudioDecodeError
+from encore.audio.isolation import ChildCrashed, ChildRaised, ChildTimedOut, run_forked
+from encore.audio.schema import AUDIO_SUFFIXES, FEATURE_VERSION, GTZAN_FEATURES, SAMPLE_RATE, SEGMENT_SECONDS
+from encore.runtime import init_ray, setup_logging, user_errors
+
+if TYPE_CHECKING:
+    from encore.audio.features import TrackAnalysis
+
+logger = logging.getLogger("encore.extract_features")
+
+DEFAULT_BATCH_SIZE = 2
+DEFAULT_FILE_TIMEOUT_S = 1800.0
+WARM_UP_TIMEOUT_S = 900.0
+WARM_UP_LOCK = "encore-warm-up.lock"
+ERRORS_SHOWN = 5
+
+_FEATURE_FIELDS = [pa.field(name, pa.float64()) for name in GTZAN_FEATURES]
+SEGMENT_TYPE = pa.struct(
+    [pa.field("segment", pa.int32()), pa.field("start_s", pa.float64()), pa.field("length", pa.int64())]
+    + _FEATURE_FIELDS
+)
+TRACKS_SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string()),
+        pa.field("size", pa.int64()),
+        pa.field("sha256", pa.string()),
+        pa.field("duration", pa.float64()),
+        pa.field("sample_rate", pa.int32()),
+        pa.field("length", pa.int64()),
+        pa.field("key", pa.string()),
+        pa.field("key_confidence", pa.float64()),
+        pa.field("pitch_classes", pa.list_(pa.float64())),
+        pa.field("beat_times", pa.list_(pa.float64())),
+        *_FEATURE_FIELDS,
+    ]
+)
+SEGMENTS_SCHEMA = pa.schema([pa.field("track_path", pa.string()), pa.field("track_sha256", pa.string()), *SEGMENT_TYPE])
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string()),
+        pa.field("size", pa.int64()),
+        pa.field("sha256", pa.string()),
+        pa.field("reason", pa.string()),
+    ]
+)
+# One row per file out of the actors. Every column has a fixed type whatever happened to the file
+# (NaN, 0, "" and empty lists on errors), so no batch can give Ray Data a column typed null.
+RESULT_SCHEMA = pa.schema(
+    [
+        *TRACKS_SCHEMA,
+        pa.field("segments", pa.list_(SEGMENT_TYPE)),
+        pa.field("ok", pa.bool_()),
+        pa.field("skipped", pa.bool_()),
+        pa.field("error", pa.string()),
+        pa.field("warmup_s", pa.float64()),
+        pa.field("started_at", pa.float64()),
+        pa.field("finished_at", pa.float64()),
+    ]
+)
+
+
+def analyze_track(path: str, data: bytes, sample_rate: int) -> "TrackAnalysis":
+    """The default ``process_file``: decode and analyse one file (``path`` is only for other callables)."""
+    from encore.audio.features import analyze_bytes  # in the worker only, like _warm_up_librosa
+
+    return analyze_bytes(data, sample_rate)
+
+
+def _result_row(path: str, size: int, sha256: str, *, skipped: bool = False, error: str = "") -> dict:
+    return {
+        "path": path,
+        "size": size,
+        "sha256": sha256,
+        "duration": float("nan"),
+        "sample_rate": 0,
+        "length": 0,
+        "key": "",
+        "key_confidence": float("nan"),
+        "pitch_classes": [],
+        "beat_times": [],
+        **dict.fromkeys(GTZAN_FEATURES, float("nan")),
+        "segments": [],
+        "ok": False,
+        "skipped": skipped,
+        "error": error,
+    }
+
+
+def _analysis_row(path: str, size: int, sha256: str, analysis: "TrackAnalysis") -> dict:
+    segment_samples = int(SEGMENT_SECONDS * analysis.analysis_sample_rate)
+    return {
+        **_result_row(path, size, sha256),
+        "duration": analysis.duration,
+        "sample_rate": analysis.sample_rate,
+        "length": analysis.length,
+        "key": analysis.key,
+        "key_confidence": analysis.key_confidence,
+        "pitch_classes": analysis.pitch_classes,
+        "beat_times": analysis.beat_times,
+        **analysis.features,
+        "segments": [
+            {"segment": index, "start_s": index * SEGMENT_SECONDS, "length": segment_samples, **values}
+            for index, values in enumerate(analysis.segments)
+        ],
+        "ok": True,
+    }
+
+
+def _analyze_files(files: list[tuple[str, bytes, str]], sample_rate: int, process_file: Callable) -> list[dict]:
+    """Result rows of ``files`` (path, bytes, sha256); an exception becomes that file's error row."""
+    rows = []
+    for path, data, sha256 in files:
+        try:
+            rows.append(_analysis_row(path, len(data), sha256, process_file(path, data, sample_rate)))
+        except Exception as error:  # any failure of one file is that file's error row, not the batch's
+            reason = str(error) if isinstance(error, AudioDecodeError) else f"{type(error).__name__}: {error}"
+            rows.append(_result_row(path, len(data), sha256, error=reason))
+    return rows
+
+
+def _warm_up_librosa(sample_rate: int) -> None:
+    # librosa is imported in the workers only: the driver has no use for it.
+    from encore.audio.features import warm_up
+
+    warm_up(sample_rate)
+
+
+def _empty(folder: str, keep: str) -> None:
+    for entry in os.scandir(folder):
+        if entry.is_dir():
+            shutil.rmtree(entry.path)
+        elif entry.name != keep:
+            os.remove(entry.path)
+
+
+def _warm_up(sample_rate: int) -> None:
+    """Make librosa's numba code ready in this worker, through a cache that cannot stay broken.
+
+    Seen here: two processes compiling into one empty ``NUMBA_CACHE_DIR`` at once left a cache that
+    crashed every later process with a segmentation fault in librosa's gufuncs. So a worker first
+    warms up in a forked child while it holds the node's lock on the cache: that child compiles and
+    writes the cache, or loads it; if it fails, the cache is emptied and built again. The worker
+    then loads the cache itself, beside other workers loading, never beside a rebuild.
+    """
+    cache_dir = os.environ["NUMBA_CACHE_DIR"]
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(os.path.join(cache_dir, WARM_UP_LOCK), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            run_forked(_warm_up_librosa, sample_rate, timeout_s=WARM_UP_TIMEOUT_S)
+        except (ChildCrashed, ChildRaised) as failure:
+            logger.warning("warm-up failed with the numba cache in %s (%s): building it again", cache_dir, failure)
+            _empty(cache_dir, keep=WARM_UP_LOCK)
+            run_forked(_warm_up_librosa, sample_rate, timeout_s=WARM_UP_TIMEOUT_S)
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        _warm_up_librosa(sample_rate)
+
+
+class FeatureExtractor:
+    """Ray Data actor: reads, hashes and analyses a batch of files named by URI.
+
+    librosa's numba code is made ready once per actor, in ``__init__``; each batch then runs in a
+    forked child that inherits the compiled code. When the child dies, each file of the batch is
+    retried in a child of its own, and a file that kills that one too becomes an error row.
+    """
+
+    def __init__(self, sample_rate: int, done: dict[str, str], process_file: Callable, file_timeout_s: float):
+        started = time.perf_counter()
+        _warm_up(sample_rate)
+        self.warmup_s = time.perf_counter() - started
+        self.sample_rate = sample_rate
+        self.done = done
+        self.process_file = process_file
+        self.file_timeout_s = file_timeout_s
+
+    def _in_child(self, files: list[tuple[str, bytes, str]]) -> list[dict]:
+        return run_forked(
+            _analyze_files, files, self.sample_rate, self.process_file, timeout_s=self.file_timeout_s * len(files)
+        )
+
+    def _analyze(self, files: list[tuple[str, bytes, str]]) -> list[dict]:
+        try:
+            return self._in_child(files)
+        except ChildCrashed as crash:
+            logger.warning("a batch of %d file(s) crashed (%s); retrying them one by one", len(files), crash)
+        rows = []
+        for path, data, sha256 in files:
+            try:
+                rows += self._in_child([(path, data, sha256)])
+            except ChildTimedOut as timeout:
+                rows.append(_result_row(path, len(data), sha256, error=f"{timeout} while decoding/processing"))
+            except ChildCrashed as crash:
+                reason = f"worker crashed while decoding/processing ({crash})"
+                rows.append(_result_row(path, len(data), sha256, error=reason))
+        return rows
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        started_at = time.time()
+        rows, todo = [], []
+        for path in batch["path"].to_pylist():
+            try:
+                data = fs.read_bytes(path)
+            except OSError as error:
+                rows.append(_result_row(path, 0, "", error=f"unreadable: {error}"))
+                continue
+            sha256 = hashlib.sha256(data).hexdigest()
+            if self.done.get(path) == sha256:
+                rows.append(_result_row(path, len(data), sha256, skipped=True))
+            else:
+                todo.append((path, data, sha256))
+        if todo:
+            rows += self._analyze(todo)
+        timing = {"warmup_s": self.warmup_s, "started_at": started_at, "finished_at": time.time()}
+        for row in rows:
+            row.update(timing)
+        return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+
+
+def _metadata(sample_rate: int) -> dict[str, str]:
+    return {
+        "encore.feature_version": FEATURE_VERSION,
+        "encore.sample_rate": str(sample_rate),
+        "encore.segment_seconds": str(SEGMENT_SECONDS),
+    }
+
+
+def _read_previous(output_uri: str, sample_rate: int) -> dict[str, pa.Table]:
+    """The tables of an earlier run into ``output_uri``, if it computed the same features; else empty ones."""
+    filesystem, path = fs.resolve(output_uri)
+    names = {"tracks": TRACKS_SCHEMA, "segments": SEGMENTS_SCHEMA, "errors": ERRORS_SCHEMA}
+    empty = {name: schema.empty_table() for name, schema in names.items()}
+    if not fs.exists(fs.join(output_uri, "tracks.parquet")):
+        return empty
+    stored = pq.read_schema(f"{path}/tracks.parquet", filesystem=filesystem).metadata or {}
+    metadata = {key.decode(): value.decode() for key, value in stored.items()}
+    if metadata != _metadata(sample_rate):
+        logger.warning("%s holds features of another version (%s): recomputing every file", output_uri, metadata)
+        return empty
+    return {
+        name: pq.read_table(f"{path}/{name}.parquet", filesystem=filesystem, schema=schema)
+        for name, schema in names.items()
+    }
+
+
+def _split_results(results: pa.Table) -> dict[str, pa.Table]:
+    """This run's tracks, segments and errors out of the actors' result rows."""
+    analysed = results.filter(pc.invert(results["skipped"]))
+    ok = analysed.filter(analysed["ok"])
+    failed = analysed.filter(pc.invert(analysed["ok"]))
+    segments = ok["segments"].combine_chunks()
+    parents = pc.list_parent_indices(segments)
+    segment_table = pa.Table.from_struct_array(pc.list_flatten(segments))
+    segment_table = segment_table.add_column(0, "track_sha256", pc.take(ok["sha256"], parents))
+    segment_table = segment_table.add_column(0, "track_path", pc.take(ok["path"], parents))
+    return {
+        "tracks": ok.select(TRACKS_SCHEMA.names).cast(TRACKS_SCHEMA),
+        "segments": segment_table.cast(SEGMENTS_SCHEMA),
+        "errors": failed.select(["path", "size", "sha256", "error"])
+        .rename_columns(ERRORS_SCHEMA.names)
+        .cast(ERRORS_SCHEMA),
+    }
+
+
+def _merge(previous: pa.Table, new: pa.Table, path_column: str, replaced: pa.Array, sort_by: list[str]) -> pa.Table:
+    kept = previous.filter(pc.invert(pc.is_in(previous[path_column], value_set=replaced)))
+    merged = pa.concat_tables([kept.cast(new.schema), new])
+    return merged.sort_by([(column, "ascending") for column in sort_by])
+
+
+def default_numba_cache_dir() -> str:
+    """The workers' numba cache unless told otherwise: one folder per node and user, kept across runs.
+
+    Not librosa's default, beside its sources, which every process of the environment shares without
+    the lock of ``_warm_up`` (that one went bad here and crashed every later process).
+    """
+    return os.path.join(tempfile.gettempdir(), f"encore-numba-cache-{os.getuid()}")
+
+
+def extract_features(
+    input_uri: str,
+    output_uri: str,
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    file_timeout_s: float = DEFAULT_FILE_TIMEOUT_S,
+    numba_cache_dir: str | None = None,
+    process_file: Callable = analyze_track,
+) -> dict:
+    """Run the extraction and return its summary. ``process_file(path, data, sample_rate)`` returns
+    a ``TrackAnalysis``; only the Python API can replace it (tests inject failures through it)."""
+    started = time.perf_counter()
+    input_uri, output_uri = fs.absolute(input_uri), fs.absolute(output_uri)
+    files = fs.list_files(input_uri, AUDIO_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"{input_uri}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
+    previous = _read_previous(output_uri, sample_rate)
+    done = dict(zip(previous["tracks"]["path"].to_pylist(), previous["tracks"]["sha256"].to_pylist()))
+    workers = min(workers or int(ray.cluster_resources().get("CPU", 1)), len(files))
+    logger.info("analysing %d file(s) from %s with %d worker(s)", len(files), input_uri, workers)
+
+    # One file per block and one batch in flight per actor: an idle actor takes the next batch, so
+    # the work shares out evenly to the last file.
+    results = (
+        ray.data.from_items([{"path": path} for path in files], override_num_blocks=len(files))
+        .map_batches(
+            FeatureExtractor,
+            fn_constructor_kwargs={
+                "sample_rate": sample_rate,
+                "done": done,
+                "process_file": process_file,
+                "file_timeout_s": file_timeout_s,
+            },
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
+            num_cpus=1,
+            runtime_env={"env_vars": {"NUMBA_CACHE_DIR": numba_cache_dir or default_numba_cache_dir()}},
+        )
+        .to_arrow_refs()
+    )
+    results = pa.concat_tables(ray.get(results))
+
+    new = _split_results(results)
+    analysed = pc.filter(results["path"], pc.invert(results["skipped"]))
+    tables = {
+        "tracks": _merge(previous["tracks"], new["tracks"], "path", analysed, ["path"]),
+        "segments": _merge(previous["segments"], new["segments"], "track_path", analysed, ["track_path", "segment"]),
+        "errors": _merge(previous["errors"], new["errors"], "path", results["path"], ["path"]),
+    }
+    filesystem, path = fs.resolve(output_uri)
+    filesystem.create_dir(path, recursive=True)
+    written = {}
+    # Tracks last: they decide what a rerun skips, so a run cut short here is redone, not half kept.
+    for name in ("segments", "errors", "tracks"):
+        written[f"{name}_uri"] = fs.join(output_uri, f"{name}.parquet")
+        table = tables[name].replace_schema_metadata(_metadata(sample_rate))
+        pq.write_table(table, f"{path}/{name}.parquet", filesystem=filesystem)
+    wall_s = time.perf_counter() - started
+
+    audio_s = float(pc.sum(new["tracks"]["duration"]).as_py() or 0.0)
+    summary = {
+        "files": len(files),
+        "skipped": int(pc.sum(results["skipped"]).as_py()),
+        "analysed": len(new["tracks"]),
+        "errors": len(new["errors"]),
+        "segments": len(new["segments"]),
+        "audio_hours": audio_s / 3600,
+        "wall_s": wall_s,
+        "audio_s_per_s": audio_s / wall_s,
+        # From the first batch begun to the last one done: the rate once the workers are up.
+        "analysis_s": float(pc.max(results["finished_at"]).as_py() - pc.min(results["started_at"]).as_py()),
+        "worker_warmup_s": float(pc.max(results["warmup_s"]).as_py()),
+        "first_errors": list(zip(new["errors"]["path"].to_pylist(), new["errors"]["reason"].to_pylist()))[
+            :ERRORS_SHOWN
+        ],
+        "feature_version": FEATURE_VERSION,
+        **written,
+    }
+    _log_summary(summary, tables)
+    return summary
+
+
+def _log_summary(summary: dict, tables: dict[str, pa.Table]) -> None:
+    logger.info("%(files)d file(s): %(analysed)d analysed, %(skipped)d already done, %(errors)d error(s)", summary)
+    logger.info(
+        "%.3f h of audio in %.1f s: %.1f s of audio per second (worker warm-up %.1f s, analysis %.1f s)",
+        summary["audio_hours"],
+        summary["wall_s"],
+        summary["audio_s_per_s"],
+        summary["worker_warmup_s"],
+        summary["analysis_s"],
+    )
+    for path, reason in summary["first_errors"]:
+        logger.warning("error: %s: %s", path, reason)
+    if summary["errors"] > ERRORS_SHOWN:
+        logger.warning("... and %d more errors", summary["errors"] - ERRORS_SHOWN)
+    for name in ("tracks", "segments", "errors"):
+        logger.info("wrote %s (%d rows)", summary[f"{name}_uri"], len(tables[name]))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", required=True, help="audio file, folder or s3:// prefix")
+    parser.add_argument("--output", required=True, help="folder or s3:// prefix for the Parquet tables")
+    parser.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help="analysis sample rate in Hz")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="files per actor call")
+    parser.add_argument("--workers", type=int, help="actors (one CPU each); default: every CPU of the cluster")
+    parser.add_argument(
+        "--file-timeout", type=float, default=DEFAULT_FILE_TIMEOUT_S, help="seconds one file may take before it fails"
+    )
+    parser.add_argument(
+        "--numba-cache-dir",
+        help=f"numba cache folder of the workers on each node (default: {default_numba_cache_dir()})",
+    )
+    args = parser.parse_args(argv)
+    setup_logging()
+    init_ray()
+    with user_errors():
+        return extract_features(
+            args.input,
+            args.output,
+            sample_rate=args.sample_rate,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            file_timeout_s=args.file_timeout,
+            numba_cache_dir=args.numba_cache_dir,
+        )
+
+
+if __name__ == "__main__":
+    main()
