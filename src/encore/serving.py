@@ -122,7 +122,10 @@ class RecommenderBundle:
 
     def recommend_for_history(self, item_ids: list[str], n: int = 10) -> dict:
         """Top ``n`` items for someone the model has never seen, from the items they played."""
-        ids, scores = self.model.recommend_for_history(self.item_indices(item_ids), n)
+        try:
+            ids, scores = self.model.recommend_for_history(self.item_indices(item_ids), n)
+        except NotSupportedError as error:
+            raise UnsupportedError(str(error), "items") from None
         return {"items": self._describe(ids, scores), "fallback": None}
 
     def similar_items(self, item_id: str, n: int = 10) -> dict:

@@ -6,9 +6,13 @@ import scipy.sparse as sp
 from encore.models.als import ALS
 from encore.models.base import NotSupportedError, Recommender
 from encore.models.content import ContentBased, Hybrid
+from encore.models.ease import EASE
+from encore.models.knn import ItemKNN, UserKNN
 from encore.models.popularity import Popularity
 
-MODELS: dict[str, type[Recommender]] = {model.kind: model for model in (Popularity, ALS, ContentBased, Hybrid)}
+MODELS: dict[str, type[Recommender]] = {
+    model.kind: model for model in (Popularity, ALS, EASE, ItemKNN, UserKNN, ContentBased, Hybrid)
+}
 
 
 def model_class(kind: str) -> type[Recommender]:
@@ -23,4 +27,7 @@ def fit_model(kind: str, params: dict, user_items: sp.csr_matrix, items: pd.Data
     return model.fit(user_items, items) if model.uses_item_catalogue else model.fit(user_items)
 
 
-__all__ = ["ALS", "MODELS", "NotSupportedError", "Popularity", "Recommender", "fit_model", "model_class"]
+__all__ = [
+    "ALS", "EASE", "MODELS", "ContentBased", "Hybrid", "ItemKNN", "NotSupportedError", "Popularity", "Recommender",
+    "UserKNN", "fit_model", "model_class",
+]  # fmt: skip
