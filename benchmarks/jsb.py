@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from encore.composer import Composer, ComposerConfig, TrainConfig, fit, load_jsb
+from encore.composer import Composer, fit, load_jsb
 from encore.composer.tokens import BOS
+from encore.composer.train import add_arguments, configs_from_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "jsb-chorales" / "jsb-chorales-quarter.json"
@@ -43,36 +44,15 @@ def time_generation(model: Composer, use_cache: bool, repeats: int) -> tuple[int
 
 
 def main(argv: list[str] | None = None) -> None:
-    model_defaults, train_defaults = ComposerConfig(), TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="JSB Chorales quarter-note JSON")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=train_defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=train_defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=train_defaults.lr)
-    parser.add_argument("--weight-decay", type=float, default=train_defaults.weight_decay)
-    parser.add_argument("--warmup-steps", type=int, default=train_defaults.warmup_steps)
-    parser.add_argument("--seed", type=int, default=train_defaults.seed)
-    parser.add_argument("--layers", type=int, default=model_defaults.n_layer)
-    parser.add_argument("--d-model", type=int, default=model_defaults.d_model)
-    parser.add_argument("--heads", type=int, default=model_defaults.n_head)
-    parser.add_argument("--ff", type=int, default=model_defaults.d_ff)
-    parser.add_argument("--dropout", type=float, default=model_defaults.dropout)
+    add_arguments(parser)
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     splits = load_jsb(args.data)
-    config = ComposerConfig(
-        n_layer=args.layers, n_head=args.heads, d_model=args.d_model, d_ff=args.ff, dropout=args.dropout
-    )
-    train_config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
-        seed=args.seed,
-    )
+    config, train_config = configs_from_arguments(args)
     torch.manual_seed(args.seed)
     model = Composer(config)
 

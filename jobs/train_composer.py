@@ -29,6 +29,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 
 from encore import fs
 from encore.composer import TOKENIZER_VERSION, Composer, ComposerConfig, DataError, TrainConfig, fit, load_jsb
+from encore.composer.train import add_arguments, configs_from_arguments
 from encore.runtime import init_ray, setup_logging, user_errors
 from encore.store import ModelStore
 
@@ -170,23 +171,12 @@ def train_composer(
 
 
 def main(argv: list[str] | None = None) -> str:
-    model_defaults, train_defaults = ComposerConfig(), TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="JSB Chorales JSON (default: %(default)s)")
     parser.add_argument("--store", default="./artifacts", help="model store folder or s3:// prefix")
     parser.add_argument("--storage", default="./artifacts/ray-train", help="Ray Train checkpoints: folder or s3://")
     parser.add_argument("--name", help="Ray Train run name (default: derived from the data and the settings)")
-    parser.add_argument("--epochs", type=int, default=train_defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=train_defaults.batch_size, help="chorales per worker")
-    parser.add_argument("--lr", type=float, default=train_defaults.lr)
-    parser.add_argument("--weight-decay", type=float, default=train_defaults.weight_decay)
-    parser.add_argument("--warmup-steps", type=int, default=train_defaults.warmup_steps)
-    parser.add_argument("--seed", type=int, default=train_defaults.seed)
-    parser.add_argument("--layers", type=int, default=model_defaults.n_layer)
-    parser.add_argument("--d-model", type=int, default=model_defaults.d_model)
-    parser.add_argument("--heads", type=int, default=model_defaults.n_head)
-    parser.add_argument("--ff", type=int, default=model_defaults.d_ff, help="width of the feed-forward layers")
-    parser.add_argument("--dropout", type=float, default=model_defaults.dropout)
+    add_arguments(parser)
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL, bf16 autocast")
     parser.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from")
@@ -195,17 +185,7 @@ def main(argv: list[str] | None = None) -> str:
     )
     args = parser.parse_args(argv)
     try:
-        model_config = ComposerConfig(
-            n_layer=args.layers, n_head=args.heads, d_model=args.d_model, d_ff=args.ff, dropout=args.dropout
-        )
-        train_config = TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            warmup_steps=args.warmup_steps,
-            seed=args.seed,
-        )
+        model_config, train_config = configs_from_arguments(args)
     except ValueError as error:
         parser.error(str(error))
     setup_logging()

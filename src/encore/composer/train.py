@@ -15,6 +15,7 @@ For data-parallel training pass ``parallel`` (``ray.train.torch.prepare_model``)
 chorales, and the metrics are summed over the ranks.
 """
 
+import argparse
 import contextlib
 import math
 import time
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from encore.composer.model import Composer, is_music
+from encore.composer.model import Composer, ComposerConfig, is_music
 from encore.composer.tokens import EOS_STEP, Chorale
 
 Report = Callable[[int, dict, dict], None]
@@ -186,3 +187,34 @@ def fit(
         if report is not None:
             report(epoch, metrics, state)
     return state
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and training options every composer entry point shares."""
+    model_defaults, train_defaults = ComposerConfig(), TrainConfig()
+    parser.add_argument("--epochs", type=int, default=train_defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=train_defaults.batch_size, help="chorales per worker")
+    parser.add_argument("--lr", type=float, default=train_defaults.lr)
+    parser.add_argument("--weight-decay", type=float, default=train_defaults.weight_decay)
+    parser.add_argument("--warmup-steps", type=int, default=train_defaults.warmup_steps)
+    parser.add_argument("--seed", type=int, default=train_defaults.seed)
+    parser.add_argument("--layers", type=int, default=model_defaults.n_layer)
+    parser.add_argument("--d-model", type=int, default=model_defaults.d_model)
+    parser.add_argument("--heads", type=int, default=model_defaults.n_head)
+    parser.add_argument("--ff", type=int, default=model_defaults.d_ff, help="width of the feed-forward layers")
+    parser.add_argument("--dropout", type=float, default=model_defaults.dropout)
+
+
+def configs_from_arguments(args: argparse.Namespace) -> tuple[ComposerConfig, TrainConfig]:
+    model_config = ComposerConfig(
+        n_layer=args.layers, n_head=args.heads, d_model=args.d_model, d_ff=args.ff, dropout=args.dropout
+    )
+    train_config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        seed=args.seed,
+    )
+    return model_config, train_config

@@ -149,7 +149,22 @@ def _check_neighbourhood(similarity: str, neighbours: int, shrinkage: float, bin
     check_weighting(binarize, log_scaling)
 
 
-class ItemKNN(Recommender):
+class _Neighbourhood(Recommender):
+    """What item- and user-based kNN share: their hyperparameters and how they weigh interactions."""
+
+    def __init__(self, similarity: str, neighbours: int, shrinkage: float, binarize: bool, log_scaling: bool):
+        _check_neighbourhood(similarity, neighbours, shrinkage, binarize, log_scaling)
+        self.similarity = similarity
+        self.neighbours = neighbours
+        self.shrinkage = shrinkage
+        self.binarize = binarize
+        self.log_scaling = log_scaling
+
+    def _weigh(self, user_items: sp.csr_matrix) -> sp.csr_matrix:
+        return weigh(user_items, self.binarize, self.log_scaling)
+
+
+class ItemKNN(_Neighbourhood):
     """Item-based k-nearest neighbours: a user's score for an item is the sum, over the items
     they played, of their weight times that item's similarity to it (Sarwar et al. 2001;
     Deshpande & Karypis 2004).
@@ -189,15 +204,7 @@ class ItemKNN(Recommender):
         binarize: bool = True,
         log_scaling: bool = False,
     ):
-        _check_neighbourhood(similarity, neighbours, shrinkage, binarize, log_scaling)
-        self.similarity = similarity
-        self.neighbours = neighbours
-        self.shrinkage = shrinkage
-        self.binarize = binarize
-        self.log_scaling = log_scaling
-
-    def _weigh(self, user_items: sp.csr_matrix) -> sp.csr_matrix:
-        return weigh(user_items, self.binarize, self.log_scaling)
+        super().__init__(similarity, neighbours, shrinkage, binarize, log_scaling)
 
     def fit(self, user_items: sp.csr_matrix) -> "ItemKNN":
         self.user_items_ = sp.csr_matrix(user_items, dtype=np.float32)
@@ -226,7 +233,7 @@ class ItemKNN(Recommender):
         return rank_contributions(history.indices, history.data * similarities)
 
 
-class UserKNN(Recommender):
+class UserKNN(_Neighbourhood):
     """User-based k-nearest neighbours: a user's score for an item is the sum, over their most
     similar users, of similarity times that neighbour's weight for the item (Herlocker et al. 1999).
 
@@ -265,15 +272,7 @@ class UserKNN(Recommender):
         binarize: bool = True,
         log_scaling: bool = False,
     ):
-        _check_neighbourhood(similarity, neighbours, shrinkage, binarize, log_scaling)
-        self.similarity = similarity
-        self.neighbours = neighbours
-        self.shrinkage = shrinkage
-        self.binarize = binarize
-        self.log_scaling = log_scaling
-
-    def _weigh(self, user_items: sp.csr_matrix) -> sp.csr_matrix:
-        return weigh(user_items, self.binarize, self.log_scaling)
+        super().__init__(similarity, neighbours, shrinkage, binarize, log_scaling)
 
     def fit(self, user_items: sp.csr_matrix) -> "UserKNN":
         self.user_items_ = sp.csr_matrix(user_items, dtype=np.float32)
