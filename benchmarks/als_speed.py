@@ -83,9 +83,11 @@ def time_implicit(matrix: sp.csr_matrix, factors: int, iterations: int) -> tuple
             random_state=0,
         )
         model.cg_steps = CG_STEPS
-        start = time.perf_counter()
-        model.fit(confidence, show_progress=False)
-        return time.perf_counter() - start
+        # implicit parallelises over users with its own threads and asks for a single-threaded BLAS.
+        with threadpool_limits(1, "blas"):
+            start = time.perf_counter()
+            model.fit(confidence, show_progress=False)
+            return time.perf_counter() - start
 
     return fit(1), fit(iterations) / iterations
 

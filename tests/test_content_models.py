@@ -78,3 +78,39 @@ def test_hybrid_roundtrip_keeps_both_parts(tmp_path):
     users = np.arange(6)
     assert np.allclose(loaded.score(users), model.score(users))
     assert loaded.collaborative_.kind == "popularity" and loaded.content_.kind == "content"
+
+
+BLEND = [
+    {"kind": "item_knn", "params": {"neighbours": 5, "shrinkage": 0.0}, "weight": 0.6},
+    {"kind": "content", "params": {}, "weight": 0.4},
+    {"kind": "popularity", "params": {}, "weight": 0.2},
+]
+
+
+def test_blend_is_the_weighted_sum_of_standardised_parts(tmp_path):
+    from encore.models.content import _standardise
+
+    model = fit_model("blend", {"parts": BLEND}, plays(), catalogue())
+    users = np.arange(6)
+    parts = [fit_model(part["kind"], part["params"], plays(), catalogue()) for part in BLEND]
+    expected = sum(part["weight"] * _standardise(p.score(users)) for part, p in zip(BLEND, parts))
+    assert np.allclose(model.score(users), expected)
+    ids, _ = model.recommend(0, n=1)
+    assert ids.tolist() == [3]  # content lifts the unplayed rock item
+    model.save(tmp_path / "blend")
+    assert np.allclose(model_class("blend").load(tmp_path / "blend").score(users), model.score(users))
+
+
+def test_blend_explains_and_finds_similar_items_through_its_parts():
+    model = fit_model("blend", {"parts": BLEND}, plays(), catalogue())
+    contributions = model.explain(0, 3)
+    assert {item for item, _ in contributions} <= {0, 1, 2}
+    ids, _ = model.similar_items(0, n=2)  # from item_knn, the heaviest part
+    assert set(ids.tolist()) <= {1, 2}
+    only_popular = fit_model(
+        "blend", {"parts": [{"kind": "popularity", "params": {}, "weight": 1.0}]}, plays(), catalogue()
+    )
+    with pytest.raises(NotImplementedError, match="no part of this blend"):
+        only_popular.explain(0, 3)
+    with pytest.raises(ValueError, match="keys kind, params and weight"):
+        model_class("blend")(parts=[{"kind": "ease"}])

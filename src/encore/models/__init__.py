@@ -5,13 +5,14 @@ import scipy.sparse as sp
 
 from encore.models.als import ALS
 from encore.models.base import NotSupportedError, Recommender
+from encore.models.blend import Blend
 from encore.models.content import ContentBased, Hybrid
 from encore.models.ease import EASE
 from encore.models.knn import ItemKNN, UserKNN
 from encore.models.popularity import Popularity
 
 MODELS: dict[str, type[Recommender]] = {
-    model.kind: model for model in (Popularity, ALS, EASE, ItemKNN, UserKNN, ContentBased, Hybrid)
+    model.kind: model for model in (Popularity, ALS, EASE, ItemKNN, UserKNN, ContentBased, Hybrid, Blend)
 }
 
 
@@ -28,6 +29,6 @@ def fit_model(kind: str, params: dict, user_items: sp.csr_matrix, items: pd.Data
 
 
 __all__ = [
-    "ALS", "EASE", "MODELS", "ContentBased", "Hybrid", "ItemKNN", "NotSupportedError", "Popularity", "Recommender",
-    "UserKNN", "fit_model", "model_class",
+    "ALS", "Blend", "EASE", "MODELS", "ContentBased", "Hybrid", "ItemKNN", "NotSupportedError", "Popularity",
+    "Recommender", "UserKNN", "fit_model", "model_class",
 ]  # fmt: skip
