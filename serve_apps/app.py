@@ -98,6 +98,9 @@ class Recommender:
                 if version is None:
                     raise UnknownModelError(str(error), "model") from None
                 logger.error("keeping %s for %r: %s", version, ref, error)
+        if version in self.bundles:  # the common case: no thread hop
+            self.bundles.move_to_end(version)
+            return self.bundles[version]
         try:
             return await asyncio.to_thread(self._load, version)
         except StoreError as error:
