@@ -7,8 +7,14 @@ model store, and its ``preprocessing`` record makes a serving process refuse a b
 under another pseudonymisation key.
 """
 
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,6 +23,9 @@ import pyarrow.parquet as pq
 
 from encore.interactions import SCHEMA_VERSION, InteractionDataset
 from encore.models import NotSupportedError, Recommender, model_class
+from encore.store import LoadedVersion, ModelStore, StoreError, VersionNotFound
+
+logger = logging.getLogger(__name__)
 
 
 def preprocessing(id_key_fingerprint: str) -> dict:
@@ -49,6 +58,103 @@ class UnknownModelError(ServingError):
 
 class UnsupportedError(ServingError):
     status, code = 400, "not_supported"
+
+
+class ModelUnavailableError(ServingError):
+    status, code = 503, "model_unavailable"
+
+
+class VersionCache:
+    """The model versions one deployment serves, found in the store by alias, version id or kind.
+
+    ``get(ref)`` answers ``(model, {"kind", "version"})``; ``ref`` is an alias, a version id, or a
+    kind (its newest version), and None means ``default_ref``. A name is re-resolved at most every
+    ``poll_seconds``, so a moved alias is picked up without a restart, and the ``capacity`` most
+    recently used versions stay loaded. Only versions of ``kinds`` are served. When a name cannot be
+    re-resolved, or its new version cannot be loaded (checksums, another pseudonymisation key), the
+    version it had keeps serving and the error is logged.
+    """
+
+    def __init__(
+        self,
+        store: ModelStore,
+        default_ref: str,
+        kinds: Collection[str],
+        load: Callable[[LoadedVersion], Any],
+        poll_seconds: float = 10.0,
+        capacity: int = 4,
+        expected_preprocessing: dict | None = None,
+    ):
+        self.store, self.default_ref, self.kinds = store, default_ref, frozenset(kinds)
+        self.poll_seconds, self.capacity = poll_seconds, capacity
+        self.expected_preprocessing = expected_preprocessing
+        self._load_model = load
+        self._resolved: dict[str, tuple[str, float]] = {}
+        self._serving: dict[str, str] = {}
+        self._loaded: OrderedDict[str, tuple[Any, dict]] = OrderedDict()
+
+    def resolve(self, ref: str) -> str:
+        """The version ``ref`` names now (blocking: reads the store)."""
+        try:
+            version = self.store.resolve(ref)
+        except VersionNotFound:
+            newest = self.store.list(kind=ref) if ref in self.kinds else []
+            if not newest:
+                if ref == self.default_ref:
+                    raise ModelUnavailableError(
+                        f"no {' or '.join(sorted(self.kinds))} model is published as {ref!r} yet", "model"
+                    ) from None
+                message = f"no model {ref!r}: not an alias, version or kind in the store"
+                raise UnknownModelError(message, "model") from None
+            version = newest[0].version
+        self._resolved[ref] = (version, time.monotonic())
+        return version
+
+    def load(self, version: str) -> tuple[Any, dict]:
+        """The loaded model of ``version`` (blocking: reads the store, verifies the checksums)."""
+        if version in self._loaded:
+            self._loaded.move_to_end(version)
+            return self._loaded[version]
+        started = time.perf_counter()
+        kind = self.store.show(version).kind
+        if kind not in self.kinds:
+            served = ", ".join(sorted(self.kinds))
+            raise UnknownModelError(f"{version} is a {kind} model; this endpoint serves {served}", "model")
+        loaded = self.store.load(version, expected_preprocessing=self.expected_preprocessing)
+        entry = (self._load_model(loaded), {"kind": loaded.manifest.kind, "version": loaded.manifest.version})
+        self._loaded[version] = entry
+        while len(self._loaded) > self.capacity:
+            self._loaded.popitem(last=False)
+        logger.info("loaded %s in %.0f ms", version, 1000 * (time.perf_counter() - started))
+        return entry
+
+    async def get(self, ref: str | None = None) -> tuple[Any, dict]:
+        ref = ref or self.default_ref
+        version, resolved_at = self._resolved.get(ref, (None, 0.0))
+        if time.monotonic() - resolved_at >= self.poll_seconds:
+            try:
+                version = await asyncio.to_thread(self.resolve, ref)
+            except (StoreError, ServingError) as error:
+                if version is None:
+                    if isinstance(error, ServingError):
+                        raise
+                    raise UnknownModelError(str(error), "model") from None
+                logger.error("keeping %s for %r: %s", version, ref, error)
+        if version in self._loaded:  # the common case: no thread hop
+            self._loaded.move_to_end(version)
+            self._serving[ref] = version
+            return self._loaded[version]
+        try:
+            entry = await asyncio.to_thread(self.load, version)
+        except StoreError as error:
+            previous = self._serving.get(ref)
+            if previous in self._loaded:
+                self._resolved[ref] = (previous, time.monotonic())  # try the new version again at the next poll
+                logger.error("keeping %s for %r: %s could not be loaded: %s", previous, ref, version, error)
+                return self._loaded[previous]
+            raise UnknownModelError(f"model {ref!r} ({version}) could not be loaded: {error}", "model") from None
+        self._serving[ref] = version
+        return entry
 
 
 EXPLANATION_ITEMS = 3

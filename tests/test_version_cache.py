@@ -1,0 +1,82 @@
+"""VersionCache: how a deployment finds, loads, reloads and keeps model versions (no cluster)."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from encore.serving import ModelUnavailableError, UnknownModelError, VersionCache
+from encore.store import ModelStore
+
+
+def save(store: ModelStore, tmp_path: Path, kind: str, text: str, aliases=("latest",)) -> str:
+    folder = tmp_path / f"source-{text}"
+    folder.mkdir()
+    (folder / "model.txt").write_text(text)
+    return store.save(
+        folder, kind=kind, config={}, metrics={}, data_fingerprint="d", preprocessing={}, aliases=aliases
+    ).version
+
+
+@pytest.fixture
+def store(tmp_path) -> ModelStore:
+    return ModelStore(tmp_path / "store")
+
+
+def cache(store: ModelStore, poll_seconds: float = 0.0) -> VersionCache:
+    return VersionCache(
+        store,
+        "genre-production",
+        kinds={"genre"},
+        load=lambda loaded: (loaded.path / "model.txt").read_text(),
+        poll_seconds=poll_seconds,
+        capacity=2,
+    )
+
+
+def get(versions: VersionCache, ref: str | None = None) -> tuple[str, dict]:
+    return asyncio.run(versions.get(ref))
+
+
+def test_default_alias_without_a_model_is_unavailable_until_published(store, tmp_path):
+    versions = cache(store)
+    with pytest.raises(ModelUnavailableError, match="genre-production"):
+        get(versions)
+    version = save(store, tmp_path, "genre", "first", aliases=("genre-production",))
+    assert get(versions) == ("first", {"kind": "genre", "version": version})
+
+
+def test_refs_are_aliases_versions_or_kinds_of_the_served_kinds_only(store, tmp_path):
+    save(store, tmp_path, "genre", "old")
+    newest = save(store, tmp_path, "genre", "new")
+    recommender = save(store, tmp_path, "popularity", "other")
+    versions = cache(store)
+    assert get(versions, "genre") == ("new", {"kind": "genre", "version": newest})
+    assert get(versions, newest)[0] == "new"
+    with pytest.raises(UnknownModelError, match="popularity model"):
+        get(versions, recommender)
+    with pytest.raises(UnknownModelError, match="'popularity'"):
+        get(versions, "popularity")
+    with pytest.raises(UnknownModelError, match="'nope'"):
+        get(versions, "nope")
+
+
+def test_a_moved_alias_is_picked_up_after_the_poll_interval(store, tmp_path):
+    first = save(store, tmp_path, "genre", "first", aliases=("genre-production",))
+    versions = cache(store, poll_seconds=3600)
+    assert get(versions)[0] == "first"
+    second = save(store, tmp_path, "genre", "second", aliases=("genre-production",))
+    assert get(versions)[1]["version"] == first  # within the poll interval
+    versions.poll_seconds = 0
+    assert get(versions)[1]["version"] == second
+
+
+def test_a_damaged_new_version_leaves_the_loaded_one_serving(store, tmp_path):
+    first = save(store, tmp_path, "genre", "first", aliases=("genre-production",))
+    versions = cache(store)
+    assert get(versions)[0] == "first"
+    second = save(store, tmp_path, "genre", "second", aliases=("genre-production",))
+    (tmp_path / "store" / "versions" / second / "model.txt").write_text("tampered")
+    assert get(versions) == ("first", {"kind": "genre", "version": first})
+    with pytest.raises(UnknownModelError, match="could not be loaded"):
+        get(versions, second)
