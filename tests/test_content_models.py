@@ -88,12 +88,12 @@ BLEND = [
 
 
 def test_blend_is_the_weighted_sum_of_standardised_parts(tmp_path):
-    from encore.models.content import _standardise
+    from encore.models.base import standardise
 
     model = fit_model("blend", {"parts": BLEND}, plays(), catalogue())
     users = np.arange(6)
     parts = [fit_model(part["kind"], part["params"], plays(), catalogue()) for part in BLEND]
-    expected = sum(part["weight"] * _standardise(p.score(users)) for part, p in zip(BLEND, parts))
+    expected = sum(part["weight"] * standardise(p.score(users)) for part, p in zip(BLEND, parts))
     assert np.allclose(model.score(users), expected)
     ids, _ = model.recommend(0, n=1)
     assert ids.tolist() == [3]  # content lifts the unplayed rock item

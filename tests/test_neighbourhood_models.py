@@ -8,6 +8,7 @@ import scipy.sparse as sp
 from encore.models.base import NotSupportedError
 from encore.models.ease import EASE
 from encore.models.knn import SIMILARITIES, ItemKNN, UserKNN, pairwise_similarity
+from encore.models.rp3beta import RP3beta
 
 BLOCK_USERS, BLOCK_ITEMS, PLAYED_PER_USER = 12, 10, 6
 
@@ -42,6 +43,7 @@ MODELS = [
     pytest.param(lambda: EASE(regularization=1.0, binarize=False, log_scaling=True), id="ease-log"),
     *[pytest.param(lambda s=s: knn(ItemKNN, s, neighbours=20), id=f"item_knn-{s}") for s in SIMILARITIES],
     *[pytest.param(lambda s=s: knn(UserKNN, s, neighbours=30), id=f"user_knn-{s}") for s in SIMILARITIES],
+    pytest.param(lambda: RP3beta(alpha=0.8, beta=0.3, neighbours=20), id="rp3beta"),
 ]
 ITEM_MODELS = [param for param in MODELS if not param.id.startswith("user_knn")]
 
@@ -228,3 +230,13 @@ def test_save_load_round_trip_keeps_the_scores(make, blocks, tmp_path):
     np.testing.assert_array_equal(loaded.score(users), model.score(users))
     history, weights = np.array([1, 4]), np.array([2.0, 7.0])
     np.testing.assert_array_equal(loaded.score_history(history, weights), model.score_history(history, weights))
+
+
+@pytest.mark.parametrize("beta, expected", [(0.0, [5 / 7, 2 / 7]), (1.0, [5 / 8, 3 / 8])])
+def test_rp3beta_walk_probabilities_by_hand(beta, expected):
+    # Users: {0, 1}, {0, 1, 2}, {2}, {1}. From item 0 a walk reaches item 1 with 1/2*1/2 + 1/2*1/3 = 5/12
+    # and item 2 with 1/2*1/3 = 1/6; beta divides by popularity (item 1: 3 users, item 2: 2).
+    played = sp.csr_matrix(np.array([[1, 1, 0], [1, 1, 1], [0, 0, 1], [0, 1, 0]], dtype=np.float32))
+    similarity = RP3beta(alpha=1.0, beta=beta, neighbours=10).fit(played * 7).similarity_.toarray()
+    assert similarity[0] == pytest.approx([0.0, *expected])
+    assert similarity.sum(axis=1) == pytest.approx(np.ones(3))

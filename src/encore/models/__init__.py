@@ -10,9 +10,10 @@ from encore.models.content import ContentBased, Hybrid
 from encore.models.ease import EASE
 from encore.models.knn import ItemKNN, UserKNN
 from encore.models.popularity import Popularity
+from encore.models.rp3beta import RP3beta
 
 MODELS: dict[str, type[Recommender]] = {
-    model.kind: model for model in (Popularity, ALS, EASE, ItemKNN, UserKNN, ContentBased, Hybrid, Blend)
+    model.kind: model for model in (Popularity, ALS, EASE, ItemKNN, UserKNN, RP3beta, ContentBased, Hybrid, Blend)
 }
 
 
@@ -30,5 +31,5 @@ def fit_model(kind: str, params: dict, user_items: sp.csr_matrix, items: pd.Data
 
 __all__ = [
     "ALS", "Blend", "EASE", "MODELS", "ContentBased", "Hybrid", "ItemKNN", "NotSupportedError", "Popularity",
-    "Recommender", "UserKNN", "fit_model", "model_class",
+    "RP3beta", "Recommender", "UserKNN", "fit_model", "model_class",
 ]  # fmt: skip

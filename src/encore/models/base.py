@@ -18,6 +18,12 @@ import scipy.sparse as sp
 from encore.metrics import top_k
 
 
+def standardise(scores: np.ndarray) -> np.ndarray:
+    """Per-row z-scores, so models on different scales can be blended."""
+    std = scores.std(axis=1, keepdims=True)
+    return (scores - scores.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1)
+
+
 class NotSupportedError(NotImplementedError):
     """The model cannot perform this operation (for example, popularity has no explanations)."""
 

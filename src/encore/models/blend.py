@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from encore.models.base import NotSupportedError, Recommender
-from encore.models.content import _standardise
+from encore.models.base import NotSupportedError, Recommender, standardise
 
 
 class Blend(Recommender):
@@ -43,11 +42,11 @@ class Blend(Recommender):
         return [(getattr(self, f"part{index}_"), part["weight"]) for index, part in enumerate(self.parts)]
 
     def score(self, users: np.ndarray) -> np.ndarray:
-        return sum(weight * _standardise(model.score(users)) for model, weight in self._models())
+        return sum(weight * standardise(model.score(users)) for model, weight in self._models())
 
     def score_history(self, items: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         return sum(
-            weight * _standardise(model.score_history(items, weights)[None, :])[0] for model, weight in self._models()
+            weight * standardise(model.score_history(items, weights)[None, :])[0] for model, weight in self._models()
         )
 
     def similar_items(self, item: int, n: int = 10) -> tuple[np.ndarray, np.ndarray]:

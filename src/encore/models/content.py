@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-from encore.models.base import NotSupportedError, Recommender
+from encore.models.base import NotSupportedError, Recommender, standardise
 
 AUDIO_PREFIX = "audio_"
 
@@ -97,12 +97,6 @@ class ContentBased(Recommender):
         return [(int(history.indices[i]), float(contributions[i])) for i in order]
 
 
-def _standardise(scores: np.ndarray) -> np.ndarray:
-    """Per-row z-scores, so models on different scales can be blended."""
-    std = scores.std(axis=1, keepdims=True)
-    return (scores - scores.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1)
-
-
 class Hybrid(Recommender):
     """Blend of a collaborative model and a content model, per item: with ``c`` training users on
     an item, the collaborative score weighs ``c / (c + balance)``, content the rest, so items few
@@ -136,7 +130,7 @@ class Hybrid(Recommender):
 
     def _blend(self, collaborative: np.ndarray, content: np.ndarray) -> np.ndarray:
         weight = self.collaborative_weight_
-        return weight * _standardise(collaborative) + (1 - weight) * _standardise(content)
+        return weight * standardise(collaborative) + (1 - weight) * standardise(content)
 
     def score(self, users: np.ndarray) -> np.ndarray:
         return self._blend(self.collaborative_.score(users), self.content_.score(users))
