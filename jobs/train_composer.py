@@ -1,4 +1,11 @@
-"""Train the composer on JSB Chorales with Ray Train, and save it in the model store.
+"""Train the composer with Ray Train, on JSB Chorales or on prepared pieces, and save it in the model store.
+
+``--data`` is the JSB Chorales JSON (the default: the copy beside the repository, in
+``../shared/data/jsb-chorales``, not shipped here since its source states no licence), whose
+chorales carry no labels and are learnt unconditioned; or a folder or ``s3://`` prefix written by
+``jobs.prepare_music`` (the music21 corpus, or your MIDI files), whose pieces are learnt with their
+style, key, tempo and meter as conditioning tokens, cut to the model's length, and split 80/10/10
+by a hash of their names.
 
 ``--num-workers`` Ray Train workers train one model with DDP (gloo on CPU, NCCL with ``--use-gpu``,
 where the forward pass runs in bf16). After every epoch they report the validation NLL per time
@@ -6,12 +13,11 @@ step, and rank 0 checkpoints the whole training state to ``--storage``. A worker
 replaced and training goes on from the last checkpoint, up to ``--max-failures`` times; if the
 job itself dies, running the same command again resumes the same run, whose name follows from the
 data and the settings (``--name`` sets it, e.g. to add epochs to a finished run). The weights of
-the epoch with the best validation NLL are scored on the test split and saved as kind "composer".
-
-The JSB Chorales JSON is not shipped in this repository (its source states no licence); the
-default ``--data`` is the copy beside the repository, in ``../shared/data/jsb-chorales``.
+the epoch with the best validation NLL are scored on the test split and saved as kind "composer",
+with the style names of the model's slots and its step length (``encore.composer.compose``).
 
     python -m jobs.train_composer --epochs 20 --num-workers 2 --store artifacts
+    python -m jobs.train_composer --data artifacts/datasets/music21 --epochs 10 --store artifacts
 """
 
 import argparse
@@ -28,7 +34,9 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
 from encore import fs
-from encore.composer import TOKENIZER_VERSION, Composer, ComposerConfig, DataError, TrainConfig, fit, load_jsb
+from encore.composer import TOKENIZER_VERSION, Composer, ComposerConfig, DataError, TrainConfig, fit
+from encore.composer.compose import ComposerBundle
+from encore.composer.data import load_corpus
 from encore.composer.train import add_arguments, configs_from_arguments
 from encore.runtime import init_ray, setup_logging, user_errors
 from encore.store import ModelStore
@@ -73,6 +81,8 @@ def train_loop(config: dict) -> None:
         parallel=ray.train.torch.prepare_model,
         rank=rank,
         world_size=world_size,
+        train_conditions=config["train_conditions"],
+        valid_conditions=config["valid_conditions"],
     )
 
 
@@ -94,13 +104,16 @@ def train_composer(
     max_failures: int = 2,
     aliases: tuple[str, ...] = ("composer-latest",),
 ) -> str:
-    """Train on Ray Train, score the best validation epoch on test, save it; returns the store version."""
-    splits = load_jsb(data)
-    data_fingerprint = "sha256:" + hashlib.sha256(Path(data).read_bytes()).hexdigest()
+    """Train on Ray Train, score the best validation epoch on test, save it; returns the store version.
+
+    ``data``: see :func:`load_corpus`."""
+    corpus = load_corpus(data, model_config.max_steps, model_config.max_notes)
+    splits, conditions = corpus.steps, corpus.conditions or {}
+    data_fingerprint = corpus.fingerprint
     name = name or run_name(data_fingerprint, model_config, train_config, num_workers)
     storage = fs.absolute(storage)
     logger.info(
-        "training run %s in %s: %d workers, %d/%d/%d chorales (rerun the same command to resume it)",
+        "training run %s in %s: %d workers, %d/%d/%d pieces (rerun the same command to resume it)",
         name,
         storage,
         num_workers,
@@ -113,6 +126,8 @@ def train_composer(
             "train": asdict(train_config),
             "train_chorales": splits["train"],
             "valid_chorales": splits["valid"],
+            "train_conditions": conditions.get("train"),
+            "valid_conditions": conditions.get("valid"),
         },
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=RunConfig(
@@ -130,7 +145,7 @@ def train_composer(
 
     model = Composer(model_config)
     model.load_state_dict(state["best"]["model"])
-    test_nll = model.nll_per_step(splits["test"], train_config.eval_batch_size)
+    test_nll = model.nll_per_step(splits["test"], train_config.eval_batch_size, conditions.get("test"))
     metrics = {
         "valid_nll_per_step": state["best"]["valid_nll_per_step"],
         "test_nll_per_step": test_nll,
@@ -148,15 +163,20 @@ def train_composer(
         metrics["valid_nll_per_step"],
         test_nll,
     )
+    bundle = ComposerBundle(
+        model, corpus.styles, corpus.default_style, corpus.step_beats, conditioned=corpus.conditions is not None
+    )
     with tempfile.TemporaryDirectory() as folder:
-        model.save(folder)
+        bundle.save(folder)
         manifest = ModelStore(fs.absolute(store_uri)).save(
             folder,
             kind="composer",
             config={
                 "model": asdict(model_config),
                 "train": asdict(train_config),
-                "data": str(data),
+                **corpus.described,
+                "styles": corpus.styles,
+                "step_beats": corpus.step_beats,
                 "num_workers": num_workers,
                 "use_gpu": use_gpu,
                 "run": name,
@@ -172,7 +192,11 @@ def train_composer(
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="JSB Chorales JSON (default: %(default)s)")
+    parser.add_argument(
+        "--data",
+        default=str(DEFAULT_DATA),
+        help="JSB Chorales JSON, or a folder or s3:// prefix from jobs.prepare_music (default: %(default)s)",
+    )
     parser.add_argument("--store", default="./artifacts", help="model store folder or s3:// prefix")
     parser.add_argument("--storage", default="./artifacts/ray-train", help="Ray Train checkpoints: folder or s3://")
     parser.add_argument("--name", help="Ray Train run name (default: derived from the data and the settings)")

@@ -25,6 +25,7 @@ autoregressive binary outputs).
 import json
 import math
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -216,13 +217,18 @@ class Composer(nn.Module):
         nll = -picked.masked_fill(~is_music(targets), 0.0).sum(1)
         return log_probs, nll
 
-    def encode_chorales(self, chorales: Sequence[Sequence[Iterable[int]]]) -> list[list[int]]:
-        """Token lists of ``chorales`` (lists of steps), checked against what the model can score."""
+    def encode_chorales(
+        self, chorales: Sequence[Sequence[Iterable[int]]], conditions: Sequence[Sequence[int]] | None = None
+    ) -> list[list[int]]:
+        """Token lists of ``chorales`` (lists of steps) after their ``conditions`` (conditioning
+        tokens, one list per chorale; none by default), checked against what the model can score."""
         config = self.config
+        if conditions is not None and len(conditions) != len(chorales):
+            raise ValueError(f"{len(conditions)} lists of conditions for {len(chorales)} pieces")
         encoded = []
         for index, chorale in enumerate(chorales):
             try:
-                tokens = encode(chorale)
+                tokens = encode(chorale, conditions[index] if conditions is not None else ())
             except DataError as error:
                 raise DataError(f"piece {index} {error}") from None
             if len(chorale) > config.max_steps:
@@ -247,9 +253,15 @@ class Composer(nn.Module):
         return batch.to(self.device)
 
     @torch.no_grad()
-    def nll_total(self, chorales: Sequence[Sequence[Iterable[int]]], batch_size: int = 16) -> tuple[float, int]:
-        """Total NLL (nats) of ``chorales`` and their number of time steps, in evaluation mode."""
-        encoded = self.encode_chorales(chorales)
+    def nll_total(
+        self,
+        chorales: Sequence[Sequence[Iterable[int]]],
+        batch_size: int = 16,
+        conditions: Sequence[Sequence[int]] | None = None,
+    ) -> tuple[float, int]:
+        """Total NLL (nats) of ``chorales`` given their ``conditions`` and their number of time steps,
+        in evaluation mode."""
+        encoded = self.encode_chorales(chorales, conditions)
         # Similar lengths batched together: less padding to compute.
         order = sorted(range(len(encoded)), key=lambda index: len(encoded[index]))
         was_training = self.training
@@ -263,10 +275,16 @@ class Composer(nn.Module):
             self.train(was_training)
         return total, sum(len(chorale) for chorale in chorales)
 
-    def nll_per_step(self, chorales: Sequence[Sequence[Iterable[int]]], batch_size: int = 16) -> float:
-        """Exact NLL in nats per time step: the NLL of every token after BOS, each EOS_STEP included,
-        under the masked and renormalised distribution, divided by the number of steps."""
-        total, steps = self.nll_total(chorales, batch_size)
+    def nll_per_step(
+        self,
+        chorales: Sequence[Sequence[Iterable[int]]],
+        batch_size: int = 16,
+        conditions: Sequence[Sequence[int]] | None = None,
+    ) -> float:
+        """Exact NLL in nats per time step: the NLL of every pitch and EOS_STEP token after the prefix
+        (BOS and the conditions, which are given), under the masked and renormalised distribution,
+        divided by the number of steps."""
+        total, steps = self.nll_total(chorales, batch_size, conditions)
         return total / steps
 
     # ---- sampling ---------------------------------------------------------------------
@@ -290,6 +308,7 @@ class Composer(nn.Module):
         seed: int = 0,
         pitch_classes: Iterable[int] | None = None,
         use_cache: bool = True,
+        deadline: float | None = None,
     ) -> list[int]:
         """Continue ``prompt`` (tokens as from ``tokens.encode``, starting with BOS) by ``max_steps``
         time steps; returns the prompt followed by the new tokens, ending with EOS_STEP.
@@ -298,7 +317,8 @@ class Composer(nn.Module):
         if given: only pitches of those classes, e.g. ``tokens.key_pitch_classes(7, "major")``),
         divided by ``temperature``, cut to the ``top_k`` likeliest tokens and then to the smallest
         set holding ``top_p`` of the mass. The same seed gives the same tokens. ``use_cache=False``
-        recomputes the whole sequence for every token (for comparison only)."""
+        recomputes the whole sequence for every token (for comparison only). Past ``deadline`` (a
+        ``time.monotonic()`` value) it raises :class:`TimeoutError`, so a caller can bound its wait."""
         config = self.config
         if not prompt or prompt[0] != BOS or PAD in prompt or not all(0 <= t < config.vocab_size for t in prompt):
             raise ValueError("prompt must be a token list that starts with BOS and holds no PAD")
@@ -342,6 +362,8 @@ class Composer(nn.Module):
                     finished += 1
                     if finished == max_steps:
                         return out
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(f"sampling stopped after {finished} of {max_steps} steps: out of time")
                 if cache is not None:
                     new = torch.tensor([[token]], device=self.device)
                     where = (torch.tensor([[step]], device=self.device), torch.tensor([[slot]], device=self.device))

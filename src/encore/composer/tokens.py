@@ -179,3 +179,23 @@ def load_jsb(path: str | os.PathLike) -> dict[str, list[Chorale]]:
             )
         splits[split] = chorales
     return splits
+
+
+def conditioning_tokens(
+    style_slot: int | None = None,
+    key: tuple[int, str] | None = None,
+    tempo: float | None = None,
+    meter: tuple[int, int] | None = None,
+) -> list[int]:
+    """The conditioning tokens of a piece's labels, in the one order the model sees them: style, key,
+    tempo, meter. A label that is None (unknown) has no token."""
+    tokens = []
+    if style_slot is not None:
+        tokens.append(style_token(style_slot))
+    if key is not None:
+        tokens.append(key_token(*key))
+    if tempo is not None:
+        tokens.append(tempo_token(tempo))
+    if meter is not None:
+        tokens.append(meter_token(*meter))
+    return tokens

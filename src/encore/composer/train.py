@@ -102,17 +102,23 @@ def fit(
     parallel: Callable[[Composer], torch.nn.Module] | None = None,
     rank: int = 0,
     world_size: int = 1,
+    train_conditions: Sequence[Sequence[int]] | None = None,
+    valid_conditions: Sequence[Sequence[int]] | None = None,
 ) -> dict:
     """Train ``model`` in place for ``config.epochs`` epochs (counting those in ``state``) and return the final state.
+
+    ``train_conditions`` and ``valid_conditions`` give each piece its conditioning tokens (style,
+    key, tempo, meter); without them the pieces are unconditioned, as JSB Chorales are.
 
     The state holds ``epoch`` (last finished), ``model``, ``optimizer``, ``scheduler`` and
     ``scaler`` state dicts, ``history`` (each epoch's metrics), ``best`` (``epoch``,
     ``valid_nll_per_step`` and a CPU copy of the weights of the best validation epoch so far) and
     ``starts`` (the epoch each run began after: ``[0, 5]`` means it was resumed once, after epoch 5)."""
-    train_tokens = model.encode_chorales(train)
+    train_tokens = model.encode_chorales(train, train_conditions)
     lengths = [len(tokens) for tokens in train_tokens]
     valid_share = list(valid[rank::world_size])
-    model.encode_chorales(valid_share)  # fail on a bad validation piece now, not after an epoch
+    valid_share_conditions = None if valid_conditions is None else list(valid_conditions[rank::world_size])
+    model.encode_chorales(valid_share, valid_share_conditions)  # fail on a bad validation piece now
     if state is not None:
         model.load_state_dict(state["model"])
     network = parallel(model) if parallel else model
@@ -157,7 +163,9 @@ def fit(
             train_nll += nll.detach().sum()
             train_steps += (tokens == EOS_STEP).sum()
 
-        valid_nll, valid_steps = model.nll_total(valid_share, config.eval_batch_size) if valid_share else (0.0, 0)
+        valid_nll, valid_steps = (
+            model.nll_total(valid_share, config.eval_batch_size, valid_share_conditions) if valid_share else (0.0, 0)
+        )
         sums = torch.tensor([train_nll.item(), train_steps.item(), valid_nll, valid_steps], dtype=torch.float64)
         if world_size > 1:
             sums = sums.to(device)

@@ -1,0 +1,147 @@
+"""A composer as it is stored and served: the model, the style names of its slots, and its step length.
+
+A bundle folder holds the model's files (``model.pt``, ``config.json``) and ``composer.json``:
+``styles`` (slot i is ``styles[i]``), ``default_style`` (the commonest in training), ``step_beats``
+(quarter notes per step) and ``conditioned`` (whether the model was trained with conditioning
+tokens; a JSB Chorales model was not, and is then asked with no prefix at all).
+
+:meth:`ComposerBundle.compose` turns a request's musical settings into a piece: conditioning
+tokens, an optional primer to continue, a length in bars, sampling settings, an optional key
+constraint and a time budget.
+"""
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from encore.composer.checks import key_name, parse_key
+from encore.composer.data import parse_meter, thin
+from encore.composer.model import Composer
+from encore.composer.tokens import TOKENIZER_VERSION, Chorale, conditioning_tokens, decode, encode, key_pitch_classes
+
+BUNDLE_FILE = "composer.json"
+
+
+class CompositionError(ValueError):
+    """A composition request the model cannot honour; ``field`` names the request field at fault."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass
+class Composition:
+    steps: Chorale  # the primer's steps, then the new ones
+    settings: dict  # everything that decided the music, so it can be asked for again
+
+
+@dataclass
+class ComposerBundle:
+    model: Composer
+    styles: list[str] = field(default_factory=list)
+    default_style: str | None = None
+    step_beats: float = 1.0
+    conditioned: bool = False
+
+    def save(self, folder: str | os.PathLike) -> None:
+        self.model.save(folder)
+        described = {
+            "styles": self.styles,
+            "default_style": self.default_style,
+            "step_beats": self.step_beats,
+            "conditioned": self.conditioned,
+            "tokenizer": TOKENIZER_VERSION,
+        }
+        (Path(folder) / BUNDLE_FILE).write_text(json.dumps(described, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "ComposerBundle":
+        described = json.loads((Path(folder) / BUNDLE_FILE).read_text())
+        if described.pop("tokenizer") != TOKENIZER_VERSION:
+            raise ValueError(f"{folder}: made with another tokenizer than {TOKENIZER_VERSION}")
+        return cls(Composer.load(folder), **described)
+
+    def steps_for_bars(self, bars: int, meter: tuple[int, int]) -> int:
+        """Steps of ``bars`` bars of ``meter`` (a 6/8 bar is 3 quarter notes)."""
+        return max(1, round(bars * meter[0] * 4 / meter[1] / self.step_beats))
+
+    def compose(
+        self,
+        *,
+        style: str | None = None,
+        key: str = "C major",
+        tempo: float = 100.0,
+        meter: str = "4/4",
+        bars: int = 8,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        primer: Chorale | None = None,
+        constrain_to_key: bool = False,
+        time_budget_s: float | None = None,
+    ) -> Composition:
+        """A new piece: ``primer`` (steps, optional) continued by ``bars`` bars.
+
+        Raises :class:`CompositionError` naming the field for a style the model does not know, a
+        malformed key or meter, or a length beyond what the model covers; :class:`TimeoutError` if
+        sampling outruns ``time_budget_s``."""
+        config = self.model.config
+        style = style or self.default_style
+        if style is not None and style not in self.styles:
+            known = ", ".join(self.styles) if self.styles else "none (this model is not conditioned on style)"
+            raise CompositionError(f"unknown style {style!r}; this model knows: {known}", "style")
+        try:
+            tonic, mode = parse_key(key)
+        except ValueError as error:
+            raise CompositionError(str(error), "key") from None
+        try:
+            numerator_denominator = parse_meter(meter)
+        except ValueError as error:
+            raise CompositionError(str(error), "meter") from None
+        if numerator_denominator is None:
+            raise CompositionError("meter is empty: write it as in '4/4'", "meter")
+        primer = [thin(sorted(set(step)), config.max_notes) for step in (primer or [])]
+        primer = [[pitch for pitch in step if config.pitch_low <= pitch <= config.pitch_high] for step in primer]
+        new_steps = self.steps_for_bars(bars, numerator_denominator)
+        room = config.max_steps - len(primer)
+        if new_steps > room:
+            bars_room = math.floor(room * self.step_beats * numerator_denominator[1] / 4 / numerator_denominator[0])
+            where = f" after a primer of {len(primer)} steps" if primer else ""
+            raise CompositionError(
+                f"{bars} bars of {meter} are {new_steps} steps; {bars_room} bars fit the model{where}", "bars"
+            )
+        prefix = []
+        if self.conditioned:
+            slot = self.styles.index(style) if style is not None else None
+            prefix = conditioning_tokens(slot, (tonic, mode), tempo, numerator_denominator)
+        tokens = self.model.generate(
+            encode(primer, prefix),
+            new_steps,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            pitch_classes=key_pitch_classes(tonic, mode) if constrain_to_key else None,
+            deadline=None if time_budget_s is None else time.monotonic() + time_budget_s,
+        )
+        settings = {
+            "style": style,
+            "key": key_name(tonic, mode),
+            "tempo": tempo,
+            "meter": meter,
+            "bars": bars,
+            "steps": new_steps,
+            "step_beats": self.step_beats,
+            "primer_steps": len(primer),
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "seed": seed,
+            "constrain_to_key": constrain_to_key,
+        }
+        return Composition(decode(tokens), settings)

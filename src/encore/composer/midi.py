@@ -1,0 +1,215 @@
+"""Pieces to and from MIDI (with pretty_midi), and MIDI to audio.
+
+A piece is a list of time steps, each the set of MIDI pitches sounding in it, and every step lasts
+``step_beats`` quarter notes. Written as MIDI, a pitch that sounds in consecutive steps is one held
+note, so the file reads like music in a DAW. Read from MIDI, note times are taken in beats (ticks
+over the file's resolution, so the tempo map does not matter) and a step holds the pitches that
+sound at its midpoint, plus any note that starts inside it, so short notes are never lost. The two
+directions are exact inverses for pieces: steps -> MIDI -> steps gives the same steps.
+
+Audio: :func:`render_wav` uses FluidSynth with a General MIDI soundfont when the ``fluidsynth``
+module (pyfluidsynth, over libfluidsynth) can be imported, and otherwise a small additive
+synthesiser built in here, so that any machine renders sound. The soundfont is
+``$ENCORE_SOUNDFONT``, else the first of :data:`SOUNDFONT_PATHS` that exists, else the small GM
+soundfont shipped inside pretty_midi.
+"""
+
+import io
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+import soundfile
+
+from encore.composer.tokens import Chorale, DataError
+
+SOUNDFONT_PATHS = (
+    "/usr/share/sounds/sf2/FluidR3_GM.sf2",
+    "/usr/share/sounds/sf2/default-GM.sf2",
+    "/usr/share/soundfonts/FluidR3_GM.sf2",
+    "/usr/share/soundfonts/default.sf2",
+)
+RESOLUTION = 480  # ticks per quarter note: every step length down to a 32nd triplet is a whole number of ticks
+SAMPLE_RATE = 22_050
+RELEASE_SECONDS = 0.25  # the renders ring on this long after the last note ends
+PIANO = 0  # General MIDI program numbers
+MAX_MIDI_STEPS = 100_000  # a primer longer than this is not a primer
+
+
+class MidiError(DataError):
+    """A MIDI file that cannot be read as a piece; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class MidiPiece:
+    """A piece read from MIDI: its steps and what the file says of its tempo and meter."""
+
+    steps: Chorale
+    tempo: float  # quarter notes per minute at the start of the file
+    meter: tuple[int, int] | None  # the first time signature, if the file has one
+
+
+def steps_to_midi(
+    steps: Sequence[Iterable[int]],
+    tempo: float,
+    step_beats: float = 1.0,
+    meter: tuple[int, int] | None = None,
+    program: int = PIANO,
+    velocity: int = 80,
+) -> pretty_midi.PrettyMIDI:
+    """A one-track MIDI of ``steps`` at ``tempo`` quarter notes per minute, each step ``step_beats`` long."""
+    if not tempo > 0 or not step_beats > 0:
+        raise ValueError(f"tempo ({tempo}) and step_beats ({step_beats}) must be positive")
+    midi = pretty_midi.PrettyMIDI(resolution=RESOLUTION, initial_tempo=float(tempo))
+    if meter is not None:
+        midi.time_signature_changes.append(pretty_midi.TimeSignature(meter[0], meter[1], 0.0))
+    instrument = pretty_midi.Instrument(program=program)
+    step_seconds = 60.0 * step_beats / tempo
+    sounding: dict[int, int] = {}  # pitch -> the step its note began in
+    for index, step in enumerate([*steps, []]):  # the empty step at the end closes every note
+        pitches = set(step)
+        for pitch in sorted(set(sounding) - pitches):
+            begin = sounding.pop(pitch)
+            instrument.notes.append(pretty_midi.Note(velocity, pitch, begin * step_seconds, index * step_seconds))
+        for pitch in sorted(pitches - set(sounding)):
+            if not 0 <= pitch < 128:
+                raise ValueError(f"step {index}: {pitch} is not a MIDI pitch")
+            sounding[pitch] = index
+    instrument.notes.sort(key=lambda note: (note.start, note.pitch))
+    midi.instruments.append(instrument)
+    return midi
+
+
+def midi_bytes(midi: pretty_midi.PrettyMIDI) -> bytes:
+    buffer = io.BytesIO()
+    midi.write(buffer)
+    return buffer.getvalue()
+
+
+def read_midi(source: str | os.PathLike | bytes, step_beats: float = 1.0, name: str | None = None) -> MidiPiece:
+    """The piece in a MIDI file (a path, or the file's bytes with ``name`` for messages).
+
+    Every non-drum track counts. Raises :class:`MidiError` naming the file when it is not MIDI,
+    is damaged, holds no notes, or is too long to be a piece."""
+    name = name or (str(source) if not isinstance(source, bytes) else "MIDI data")
+    if not step_beats > 0:
+        raise ValueError(f"step_beats must be positive, not {step_beats}")
+    try:
+        midi = pretty_midi.PrettyMIDI(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+    except FileNotFoundError:
+        raise MidiError(f"{name}: no such file") from None
+    except EOFError:
+        raise MidiError(f"{name}: not a readable MIDI file (it ends in the middle of a chunk: truncated?)") from None
+    except Exception as error:  # mido and pretty_midi raise many types for damaged files; all mean the same here
+        raise MidiError(f"{name}: not a readable MIDI file ({type(error).__name__}: {error})") from None
+    notes = [
+        (note.pitch, midi.time_to_tick(note.start) / midi.resolution, midi.time_to_tick(note.end) / midi.resolution)
+        for instrument in midi.instruments
+        if not instrument.is_drum
+        for note in instrument.notes
+    ]
+    if not notes:
+        raise MidiError(f"{name}: holds no notes (drum tracks aside)")
+    end = max(note_end for _, _, note_end in notes)
+    if end / step_beats > MAX_MIDI_STEPS:
+        raise MidiError(f"{name}: {end:.0f} beats long, over {MAX_MIDI_STEPS} steps of {step_beats} beats")
+    _, tempi = midi.get_tempo_changes()
+    signatures = midi.time_signature_changes
+    meter = (signatures[0].numerator, signatures[0].denominator) if signatures else None
+    return MidiPiece(notes_to_steps(notes, step_beats), float(tempi[0]) if len(tempi) else 120.0, meter)
+
+
+def notes_to_steps(notes: Iterable[tuple[int, float, float]], step_beats: float) -> Chorale:
+    """Steps of ``step_beats`` from notes ``(pitch, start, end)`` in beats (quarter notes).
+
+    A step holds the pitches sounding at its midpoint and those of notes that start inside it. The
+    piece starts at beat 0 and ends with the step holding the last note's end."""
+    notes = [(pitch, start, end) for pitch, start, end in notes if end > start]
+    if not notes:
+        return []
+    eps = 1e-9  # tick arithmetic in floats: a note ending exactly on a step boundary must not leak into it
+    n_steps = math.ceil(max(end for _, _, end in notes) / step_beats - eps)
+    steps = [set() for _ in range(n_steps)]
+    for pitch, start, end in notes:
+        first = max(0, math.floor(start / step_beats + eps))
+        last = math.ceil(end / step_beats - 0.5 - eps) - 1  # the last step whose midpoint is before the end
+        for index in range(first, max(first, last) + 1):
+            midpoint = (index + 0.5) * step_beats
+            if index == first or start <= midpoint < end:
+                steps[index].add(pitch)
+    return [sorted(step) for step in steps]
+
+
+def find_soundfont() -> Path:
+    """The General MIDI soundfont FluidSynth renders with (see the module docstring)."""
+    configured = os.environ.get("ENCORE_SOUNDFONT")
+    if configured:
+        if not Path(configured).is_file():
+            raise FileNotFoundError(f"ENCORE_SOUNDFONT={configured}: no such file")
+        return Path(configured)
+    for candidate in SOUNDFONT_PATHS:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    return Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
+
+
+def fluidsynth_available() -> bool:
+    try:
+        import fluidsynth  # noqa: F401  (pyfluidsynth; optional)
+    except (ImportError, OSError):  # OSError: the module is there but libfluidsynth is not
+        return False
+    return True
+
+
+def render_wav(midi: pretty_midi.PrettyMIDI, sample_rate: int = SAMPLE_RATE) -> tuple[bytes, str]:
+    """The MIDI rendered as a 16-bit mono WAV, and the name of what rendered it.
+
+    The audio lasts the MIDI's end time plus :data:`RELEASE_SECONDS`."""
+    length = int(round((midi.get_end_time() + RELEASE_SECONDS) * sample_rate))
+    if fluidsynth_available():
+        audio = midi.fluidsynth(fs=sample_rate, synthesizer=str(find_soundfont()))
+        renderer = f"fluidsynth ({find_soundfont().name})"
+    else:
+        audio = synthesize(midi, sample_rate)
+        renderer = "built-in additive synthesiser"
+    audio = np.pad(audio[:length], (0, max(0, length - len(audio))))
+    peak = float(np.abs(audio).max()) if len(audio) else 0.0
+    if peak > 0:
+        audio = 0.8 * audio / peak
+    buffer = io.BytesIO()
+    soundfile.write(buffer, audio.astype(np.float32), sample_rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue(), renderer
+
+
+# A plucked-string-like tone: a few harmonics whose amplitudes fall off, a quick attack, an exponential
+# decay that is faster for high notes (as on a piano), and a short release so no note ends in a click.
+HARMONICS = (1.0, 0.5, 0.25, 0.12, 0.06)
+ATTACK_SECONDS = 0.008
+
+
+def synthesize(midi: pretty_midi.PrettyMIDI, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The built-in synthesiser: every non-drum note as decaying harmonics, summed (float64, unnormalised)."""
+    audio = np.zeros(int(math.ceil((midi.get_end_time() + RELEASE_SECONDS) * sample_rate)) + 1)
+    for instrument in midi.instruments:
+        if instrument.is_drum:
+            continue
+        for note in instrument.notes:
+            begin = int(note.start * sample_rate)
+            held = max(1, int((note.end - note.start) * sample_rate))
+            t = np.arange(held + int(RELEASE_SECONDS * sample_rate)) / sample_rate
+            frequency = 440.0 * 2 ** ((note.pitch - 69) / 12)
+            tone = sum(
+                weight * np.sin(2 * np.pi * frequency * number * t)
+                for number, weight in enumerate(HARMONICS, start=1)
+                if frequency * number < sample_rate / 2
+            )
+            envelope = np.minimum(t / ATTACK_SECONDS, 1.0) * np.exp(-t * (1.0 + frequency / 500.0))
+            release = np.clip(1.0 - (t - held / sample_rate) / RELEASE_SECONDS, 0.0, 1.0)
+            piece = (note.velocity / 127.0) * tone * envelope * release
+            end = min(len(audio), begin + len(piece))
+            audio[begin:end] += piece[: end - begin]
+    return audio
