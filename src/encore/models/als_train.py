@@ -13,6 +13,7 @@ last one.
 
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +66,12 @@ def _train_loop(config: dict) -> None:
         logger.info("resumed from the checkpoint of iteration %d", first - 1)
 
     for iteration in range(first, model.iterations):
+        started = time.perf_counter()
         _least_squares_cg(my_users, users[u0:u1], items, model.regularization, model.cg_steps)
         _exchange(users, user_slices)
         _least_squares_cg(my_items, items[i0:i1], users, model.regularization, model.cg_steps)
         _exchange(items, item_slices)
-        metrics = {"iteration": iteration, "resumed_from": first - 1}
+        metrics = {"iteration": iteration, "resumed_from": first - 1, "sweep_seconds": time.perf_counter() - started}
         if rank == 0:
             with tempfile.TemporaryDirectory() as folder:
                 np.savez(Path(folder) / CHECKPOINT_FILE, users=users.cpu().numpy(), items=items.cpu().numpy(),
