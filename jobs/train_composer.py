@@ -103,10 +103,12 @@ def train_composer(
     name: str | None = None,
     max_failures: int = 2,
     aliases: tuple[str, ...] = ("composer-latest",),
+    tuning: dict | None = None,
 ) -> str:
     """Train on Ray Train, score the best validation epoch on test, save it; returns the store version.
 
-    ``data``: see :func:`load_corpus`."""
+    ``data``: see :func:`encore.composer.data.load_corpus`; ``tuning`` records the search that chose
+    the settings, if one did."""
     corpus = load_corpus(data, model_config.max_steps, model_config.max_notes)
     splits, conditions = corpus.steps, corpus.conditions or {}
     data_fingerprint = corpus.fingerprint
@@ -180,6 +182,7 @@ def train_composer(
                 "num_workers": num_workers,
                 "use_gpu": use_gpu,
                 "run": name,
+                "tuning": tuning,
             },
             metrics=metrics,
             data_fingerprint=data_fingerprint,

@@ -1,4 +1,5 @@
-"""Encore's Serve application: a FastAPI ingress in front of an autoscaled, batched recommender.
+"""Encore's Serve application: a FastAPI ingress in front of an autoscaled, batched recommender and
+an autoscaled composer (``POST /v1/compose``, answering from its own alias, ``composer-production``).
 
 A request may name the model it wants (``"model"``: an alias, a version id, or a kind, meaning
 its newest version); without one it gets the service's alias (``production`` by default). The
@@ -10,15 +11,19 @@ for the service's own alias, the replica keeps serving the version it has.
     serve deploy serve_apps/config.yaml        # on a running cluster (see the README)
 """
 
+import asyncio
 import os
 from pathlib import Path
 
+import torch
 from fastapi import Query
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from encore.api import (
     MAX_ITEMS,
+    ComposeRequest,
+    ComposeResponse,
     Health,
     HistoryRequest,
     RecommendRequest,
@@ -26,6 +31,8 @@ from encore.api import (
     SimilarResponse,
     create_app,
 )
+from encore.composer.compose import ComposerBundle
+from encore.composer.service import compose_answer
 from encore.ids import id_key, key_fingerprint, pseudonymize
 from encore.models import MODELS
 from encore.serving import RecommenderBundle, VersionCache, preprocessing
@@ -71,11 +78,35 @@ class Recommender:
         return {**bundle.similar_items(item_id, n), "model": info}
 
 
+# A composition keeps a core busy for up to its time budget: few at once per replica, and more replicas
+# (autoscaling in config.yaml) rather than a long queue.
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=2)
+class Composer:
+    def __init__(self, store_uri: str, model_alias: str, poll_seconds: float, time_budget_s: float):
+        torch.set_num_threads(1)  # one core per composition: concurrent requests must not fight over threads
+        self.models = VersionCache(
+            ModelStore(store_uri),
+            model_alias,
+            kinds={"composer"},
+            load=lambda loaded: ComposerBundle.load(loaded.path),
+            poll_seconds=poll_seconds,
+            capacity=2,
+        )
+        self.time_budget_s = time_budget_s
+
+    async def compose(self, request: dict) -> dict:
+        bundle, info = await self.models.get(request.pop("model"))
+        # Sampling is seconds of CPU: in a thread, so the replica's event loop keeps answering.
+        answer = await asyncio.to_thread(compose_answer, bundle, request, self.time_budget_s)
+        return {**answer, "model": info}
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
 class EncoreAPI:
-    def __init__(self, recommender: DeploymentHandle):
+    def __init__(self, recommender: DeploymentHandle, composer: DeploymentHandle):
         self.recommender = recommender
+        self.composer = composer
         self.key = id_key()
 
     @app.get("/healthz", response_model=Health)
@@ -108,12 +139,24 @@ class EncoreAPI:
         """Items most similar to ``item_id`` according to the model."""
         return await self.recommender.similar_items.remote(item_id, n, model)
 
+    @app.post("/v1/compose", response_model=ComposeResponse)
+    async def compose(self, request: ComposeRequest) -> dict:
+        """New music in a style and key, optionally continuing a MIDI primer: MIDI, and WAV on request."""
+        return await self.composer.compose.remote(request.model_dump())
+
 
 def app_builder(args: dict) -> serve.Application:
     """Build the application; ``args``: ``store_uri`` (default ``$ENCORE_STORE_URI`` or the
-    repository's ``artifacts`` folder), ``model_alias`` (default ``production``), ``poll_seconds``."""
+    repository's ``artifacts`` folder), ``model_alias`` (default ``production``), ``poll_seconds``,
+    ``composer_alias`` (default ``composer-production``), ``compose_time_budget_s`` (default 20)."""
     store_uri = args.get("store_uri") or os.environ.get("ENCORE_STORE_URI") or str(DEFAULT_STORE)
     recommender = Recommender.bind(
         store_uri, args.get("model_alias", "production"), float(args.get("poll_seconds", 10))
     )
-    return EncoreAPI.bind(recommender)
+    composer = Composer.bind(
+        store_uri,
+        args.get("composer_alias", "composer-production"),
+        float(args.get("poll_seconds", 10)),
+        float(args.get("compose_time_budget_s", 20)),
+    )
+    return EncoreAPI.bind(recommender, composer)

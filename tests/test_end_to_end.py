@@ -317,6 +317,86 @@ def test_als_search_reports_every_sweep_and_asha_stops_early(pipeline_run):
     assert iterations[0] < als.ITERATIONS, "ASHA stopped no trial early"
 
 
+def _publish_tiny_composer(store_uri: str) -> str:
+    """A composer trained in seconds on two Bach chorales of the music21 corpus, as composer-production."""
+    import tempfile
+
+    import torch
+
+    from encore.composer import Composer, ComposerConfig, TrainConfig, fit
+    from encore.composer.compose import ComposerBundle
+    from encore.composer.corpus import parse_corpus_file
+    from encore.composer.tokens import conditioning_tokens
+    from encore.store import ModelStore
+
+    pieces = [parse_corpus_file(f"music21:bach/{name}.mxl", 0.5)[0] for name in ("bwv66.6", "bwv269")]
+    steps = [piece["steps"][:48] for piece in pieces]
+    conditions = [conditioning_tokens(0, piece["key"], 100.0, piece["meter"]) for piece in pieces]
+    torch.manual_seed(0)
+    model = Composer(ComposerConfig(n_layer=1, n_head=2, d_model=32, d_ff=64, dropout=0.0, max_steps=64, max_notes=4))
+    state = fit(model, steps, steps, TrainConfig(epochs=6, batch_size=2, lr=1e-2, warmup_steps=2),
+                train_conditions=conditions, valid_conditions=conditions)  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        ComposerBundle(model, ["bach"], "bach", 0.5, conditioned=True).save(folder)
+        manifest = ModelStore(store_uri).save(
+            folder, kind="composer", config={}, metrics={"valid_nll_per_step": state["best"]["valid_nll_per_step"]},
+            data_fingerprint="test", preprocessing={}, aliases=["composer-production"],
+        )  # fmt: skip
+    return manifest.version
+
+
+def test_compose_answers_midi_and_audio_over_http(api, pipeline_run):
+    import base64
+    import io
+
+    import soundfile
+
+    from encore.composer.midi import RELEASE_SECONDS, midi_bytes, read_midi, steps_to_midi
+
+    # Before any composer is published, the composer's alias has nothing to answer with.
+    unavailable = api.post("/v1/compose", json={})
+    assert unavailable.status_code == 503 and unavailable.json()["error"]["code"] == "model_unavailable"
+
+    version = _publish_tiny_composer(str(pipeline_run["root"] / "store"))
+    primer = [[57, 64, 69, 73], [57, 64, 69, 73], [59, 62, 68, 74], [54, 61, 69, 73]]
+    request = {
+        "style": "bach", "key": "A major", "tempo": 90, "meter": "3/4", "bars": 4, "temperature": 0.9,
+        "top_k": 20, "top_p": 0.95, "seed": 11, "constrain_to_key": True, "audio": True,
+        "primer_midi": base64.b64encode(midi_bytes(steps_to_midi(primer, 90, 0.5))).decode(),
+    }  # fmt: skip
+    deadline = time.monotonic() + 30
+    while (answer := api.post("/v1/compose", json=request)).status_code == 503:
+        assert time.monotonic() < deadline, "the Composer replica did not pick up composer-production"
+        time.sleep(0.5)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["model"] == {"kind": "composer", "version": version}
+    settings = body["settings"]
+    assert settings["steps"] == 24 and settings["primer_steps"] == 4 and settings["seed"] == 11
+    assert settings["key"] == "A major" and settings["top_k"] == 20 and settings["step_beats"] == 0.5
+    steps = read_midi(base64.b64decode(body["midi"]), 0.5).steps
+    assert steps[:4] == primer and len(steps) <= 28
+    assert {pitch % 12 for step in steps[4:] for pitch in step} <= {9, 11, 1, 2, 4, 6, 8}  # A major only
+    audio, rate = soundfile.read(io.BytesIO(base64.b64decode(body["wav"])))
+    assert len(audio) / rate == pytest.approx(len(steps) * 0.5 * 60 / 90 + RELEASE_SECONDS, abs=0.01)
+    assert np.abs(audio).max() > 0.1 and body["renderer"]
+    again = api.post("/v1/compose", json={**request, "audio": False}).json()
+    assert again["midi"] == body["midi"] and again["wav"] is None  # same seed, same music
+
+    refused = api.post("/v1/compose", json={"style": "grunge"})
+    assert refused.status_code == 422
+    assert refused.json()["error"] == {
+        "code": "unknown_style", "message": "unknown style 'grunge'; this model knows: bach", "field": "style"
+    }  # fmt: skip
+    for bad, field in [({"bars": 0}, "bars"), ({"bars": 10_000}, "bars"), ({"temperature": 0}, "temperature"),
+                       ({"top_p": 1.5}, "top_p"), ({"key": "H major"}, "key"), ({"tempo": 1000}, "tempo"),
+                       ({"meter": "4/5"}, "meter"), ({"bars": 40}, "bars"), ({"primer_midi": "%%%"}, "primer_midi"),
+                       ({"primer_midi": base64.b64encode(b"MThd junk").decode()}, "primer_midi")]:  # fmt: skip
+        answer = api.post("/v1/compose", json=bad)
+        assert answer.status_code == 422, (bad, answer.text)
+        assert answer.json()["error"]["field"] == field, (bad, answer.text)
+
+
 # Last in the module: it checks every file and log line the tests above produced.
 def _strings_in_parquet(path: Path) -> str:
     return json.dumps(pq.read_table(path).to_pylist(), default=str)

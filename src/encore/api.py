@@ -71,6 +71,64 @@ class SimilarResponse(BaseModel):
     model: ModelInfo
 
 
+# Bounds of one composition: with the time budget of the Composer deployment, no request holds a replica long.
+MAX_BARS = 64
+MAX_PRIMER_BYTES = 512_000  # of base64 text: about 380 kB of MIDI
+
+
+class ComposeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    style: str | None = Field(
+        None, max_length=64, description="a style the model knows (an unknown one is refused with the list)"
+    )
+    key: str = Field("C major", pattern=r"^[A-Ga-g][#b]? (major|minor)$", description="as in 'C major', 'F# minor'")
+    tempo: float = Field(100.0, ge=20, le=300, description="quarter notes per minute")
+    meter: str = Field("4/4", pattern=r"^([1-9]|1[0-9])/(1|2|4|8|16)$", description="time signature, as in '3/4'")
+    bars: int = Field(8, ge=1, le=MAX_BARS, description="length of the new music, after the primer")
+    temperature: float = Field(1.0, gt=0, le=3, description="below 1 safer, above 1 bolder")
+    top_k: int | None = Field(None, ge=1, le=256, description="sample only from the k likeliest tokens")
+    top_p: float | None = Field(None, gt=0, le=1, description="sample only from the smallest set holding p")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="the same seed and settings give the same music")
+    constrain_to_key: bool = Field(False, description="only pitches of the key's scale")
+    primer_midi: str | None = Field(
+        None, max_length=MAX_PRIMER_BYTES, description="base64 MIDI file to continue (its notes open the piece)"
+    )
+    audio: bool = Field(False, description="also render the music as WAV")
+    model: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=200,
+        description="the composer to use: an alias (default: the service's own, usually 'composer-production'), "
+        "a version id, or 'composer' (the newest)",
+    )
+
+
+class ComposeSettings(BaseModel):
+    style: str | None
+    key: str
+    tempo: float
+    meter: str
+    bars: int
+    steps: int = Field(description="time steps of new music")
+    step_beats: float = Field(description="quarter notes per time step")
+    primer_steps: int
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    seed: int
+    constrain_to_key: bool
+
+
+class ComposeResponse(BaseModel):
+    midi: str = Field(description="base64 standard MIDI file: the primer, then the new music")
+    wav: str | None = Field(description="base64 16-bit mono WAV, when audio was asked for")
+    renderer: str | None = Field(description="what rendered the WAV: FluidSynth and its soundfont, or a built-in synth")
+    settings: ComposeSettings
+    seconds: float = Field(description="time spent composing and rendering")
+    model: ModelInfo
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     model: ModelInfo

@@ -100,7 +100,7 @@ def statistics(pieces: Sequence[Chorale], keys: Sequence[tuple[int, str] | None]
         "pitch_range": float(np.mean([max(notes) - min(notes) for notes in pitches])),
         "in_key": float(np.average(in_key, weights=list(map(len, pitches)))),
         "empty_steps": sum(not step for step in steps) / len(steps),
-        "pitch_class_histogram": pitch_class_histogram(pieces).round(4).tolist(),
+        "pitch_class_histogram": pitch_class_histogram(pieces).tolist(),
     }
 
 

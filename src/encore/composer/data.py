@@ -84,7 +84,7 @@ def encode_piece(row, styles: Sequence[str]) -> list[int]:
     return conditioning_tokens(
         styles.index(row.style) if row.style else None,
         parse_key(row.key) if row.key else None,
-        None if row.tempo is None or math.isnan(row.tempo) else row.tempo,
+        None if math.isnan(row.tempo) else row.tempo,
         parse_meter(row.meter),
     )
 
@@ -101,6 +101,7 @@ class Corpus:
     steps: dict[str, list[Chorale]]
     conditions: dict[str, list[list[int]]] | None  # None: unconditioned (JSB Chorales)
     fingerprint: str
+    labels: dict[str, list[dict]] | None = None  # style, key, tempo, meter of each window, as a request gives them
     styles: list[str] = field(default_factory=list)  # slot i is styles[i]
     default_style: str | None = None  # the commonest
     step_beats: float = 1.0
@@ -121,11 +122,17 @@ def load_corpus(data: str, max_steps: int, max_notes: int, min_steps: int = 8) -
     styles = sorted(style for style in pieces["style"].unique() if style)
     if len(styles) > N_STYLES:
         raise DataError(f"{data}: {len(styles)} styles; the vocabulary has {N_STYLES} style slots")
-    steps, conditions = {"train": [], "valid": [], "test": []}, {"train": [], "valid": [], "test": []}
+    steps, conditions, labels = ({split: [] for split in ("train", "valid", "test")} for _ in range(3))
     thinned = 0
     for row in pieces.itertuples(index=False):
         split = split_of(row.source, row.piece)
         tokens = encode_piece(row, styles)
+        label = {
+            "style": row.style or None,
+            "key": row.key,
+            "tempo": 100.0 if math.isnan(row.tempo) else row.tempo,
+            "meter": row.meter or "4/4",
+        }
         for begin in range(0, len(row.steps), max_steps):
             window = row.steps[begin : begin + max_steps]
             if len(window) < min(min_steps, len(row.steps)):
@@ -133,6 +140,7 @@ def load_corpus(data: str, max_steps: int, max_notes: int, min_steps: int = 8) -
             thinned += sum(len(step) > max_notes for step in window)
             steps[split].append([thin(step, max_notes) for step in window])
             conditions[split].append(tokens)
+            labels[split].append(label)
     for split, windows in steps.items():
         if not windows:
             raise DataError(f"{data}: no {split} pieces; {len(pieces)} pieces are too few to split 80/10/10")
@@ -151,6 +159,7 @@ def load_corpus(data: str, max_steps: int, max_notes: int, min_steps: int = 8) -
         steps,
         conditions,
         fingerprint,
+        labels,
         styles,
         named.mode().iloc[0] if len(named) else None,
         float(pieces["step_beats"].iloc[0]),

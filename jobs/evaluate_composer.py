@@ -1,0 +1,171 @@
+"""Evaluate stored composers: likelihoods, and musical checks of what they write against held-out music.
+
+For each ``--version`` (an alias, a version id, or ``composer`` for the newest), one Ray task:
+
+- JSB Chorales test NLL per time step (nats; exact, unconditioned: nothing about a test chorale but
+  its own past), if the JSB JSON is at ``--jsb`` (default: the copy beside the repository);
+- held-out NLL per time step on the test split of ``--data`` (pieces from ``jobs.prepare_music``,
+  each given its style, key, tempo and meter, for a model trained with them);
+- musical checks (``encore.composer.checks``): ``--samples`` pieces of ``--bars`` bars, each asked
+  with the labels of a held-out piece (or from nothing, for an unconditioned model), against the
+  held-out pieces: pitch-class histogram distance, notes per step, pitch range, share of notes in
+  key (the requested key; the labelled one for held-out music), empty steps, and seconds per piece.
+
+Held-out music is the test split of ``--data`` if given, else JSB's test chorales. Printed as a
+table, and written as ``evaluation.json`` and ``evaluation.md`` under ``--output``.
+
+    python -m jobs.evaluate_composer --version composer-latest --data artifacts/datasets/music21 \\
+        --output artifacts/reports/composer
+"""
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import ray
+import torch
+
+from encore import fs
+from encore.composer import DataError, load_jsb
+from encore.composer.checks import compare, parse_key
+from encore.composer.checks import statistics as piece_statistics
+from encore.composer.compose import ComposerBundle
+from encore.composer.data import Corpus, load_corpus
+from encore.runtime import init_ray, setup_logging, user_errors
+from encore.store import ModelStore
+from jobs.train_composer import DEFAULT_DATA
+
+logger = logging.getLogger("encore.evaluate_composer")
+
+CHECKS = ("notes_per_step", "pitch_range", "in_key", "empty_steps")
+
+
+def _held_out_nll(bundle: ComposerBundle, corpus: Corpus) -> float:
+    """NLL per step of the test windows, given their conditions if the model was trained with them."""
+    conditions = None
+    if bundle.conditioned:
+        if corpus.styles != bundle.styles:
+            raise DataError(f"the model's styles {bundle.styles} are not the data's {corpus.styles}")
+        conditions = corpus.conditions["test"]
+    return bundle.model.nll_per_step(corpus.steps["test"], conditions=conditions)
+
+
+def evaluate_version(
+    store_uri: str, ref: str, jsb: dict | None, corpus: Corpus | None, samples: int, bars: int, seed: int
+) -> dict:
+    """One row of the table: the version's likelihoods and musical checks."""
+    torch.set_num_threads(1)
+    loaded = ModelStore(store_uri).load(ref)
+    if loaded.manifest.kind != "composer":
+        raise DataError(f"{ref} is a {loaded.manifest.kind} model, not a composer")
+    bundle = ComposerBundle.load(loaded.path)
+    row = {"model": ref, "version": loaded.manifest.version, "parameters": bundle.model.num_parameters()}
+    if jsb is not None:
+        try:
+            row["jsb_test_nll_per_step"] = bundle.model.nll_per_step(jsb["test"])
+        except DataError as error:  # a model whose pitch range or chord size cannot hold JSB's chorales
+            logger.warning("%s cannot score JSB Chorales: %s", ref, error)
+    if corpus is not None and corpus.conditions is not None:
+        row["held_out_nll_per_step"] = _held_out_nll(bundle, corpus)
+
+    if corpus is not None and corpus.labels is not None:
+        reference, labels = corpus.steps["test"], corpus.labels["test"]
+        reference_keys = [parse_key(label["key"]) for label in labels]
+    else:
+        reference, labels, reference_keys = jsb["test"], [{} for _ in jsb["test"]], None
+    generated, keys, seconds = [], [], []
+    for index in range(samples):
+        label = labels[index % len(labels)] if bundle.conditioned else {}
+        if label.get("style") not in bundle.styles:
+            label = {**label, "style": None}
+        began = time.perf_counter()
+        composition = bundle.compose(**label, bars=bars, seed=seed + index)
+        seconds.append(time.perf_counter() - began)
+        generated.append(composition.steps)
+        keys.append(parse_key(composition.settings["key"]) if bundle.conditioned else None)
+    checks = compare(piece_statistics(generated, keys), piece_statistics(reference, reference_keys))
+    row["pitch_class_distance"] = checks["pitch_class_distance"]
+    for name in CHECKS:
+        row[name] = checks[name]["generated"]
+        row[f"held_out_{name}"] = checks[name]["reference"]
+    row["seconds_per_piece"] = statistics.median(seconds)
+    row["samples"], row["bars"] = samples, bars
+    return row
+
+
+def markdown_table(rows: list[dict]) -> str:
+    def number(value, digits=2):
+        return "" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        "| model | JSB test NLL/step | held-out NLL/step | pitch-class distance | notes/step | pitch range "
+        "| in key | empty steps | s/piece |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        cells = [
+            f"{row['model']} ({row['version']})",
+            number(row.get("jsb_test_nll_per_step")),
+            number(row.get("held_out_nll_per_step")),
+            number(row["pitch_class_distance"], 3),
+            f"{row['notes_per_step']:.2f} ({row['held_out_notes_per_step']:.2f})",
+            f"{row['pitch_range']:.1f} ({row['held_out_pitch_range']:.1f})",
+            f"{row['in_key']:.1%} ({row['held_out_in_key']:.1%})",
+            f"{row['empty_steps']:.1%} ({row['held_out_empty_steps']:.1%})",
+            number(row["seconds_per_piece"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Musical checks: generated (held-out) music; pitch-class distance is total variation, 0 is the same.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", default="./artifacts", help="model store folder or s3:// prefix")
+    parser.add_argument("--version", action="append", default=[], help="alias, version id or 'composer' (repeatable)")
+    parser.add_argument("--data", default=None, help="pieces from jobs.prepare_music: held-out NLL and music")
+    parser.add_argument("--jsb", default=str(DEFAULT_DATA), help="JSB Chorales JSON (skipped if absent)")
+    parser.add_argument("--samples", type=int, default=8, help="pieces generated per model")
+    parser.add_argument("--bars", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=None, help="folder or s3:// prefix for evaluation.json and evaluation.md")
+    args = parser.parse_args(argv)
+    versions = args.version or ["composer-latest"]
+    setup_logging()
+    init_ray()
+    with user_errors():
+        try:
+            jsb = load_jsb(args.jsb) if Path(args.jsb).is_file() else None
+            if jsb is None and args.data is None:
+                raise SystemExit(f"error: no held-out music: {args.jsb} is absent and no --data was given")
+            store_uri = fs.absolute(args.store)
+            corpus = None
+            if args.data:
+                # Windows and chords every model covers, so that all score the same held-out music.
+                store = ModelStore(store_uri)
+                configs = [store.show(ref).config["model"] for ref in versions]
+                corpus = load_corpus(
+                    args.data, min(c["max_steps"] for c in configs), min(c["max_notes"] for c in configs)
+                )
+            evaluate = ray.remote(num_cpus=1)(evaluate_version)
+            rows = ray.get(
+                [evaluate.remote(store_uri, ref, jsb, corpus, args.samples, args.bars, args.seed) for ref in versions]
+            )
+        except DataError as error:
+            raise SystemExit(f"error: {error}") from None
+    table = markdown_table(rows)
+    print(table)
+    if args.output:
+        output = fs.absolute(args.output)
+        fs.write_bytes(fs.join(output, "evaluation.json"), json.dumps(rows, indent=2).encode())
+        fs.write_bytes(fs.join(output, "evaluation.md"), (table + "\n").encode())
+        logger.info("wrote %s/evaluation.json and evaluation.md", output)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Hyperparameter search for the composer with Ray Tune, selecting on the validation NLL only.
+
+Each trial trains a model in-process (one Ray task with ``cpus_per_trial`` CPUs) on the train split
+and reports the validation NLL per time step after every epoch, so a scheduler such as ASHA stops
+the poor ones early; test never takes part in the choice. :data:`PARAM_SPACE` searches the
+learning rate, the width (``d_model``, with a feed-forward layer four times as wide), the depth
+and the dropout; every other setting comes from the base configurations.
+"""
+
+import logging
+import time
+from dataclasses import asdict, replace
+
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from encore import fs
+from encore.composer.data import Corpus
+from encore.composer.model import Composer, ComposerConfig
+from encore.composer.train import TrainConfig, fit
+
+logger = logging.getLogger(__name__)
+
+SELECTION_METRIC = "valid_nll_per_step"
+PARAM_SPACE = {
+    "lr": tune.loguniform(2e-4, 5e-3),
+    "d_model": tune.choice([64, 128, 256]),
+    "n_layer": tune.choice([2, 3, 4, 6]),
+    "dropout": tune.uniform(0.0, 0.4),
+}
+
+
+def configs(sampled: dict, base_model: ComposerConfig, base_train: TrainConfig) -> tuple[ComposerConfig, TrainConfig]:
+    """The model and training configurations of one point of :data:`PARAM_SPACE`."""
+    model = {key: sampled[key] for key in ("d_model", "n_layer", "dropout") if key in sampled}
+    if "d_model" in model:
+        model["d_ff"] = 4 * model["d_model"]
+    train = {"lr": sampled["lr"]} if "lr" in sampled else {}
+    return replace(base_model, **model), replace(base_train, **train)
+
+
+def _trial(sampled: dict, corpus: Corpus, base_model: ComposerConfig, base_train: TrainConfig, threads: int) -> None:
+    torch.set_num_threads(threads)
+    model_config, train_config = configs(sampled, base_model, base_train)
+    torch.manual_seed(train_config.seed)
+    conditions = corpus.conditions or {}
+    fit(
+        Composer(model_config),
+        corpus.steps["train"],
+        corpus.steps["valid"],
+        train_config,
+        report=lambda epoch, metrics, state: tune.report(metrics),
+        train_conditions=conditions.get("train"),
+        valid_conditions=conditions.get("valid"),
+    )
+
+
+def search(
+    corpus: Corpus,
+    base_model: ComposerConfig,
+    base_train: TrainConfig,
+    storage_uri: str,
+    *,
+    param_space: dict = PARAM_SPACE,
+    num_samples: int = 8,
+    grace_epochs: int = 1,
+    seed: int | None = None,
+    cpus_per_trial: int = 1,
+) -> tune.ResultGrid:
+    """Run the search with ASHA over epochs and return Tune's results (best: lowest validation NLL)."""
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _trial, corpus=corpus, base_model=base_model, base_train=base_train, threads=cpus_per_trial
+        ),
+        {"cpu": cpus_per_trial},
+    )
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration", max_t=base_train.epochs, grace_period=grace_epochs, reduction_factor=3
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=SELECTION_METRIC,
+            mode="min",
+            num_samples=num_samples,
+            scheduler=scheduler,
+            search_alg=BasicVariantGenerator(random_state=seed),
+        ),
+        run_config=tune.RunConfig(
+            name=f"composer-{time.strftime('%Y%m%dT%H%M%S')}", storage_path=fs.absolute(storage_uri)
+        ),
+    )
+    results = tuner.fit()
+    errors = [result.error for result in results if result.error]
+    if len(errors) == len(results):
+        raise RuntimeError(f"every composer trial failed; first error: {errors[0]}")
+    best = results.get_best_result()
+    logger.info(
+        "best composer of %d trials: %s with validation NLL %.4f per step (base %s; results in %s)",
+        len(results),
+        best.config,
+        best.metrics[SELECTION_METRIC],
+        asdict(base_model),
+        results.experiment_path,
+    )
+    return results

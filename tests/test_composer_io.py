@@ -1,0 +1,250 @@
+"""The composer's music in and out: MIDI round trips and errors, audio render, the music21 corpus,
+the prepare job on Ray Data (S3, with planted bad files), conditioned training on its pieces,
+composing with primers and seeds, and the musical checks on answers known by hand."""
+
+import base64
+import io
+import math
+
+import boto3
+import numpy as np
+import pretty_midi
+import pyarrow.parquet as pq
+import pytest
+import soundfile
+import torch
+
+from encore import fs
+from encore.composer import Composer, ComposerConfig, DataError, TrainConfig
+from encore.composer import checks as C
+from encore.composer import midi as M
+from encore.composer.compose import ComposerBundle, CompositionError
+from encore.composer.corpus import corpus_files, parse_corpus_file
+from encore.composer.data import load_corpus, read_pieces, split_of
+from encore.composer.service import CompositionRequestError, UnknownStyleError, compose_answer
+from encore.store import ModelStore
+
+# Held notes, a rest in the middle, a chord change under a held top voice, a lone low note at the end.
+PIECE = [[48, 64, 67, 72], [48, 64, 67, 72], [53, 65, 69, 72], [], [55, 62, 67, 71], [55, 62, 65, 71], [36]]
+C_MAJOR_SCALE = [[pitch] for pitch in (60, 62, 64, 65, 67, 69, 71, 72)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("tempo, step_beats", [(100, 1.0), (137.5, 0.5), (61, 1 / 3), (240, 0.25), (45, 1.5)])
+def test_midi_round_trip_gives_the_same_steps(tempo, step_beats):
+    midi = M.steps_to_midi(PIECE, tempo, step_beats, meter=(3, 4))
+    # A pitch held over steps is one note, as a DAW should show it.
+    assert sum(note.pitch == 72 for note in midi.instruments[0].notes) == 1
+    read = M.read_midi(M.midi_bytes(midi), step_beats)
+    assert read.steps == PIECE
+    assert read.tempo == pytest.approx(tempo, rel=1e-3) and read.meter == (3, 4)
+
+
+def test_off_grid_notes_land_in_the_steps_they_sound_in():
+    notes = [(60, 0.0, 1.0), (64, 0.1, 0.3), (67, 0.9, 2.05), (72, 2.5, 2.6)]
+    # 64 is short but starts in step 0; 67 starts late in step 0 and sounds at step 1's midpoint.
+    assert M.notes_to_steps(notes, 1.0) == [[60, 64, 67], [67], [72]]
+
+
+def test_bad_midi_gets_an_error_naming_the_file(tmp_path):
+    garbage = tmp_path / "broken.mid"
+    garbage.write_bytes(b"this is not a MIDI file at all")
+    with pytest.raises(M.MidiError, match=r"broken\.mid: not a readable MIDI file"):
+        M.read_midi(garbage)
+    truncated = tmp_path / "truncated.mid"
+    truncated.write_bytes(M.midi_bytes(M.steps_to_midi(PIECE, 100))[:30])
+    with pytest.raises(M.MidiError, match=r"truncated\.mid: .*truncated"):
+        M.read_midi(truncated)
+    silent = tmp_path / "silent.mid"
+    pretty_midi.PrettyMIDI().write(str(silent))
+    with pytest.raises(M.MidiError, match=r"silent\.mid: holds no notes"):
+        M.read_midi(silent)
+    with pytest.raises(M.MidiError, match=r"missing\.mid: no such file"):
+        M.read_midi(tmp_path / "missing.mid")
+
+
+def test_render_is_audible_and_lasts_as_long_as_the_music(monkeypatch):
+    monkeypatch.setattr(M, "fluidsynth_available", lambda: False)  # the synthesiser every machine has
+    a4 = M.steps_to_midi([[69]] * 4, tempo=120, step_beats=1.0)  # 2 seconds of A4
+    wav, renderer = M.render_wav(a4, sample_rate=16_000)
+    audio, rate = soundfile.read(io.BytesIO(wav))
+    assert renderer == "built-in additive synthesiser" and rate == 16_000
+    assert len(audio) / rate == pytest.approx(2.0 + M.RELEASE_SECONDS, abs=1e-3)
+    sounding = audio[: 2 * rate]
+    assert np.sqrt(np.mean(sounding**2)) > 0.05
+    spectrum = np.abs(np.fft.rfft(sounding))
+    assert np.fft.rfftfreq(len(sounding), 1 / rate)[spectrum.argmax()] == pytest.approx(440, abs=2)
+    rest = M.steps_to_midi([[69], [], [], [69]], tempo=120)  # a rest long enough for the note to die away
+    quiet, _ = M.render_wav(rest, sample_rate=16_000)
+    audio, _ = soundfile.read(io.BytesIO(quiet))
+    assert np.abs(audio[int(1.2 * 16_000) : int(1.45 * 16_000)]).max() < 0.02
+
+
+def test_musical_checks_known_answers():
+    assert C.in_key_share(C_MAJOR_SCALE, 0, "major") == 1.0
+    assert C.in_key_share(C_MAJOR_SCALE, 7, "major") == pytest.approx(7 / 8)  # F is not in G major
+    cadence = [[48, 64, 67, 72], [53, 65, 69, 72], [55, 62, 67, 71], [48, 64, 67, 72]] * 4
+    assert C.estimate_key(cadence) == (0, "major")
+    assert C.estimate_key([[57, 60, 64], [62, 65, 69], [56, 59, 64], [57, 60, 64]] * 4) == (9, "minor")
+
+    stats = C.statistics([C_MAJOR_SCALE + [[]], [[60, 64, 67], []]], keys=[(0, "major"), (0, "major")])
+    assert stats["steps"] == 11 and stats["notes_per_step"] == pytest.approx(11 / 11)
+    assert stats["empty_steps"] == pytest.approx(2 / 11)
+    assert stats["pitch_range"] == pytest.approx((12 + 7) / 2)
+    assert stats["in_key"] == 1.0
+    histogram = np.array(stats["pitch_class_histogram"])
+    assert histogram.sum() == pytest.approx(1.0) and histogram[0] == pytest.approx(3 / 11, abs=1e-4)
+    assert C.histogram_distance(histogram, histogram) == 0.0
+    assert C.histogram_distance(np.eye(12)[0], np.eye(12)[1]) == 1.0
+    compared = C.compare(stats, C.statistics([[[61, 66]]]))
+    assert compared["pitch_class_distance"] == pytest.approx(1.0)  # no pitch class in common
+    assert compared["in_key"]["generated"] == 1.0
+    with pytest.raises(ValueError, match="nothing sounds"):
+        C.statistics([[[], []]])
+    assert C.parse_key("f# minor") == (6, "minor") and C.parse_key("Bb major") == (10, "major")
+    with pytest.raises(ValueError, match="not a key"):
+        C.parse_key("H major")
+
+
+def test_music21_corpus_gives_labelled_pieces():
+    files = corpus_files(["bach"], limit=3)
+    assert len(files) == 3 and all(source.startswith("music21:bach/") and style == "bach" for source, style in files)
+    (piece,) = parse_corpus_file("music21:bach/bwv66.6.mxl", step_beats=0.5)
+    assert piece["meter"] == (4, 4) and piece["key"] == (6, "minor")  # the chorale is in F# minor
+    assert 60 < len(piece["steps"]) < 100 and max(map(len, piece["steps"])) == 4
+    with pytest.raises(DataError, match="unknown music21 corpus style.*known: bach"):
+        corpus_files(["bach", "grunge"])
+
+
+def tiny_bundle(styles=("folk", "jazz"), conditioned=True, seed=0) -> ComposerBundle:
+    torch.manual_seed(seed)
+    config = ComposerConfig(n_layer=1, n_head=2, d_model=32, d_ff=64, dropout=0.0, max_steps=64, max_notes=6)
+    model = Composer(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.3)
+    return ComposerBundle(model, list(styles), styles[0] if styles else None, 0.5, conditioned)
+
+
+def test_compose_is_seeded_continues_the_primer_and_honours_the_key():
+    bundle = tiny_bundle()
+    first = bundle.compose(style="jazz", key="D major", tempo=120, meter="3/4", bars=4, seed=5)
+    assert first.settings["steps"] == 24  # 4 bars of 3 quarter notes in eighth-note steps
+    assert len(first.steps) == 24
+    assert bundle.compose(style="jazz", key="D major", tempo=120, meter="3/4", bars=4, seed=5).steps == first.steps
+    assert bundle.compose(style="jazz", key="D major", tempo=120, meter="3/4", bars=4, seed=6).steps != first.steps
+    assert bundle.compose(style="folk", key="D major", tempo=120, meter="3/4", bars=4, seed=5).steps != first.steps
+
+    primer = [[62, 66, 69], [62, 66, 69], [64, 67, 71], []]
+    continued = bundle.compose(key="D major", bars=2, seed=1, primer=primer, constrain_to_key=True)
+    assert continued.steps[:4] == primer and len(continued.steps) == 4 + 16
+    assert continued.settings["primer_steps"] == 4 and continued.settings["style"] == "folk"  # the default style
+    in_d_major = {pitch % 12 for step in continued.steps[4:] for pitch in step}
+    assert in_d_major and in_d_major <= {2, 4, 6, 7, 9, 11, 1}
+
+    with pytest.raises(CompositionError, match="unknown style 'grunge'.*folk, jazz") as refused:
+        bundle.compose(style="grunge")
+    assert refused.value.field == "style"
+    with pytest.raises(CompositionError, match="at most|fit the model") as too_long:
+        bundle.compose(bars=17)  # 17 bars of 4/4 in eighths is 136 steps; the model covers 64
+    assert too_long.value.field == "bars"
+
+
+def test_compose_answer_reads_a_midi_primer_and_renders(tmp_path):
+    bundle = tiny_bundle()
+    bundle.save(tmp_path)
+    bundle = ComposerBundle.load(tmp_path)
+    primer = [[60, 64, 67], [60, 64, 67], [62, 65, 69], [59, 62, 67]]
+    primer_midi = base64.b64encode(M.midi_bytes(M.steps_to_midi(primer, 90, 0.5))).decode()
+    request = {"style": "folk", "key": "C major", "tempo": 90, "meter": "2/4", "bars": 2, "seed": 3}
+    answer = compose_answer(bundle, {**request, "primer_midi": primer_midi, "audio": True}, time_budget_s=30)
+    steps = M.read_midi(base64.b64decode(answer["midi"]), 0.5).steps
+    assert steps[:4] == primer and answer["settings"]["primer_steps"] == 4
+    audio, rate = soundfile.read(io.BytesIO(base64.b64decode(answer["wav"])))
+    assert len(audio) / rate == pytest.approx(len(steps) * 0.5 * 60 / 90 + M.RELEASE_SECONDS, abs=0.01)
+    assert np.abs(audio).max() > 0.1
+    again = compose_answer(bundle, {**request, "primer_midi": primer_midi}, time_budget_s=30)
+    assert again["midi"] == answer["midi"] and again["wav"] is None
+
+    with pytest.raises(CompositionRequestError, match="primer_midi: not a readable MIDI") as bad:
+        compose_answer(bundle, {**request, "primer_midi": base64.b64encode(b"MThd nonsense").decode()}, 30)
+    assert bad.value.field == "primer_midi"
+    with pytest.raises(UnknownStyleError, match="knows: folk, jazz"):
+        compose_answer(bundle, {**request, "style": "polka"}, 30)
+
+
+def _upload_midi_folder(bucket: str) -> dict[str, list[list[int]]]:
+    """Three good MIDI files in style folders, a garbage file and a silent one; returns the good pieces."""
+    s3 = boto3.client("s3")
+    good = {
+        "midi/folk/reel.mid": [[62], [66], [69], [66], [62, 74], [], [64], [67]] * 3,
+        "midi/folk/air.mid": [[60, 67], [64], [67, 72], [65], [64], [62], [60, 64]] * 3,
+        "midi/jazz/ballad.mid": [[48, 64, 70, 74], [48, 64, 70, 74], [53, 63, 69, 72], [], [55, 65, 71, 74]] * 3,
+    }
+    for key, steps in good.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=M.midi_bytes(M.steps_to_midi(steps, 96, 0.5, (4, 4))))
+    s3.put_object(Bucket=bucket, Key="midi/jazz/broken.mid", Body=b"MThd\x00\x00\x00\x06 definitely not MIDI")
+    silent = io.BytesIO()
+    pretty_midi.PrettyMIDI().write(silent)
+    s3.put_object(Bucket=bucket, Key="midi/silent.mid", Body=silent.getvalue())
+    s3.put_object(Bucket=bucket, Key="midi/notes.txt", Body=b"not a MIDI name, not listed")
+    return {f"s3://{bucket}/{key}": steps for key, steps in good.items()}
+
+
+def test_prepare_job_reports_bad_files_and_trains_a_conditioned_composer(ray_local, s3_bucket, tmp_path):
+    import pandas as pd
+
+    from jobs.prepare_music import main as prepare
+    from jobs.train_composer import train_composer
+
+    good = _upload_midi_folder(s3_bucket)
+    output = f"s3://{s3_bucket}/prepared"
+    summary = prepare(["--input", f"s3://{s3_bucket}/midi", "--output", output, "--step-beats", "0.5"])
+    assert (summary["files"], summary["files_read"], summary["errors"], summary["pieces"]) == (5, 3, 2, 3)
+    assert summary["pieces_per_style"] == {"folk": 2, "jazz": 1}
+    pieces = read_pieces(output)
+    assert {row.source: row.steps for row in pieces.itertuples()} == good
+    assert pieces.set_index("source").loc[f"s3://{s3_bucket}/midi/jazz/ballad.mid", "meter"] == "4/4"
+    filesystem, path = fs.resolve(summary["errors_uri"])
+    errors = pq.read_table(path, filesystem=filesystem)
+    reasons = dict(zip(errors["source"].to_pylist(), errors["reason"].to_pylist()))
+    assert set(reasons) == {f"s3://{s3_bucket}/midi/jazz/broken.mid", f"s3://{s3_bucket}/midi/silent.mid"}
+    assert "broken.mid: not a readable MIDI file" in reasons[f"s3://{s3_bucket}/midi/jazz/broken.mid"]
+    assert "silent.mid: holds no notes" in reasons[f"s3://{s3_bucket}/midi/silent.mid"]
+
+    # Three pieces are too few to split; repeat them under new names (the split hashes the names).
+    local = tmp_path / "prepared"
+    local.mkdir()
+    many = pd.concat([pieces.assign(source=pieces["source"] + f"#{copy}") for copy in range(12)], ignore_index=True)
+    many.to_parquet(local / "pieces.parquet")
+    assert {split_of(source, 0) for source in many["source"]} == {"train", "valid", "test"}
+    corpus = load_corpus(str(local), max_steps=16, max_notes=4)
+    assert corpus.styles == ["folk", "jazz"] and corpus.default_style == "folk"
+    assert all(len(window) <= 16 for windows in corpus.steps.values() for window in windows)
+
+    store = ModelStore(tmp_path / "store")
+    config = ComposerConfig(n_layer=1, n_head=2, d_model=16, d_ff=32, dropout=0.0, max_steps=16, max_notes=4)
+    version = train_composer(
+        str(local),
+        store.uri,
+        config,
+        TrainConfig(epochs=1, batch_size=8, warmup_steps=2),
+        storage=str(tmp_path / "ray-train"),
+        max_failures=0,
+    )
+    manifest = store.show(version)
+    assert manifest.config["styles"] == ["folk", "jazz"] and manifest.config["step_beats"] == 0.5
+    assert manifest.config["format"] == "pieces" and "terms" not in manifest.config  # no music21 corpus here
+    assert math.isfinite(manifest.metrics["test_nll_per_step"])
+    bundle = ComposerBundle.load(store.load(version).path)
+    assert bundle.conditioned and bundle.styles == ["folk", "jazz"]
+    conditioned = bundle.model.nll_per_step(corpus.steps["test"], conditions=corpus.conditions["test"])
+    assert conditioned == pytest.approx(manifest.metrics["test_nll_per_step"])
+    assert len(bundle.compose(style="jazz", bars=1).steps) == 8
