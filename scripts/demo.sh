@@ -32,10 +32,21 @@ ray job submit --working-dir . -- \
   2>&1 | tee "$JOB_LOG"
 JOB_ID="$(grep -oE "raysubmit_[A-Za-z0-9]+" "$JOB_LOG" | head -1)"
 
+echo "== Submitting the composer job (music21 corpus -> pieces on Ray Data -> Ray Train -> store -> promote)"
+# A small model on 80 Bach chorales and 80 fiddle tunes shipped inside music21: well under a minute of training.
+MUSIC="$REPO/artifacts/datasets/music21-bach-fiddle"
+ray job submit --working-dir . -- bash -c "\
+  python -m jobs.prepare_music --input music21:bach,fiddle --limit 80 --output '$MUSIC' && \
+  python -m jobs.train_composer --data '$MUSIC' --store '$STORE' --storage '$STORE/ray-train' \
+    --epochs 8 --layers 2 --d-model 64 --heads 2 --ff 256 --dropout 0.1 --max-steps 128 --max-notes 6 \
+    --batch-size 8 --lr 3e-3 --warmup-steps 20 --alias composer-latest --alias composer-production" \
+  2>&1 | tee "$JOB_LOG"
+COMPOSER_JOB_ID="$(grep -oE "raysubmit_[A-Za-z0-9]+" "$JOB_LOG" | head -1)"
+
 echo "== Deploying the Serve application (serve_apps/config.yaml)"
 serve deploy serve_apps/config.yaml
 
-python scripts/demo_requests.py --url http://127.0.0.1:8000 --wait 180
+python scripts/demo_requests.py --url http://127.0.0.1:8000 --wait 180 --out "${TMPDIR:-/tmp}/encore-demo"
 
 TOKEN_HINT="ray get-auth-token"
 cat <<INFO
@@ -43,6 +54,7 @@ cat <<INFO
 == Encore is running on a local Ray cluster
   Dashboard   http://127.0.0.1:8265   (asks for a token: print it with \`$TOKEN_HINT\`)
   Pipeline    http://127.0.0.1:8265/#/jobs/${JOB_ID}
+  Composer    http://127.0.0.1:8265/#/jobs/${COMPOSER_JOB_ID}
   API docs    http://127.0.0.1:8000/docs   (OpenAPI: http://127.0.0.1:8000/openapi.json)
   Models      python -m encore.store --uri "$STORE" list
   Stop        make stop

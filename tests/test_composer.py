@@ -247,3 +247,28 @@ def test_ray_train_job_saves_a_version_and_resumes(ray_local, tmp_path):
     assert second.metrics["starts"] == [0, 1]
     assert [epoch["epoch"] for epoch in second.metrics["history"]] == [1, 2]
     assert second.metrics["history"][0] == manifest.metrics["history"][0]
+
+
+def test_search_selects_on_validation_and_asha_stops_poor_trials(ray_local, tmp_path):
+    from ray import tune
+
+    from encore.composer.data import Corpus
+    from encore.composer.search import SELECTION_METRIC, configs, search
+
+    base_model = ComposerConfig(n_layer=1, n_head=2, d_model=16, d_ff=32, dropout=0.0, max_steps=32, max_notes=4)
+    base_train = TrainConfig(epochs=4, batch_size=2, warmup_steps=2, weight_decay=0.0)
+    model_config, train_config = configs({"lr": 0.01, "d_model": 32, "n_layer": 2}, base_model, base_train)
+    assert (model_config.d_model, model_config.d_ff, model_config.n_layer, train_config.lr) == (32, 128, 2, 0.01)
+
+    splits = {"train": [chorale(s) for s in (0, 2, 5, 7)], "valid": [chorale(3)], "test": [chorale(1)]}
+    corpus = Corpus(splits, conditions=None, fingerprint="")
+    space = {"lr": tune.grid_search([3e-2, 1e-2, 3e-3, 1e-5, 3e-6, 1e-6]), "dropout": 0.0}
+    results = search(corpus, base_model, base_train, str(tmp_path / "tune"), param_space=space, num_samples=1, seed=0)
+    finals = {result.config["lr"]: result.metrics for result in results}
+    assert len(finals) == 6
+    epochs = sorted(metrics["epoch"] for metrics in finals.values())
+    assert epochs[-1] == base_train.epochs and epochs[0] < base_train.epochs, "ASHA stopped no trial early"
+    best = results.get_best_result()
+    assert best.metrics[SELECTION_METRIC] == min(metrics[SELECTION_METRIC] for metrics in finals.values())
+    assert best.config["lr"] >= 3e-3  # a learning rate that learns something in 4 epochs
+    assert "test_nll_per_step" not in best.metrics  # selection never sees test

@@ -33,7 +33,9 @@ STYLES = {
     "monteverdi": ("monteverdi",),
     "trecento": ("trecento", "ciconia"),
     "classical": ("mozart", "haydn", "beethoven"),
-    "folk": ("essenFolksong", "oneills1850", "ryansMammoth", "airdsAirs", "miscFolk"),
+    "fiddle": ("ryansMammoth",),  # Ryan's Mammoth Collection (1883): dance tunes, one per file
+    # Folk songs and airs; the Essen songs are for non-commercial use only.
+    "folk": ("essenFolksong", "oneills1850", "airdsAirs", "miscFolk"),
 }
 
 

@@ -211,11 +211,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", type=int, default=model_defaults.n_head)
     parser.add_argument("--ff", type=int, default=model_defaults.d_ff, help="width of the feed-forward layers")
     parser.add_argument("--dropout", type=float, default=model_defaults.dropout)
+    parser.add_argument(
+        "--max-steps", type=int, default=model_defaults.max_steps, help="longest piece the model covers, in steps"
+    )
+    parser.add_argument("--max-notes", type=int, default=model_defaults.max_notes, help="most pitches in one step")
 
 
 def configs_from_arguments(args: argparse.Namespace) -> tuple[ComposerConfig, TrainConfig]:
     model_config = ComposerConfig(
-        n_layer=args.layers, n_head=args.heads, d_model=args.d_model, d_ff=args.ff, dropout=args.dropout
+        n_layer=args.layers,
+        n_head=args.heads,
+        d_model=args.d_model,
+        d_ff=args.ff,
+        dropout=args.dropout,
+        max_steps=args.max_steps,
+        max_notes=args.max_notes,
     )
     train_config = TrainConfig(
         epochs=args.epochs,
