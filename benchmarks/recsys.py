@@ -1,14 +1,15 @@
 """Recommendation quality on Last.fm HetRec: Encore's models against ``implicit``, side by side.
 
 Every model gets the same split, the same evaluator and the same search budget: ``--samples``
-configurations drawn at random (one seeded generator per model) from its search space, each fitted
-on train and scored on validation; the best by validation NDCG@10 is refitted on train + validation
-and scored once on test. Encore's blend reuses the configurations its ALS, EASE, item-kNN
-and RP3beta searches chose and then searches its weights on validation (so it builds on four
-searches; the table says so). ALS runs the identical sampled configurations in both libraries, with
-``implicit`` given the Hu et al. confidence ``1 + alpha * s(w)`` directly (its own ``alpha`` at 1),
-so both solve the same objective. One table: the chosen configuration, validation NDCG@10, test
-NDCG@10 with a bootstrap 95% interval over users, Recall@20, MAP@10 and fit time; then Encore's best
+trials of optuna's TPE sampler (seeded alike for every model) over its search space (for Encore's
+models, the space its ``tuning`` module searches), each fitted on
+train and scored on validation; the best by validation NDCG@10 is refitted on train + validation
+and scored once on test. Encore's blend reuses the configurations its ALS, EASE, item-kNN and
+RP3beta searches chose and then searches its weights on validation (so it builds on four searches;
+the table says so). Both ALS libraries search the same space from the same seed, with ``implicit``
+given the Hu et al. confidence ``1 + alpha * s(w)`` directly (its own ``alpha`` at 1), so both
+solve the same objective. One table: the chosen configuration, validation NDCG@10, test NDCG@10
+with a bootstrap 95% interval over users, Recall@20, MAP@10 and fit time; then Encore's best
 against the best of the references.
 
 Split: the bundled HetRec sample, seed 42, pseudonymisation with the development key (the split
@@ -24,9 +25,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+import tuning.als
+import tuning.ease
+import tuning.item_knn
+import tuning.rp3beta
 from encore import hetrec
 from encore.ids import DEVELOPMENT_KEY
 from encore.interactions import InteractionDataset, SplitConfig, merge_duplicates, parse_file
@@ -83,61 +89,38 @@ class ImplicitItemItem:
         return (self.user_items[users] @ self.model.similarity).toarray()
 
 
-def als_space(rng):
+def item_item_space(trial):
     return {
-        "factors": int(rng.choice([64, 128])),
-        "regularization": float(10 ** rng.uniform(-2, 2)),
-        "alpha": float(10 ** rng.uniform(-1, np.log10(50))),
-        "log_scaling": bool(rng.integers(2)),
-        "iterations": 15,
+        "weighting": trial.suggest_categorical("weighting", ["cosine", "bm25"]),
+        "K": trial.suggest_categorical("K", [20, 50, 100, 200, 400]),
+        "K1": trial.suggest_float("K1", 0.5, 2.0),
+        "B": trial.suggest_float("B", 0.3, 1.0),
     }
 
 
-def knn_space(similarity, rng):
-    # Pearson centres the weights, which binary weights would reduce to zeros.
-    return {
-        "similarity": similarity,
-        "neighbours": int(rng.choice([50, 100, 200, 400])),
-        "shrinkage": float(rng.uniform(0, 100)),
-        "binarize": similarity != "pearson",
-        "log_scaling": similarity == "pearson",
-    }
-
-
-# name -> (search space, fit(params, user_items, items) -> model exposing score(users), is a reference)
+# name -> (search space over an optuna trial, fit(params, user_items, items) -> model with score(users), is a reference)
 CANDIDATES = {
-    "encore als": (als_space, lambda p, x, items: fit_model("als", p, x, items), False),
-    "implicit als": (als_space, lambda p, x, items: ImplicitALS(**p).fit(x), True),
-    "implicit item-item": (
-        lambda rng: {
-            "weighting": str(rng.choice(["cosine", "bm25"])),
-            "K": int(rng.choice([20, 50, 100, 200, 400])),
-            "K1": float(rng.uniform(0.5, 2.0)),
-            "B": float(rng.uniform(0.3, 1.0)),
-        },  # fmt: skip
-        lambda p, x, items: ImplicitItemItem(**p).fit(x),
-        True,
-    ),
-    "encore ease": (
-        lambda rng: {"regularization": float(10 ** rng.uniform(1, 4))},
-        lambda p, x, items: fit_model("ease", p, x, items),
-        True,
-    ),
-    "encore item-knn": (
-        lambda rng: knn_space(str(rng.choice(["cosine", "pearson", "euclidean"])), rng),
-        lambda p, x, items: fit_model("item_knn", p, x, items),
-        False,
-    ),
-    "encore rp3beta": (
-        lambda rng: {
-            "alpha": float(rng.uniform(0.3, 1.2)),
-            "beta": float(rng.uniform(0.0, 0.8)),
-            "neighbours": int(rng.choice([50, 100, 200, 400])),
-        },  # fmt: skip
-        lambda p, x, items: fit_model("rp3beta", p, x, items),
-        False,
-    ),
+    "encore als": (tuning.als.param_space, lambda p, x, items: fit_model("als", p, x, items), False),
+    "implicit als": (tuning.als.param_space, lambda p, x, items: ImplicitALS(**p).fit(x), True),
+    "implicit item-item": (item_item_space, lambda p, x, items: ImplicitItemItem(**p).fit(x), True),
+    "encore ease": (tuning.ease.param_space, lambda p, x, items: fit_model("ease", p, x, items), True),
+    "encore item-knn": (tuning.item_knn.param_space, lambda p, x, items: fit_model("item_knn", p, x, items), False),
+    "encore rp3beta": (tuning.rp3beta.param_space, lambda p, x, items: fit_model("rp3beta", p, x, items), False),
 }
+
+
+def tpe_search(objective, trials: int, seed: int) -> tuple[float, dict]:
+    """Maximise ``objective(trial) -> (value, params)`` with optuna's seeded TPE sampler; returns the
+    best value and the parameters it was reached with."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+
+    def record(trial):
+        value, params = objective(trial)
+        trial.set_user_attr("params", params)
+        return value
+
+    study.optimize(record, n_trials=trials)
+    return study.best_value, study.best_trial.user_attrs["params"]
 
 
 def load_split() -> InteractionDataset:
@@ -148,14 +131,15 @@ def load_split() -> InteractionDataset:
 
 def search(name: str, dataset: InteractionDataset, samples: int, seed: int) -> dict:
     space, fit, reference = CANDIDATES[name]
-    rng = np.random.default_rng(seed)
     train, validation = dataset.matrix("train"), dataset.matrix("validation")
-    trials = []
-    for _ in range(samples):
-        params = space(rng)
-        trials.append((evaluate(fit(params, train, dataset.items), train, validation)["ndcg@10"], params))
-        print(f"  {name}: validation ndcg@10 {trials[-1][0]:.4f} {json.dumps(params)}", flush=True)
-    best_validation, best = max(trials, key=lambda trial: trial[0])
+
+    def objective(trial):
+        params = space(trial)
+        value = evaluate(fit(params, train, dataset.items), train, validation)["ndcg@10"]
+        print(f"  {name}: validation ndcg@10 {value:.4f} {json.dumps(params)}", flush=True)
+        return value, params
+
+    best_validation, best = tpe_search(objective, samples, seed)
     seen, test = dataset.matrix("train", "validation"), dataset.matrix("test")
     started = time.perf_counter()
     model = fit(best, seen, dataset.items)
@@ -185,22 +169,24 @@ class _WeightedScores:
 
 
 def search_blend(rows: dict, dataset: InteractionDataset, samples: int, seed: int) -> dict:
-    """Blend the searched configurations of Encore's ALS, EASE, item-kNN and RP3beta: weightings drawn
-    from a flat Dirichlet are scored on validation, the best is refitted as a ``Blend`` on train +
-    validation. A weighting is cheap to score, so the blend tries ``BLEND_TRIALS_PER_SAMPLE`` per sample."""
-    rng = np.random.default_rng(seed)
+    """Blend the searched configurations of Encore's ALS, EASE, item-kNN and RP3beta: TPE searches the
+    weights (normalised to sum to one) on validation, the best is refitted as a ``Blend`` on train +
+    validation. A weighting is cheap to score, so the blend gets ``BLEND_TRIALS_PER_SAMPLE`` trials per sample."""
     train, validation = dataset.matrix("train"), dataset.matrix("validation")
     users = np.arange(train.shape[0])
     standardised = [
         standardise(fit_model(KIND[name], rows[name]["params"], train, dataset.items).score(users)).astype(np.float32)
         for name in BLENDED
     ]
-    trials = []
-    for _ in range(BLEND_TRIALS_PER_SAMPLE * samples):
-        weights = [float(w) for w in rng.dirichlet(np.ones(len(BLENDED)))]
-        trials.append((evaluate(_WeightedScores(standardised, weights), train, validation)["ndcg@10"], weights))
-        print(f"  encore blend: validation ndcg@10 {trials[-1][0]:.4f} weights {np.round(weights, 3).tolist()}")
-    best_validation, weights = max(trials, key=lambda trial: trial[0])
+
+    def objective(trial):
+        raw = [trial.suggest_float(name, 0.0, 1.0) for name in BLENDED]
+        weights = [w / (sum(raw) or 1.0) for w in raw]
+        value = evaluate(_WeightedScores(standardised, weights), train, validation)["ndcg@10"]
+        print(f"  encore blend: validation ndcg@10 {value:.4f} weights {np.round(weights, 3).tolist()}", flush=True)
+        return value, weights
+
+    best_validation, weights = tpe_search(objective, BLEND_TRIALS_PER_SAMPLE * samples, seed)
     parts = [{"kind": KIND[name], "params": rows[name]["params"], "weight": w} for name, w in zip(BLENDED, weights)]
     seen, test = dataset.matrix("train", "validation"), dataset.matrix("test")
     started = time.perf_counter()
@@ -224,6 +210,7 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial prints its own line
     try:
         import implicit  # noqa: F401
     except ImportError:
@@ -240,7 +227,7 @@ def main() -> None:
         if all(name in searched for name in BLENDED):
             rows.append(search_blend(searched, dataset, args.samples, args.seed))
 
-    print(f"\nLast.fm HetRec, split seed 42 (development key), {args.samples} sampled configurations per model, "
+    print(f"\nLast.fm HetRec, split seed 42 (development key), {args.samples} TPE trials per model, "
           f"selected on validation NDCG@10, refitted on train + validation, scored on test\n")  # fmt: skip
     print("| model | validation NDCG@10 | test NDCG@10 (95% CI) | Recall@20 | MAP@10 | fit s | configuration |")
     print("|---|---:|---:|---:|---:|---:|---|")

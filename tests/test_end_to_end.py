@@ -199,7 +199,7 @@ def test_tune_search_selects_on_validation_and_stores_the_best(pipeline_run):
     root = pipeline_run["root"]
     outcome = main(
         "popularity",
-        popularity.PARAM_SPACE,
+        popularity.param_space,
         [
             "--dataset",
             str(root / "dataset"),
@@ -309,7 +309,7 @@ def test_als_search_reports_every_sweep_and_asha_stops_early(pipeline_run):
     from tuning.common import main
 
     root = pipeline_run["root"]
-    outcome = main("als", als.PARAM_SPACE, ["--dataset", str(root / "dataset"), "--store", str(root / "als-search"),
+    outcome = main("als", als.param_space, ["--dataset", str(root / "dataset"), "--store", str(root / "als-search"),
                                             "--num-samples", "6"], scheduler=als.scheduler())  # fmt: skip
     trials = tune.ExperimentAnalysis(outcome["results"]).trials
     iterations = sorted(trial.last_result["iterations"] for trial in trials)

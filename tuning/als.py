@@ -1,23 +1,26 @@
 """Search ALS: factors, regularization over four orders of magnitude, confidence scale, log scaling.
 
-Trials report validation NDCG@10 after every ALS sweep and ASHA stops the poor ones early.
+TPE proposes the configurations; trials report validation NDCG@10 after every ALS sweep and ASHA
+stops the poor ones early.
 
     python -m tuning.als --dataset artifacts/datasets/lastfm-hetrec2k --store artifacts --num-samples 16
 """
 
-from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from tuning.common import main
 
 ITERATIONS = 15
-PARAM_SPACE = {
-    "factors": tune.choice([32, 64, 128]),
-    "regularization": tune.loguniform(1e-2, 1e2),
-    "alpha": tune.loguniform(0.1, 50.0),
-    "log_scaling": tune.choice([True, False]),
-    "iterations": ITERATIONS,
-}
+
+
+def param_space(trial) -> dict:
+    return {
+        "factors": trial.suggest_categorical("factors", [32, 64, 128]),
+        "regularization": trial.suggest_float("regularization", 1e-2, 1e2, log=True),
+        "alpha": trial.suggest_float("alpha", 0.1, 50.0, log=True),
+        "log_scaling": trial.suggest_categorical("log_scaling", [True, False]),
+        "iterations": ITERATIONS,
+    }
 
 
 def scheduler() -> ASHAScheduler:
@@ -25,4 +28,4 @@ def scheduler() -> ASHAScheduler:
 
 
 if __name__ == "__main__":
-    main("als", PARAM_SPACE, scheduler=scheduler())
+    main("als", param_space, scheduler=scheduler())

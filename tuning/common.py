@@ -10,14 +10,15 @@ from jobs.train import train
 logger = logging.getLogger("encore.tuning")
 
 
-def main(kind: str, param_space: dict, argv: list[str] | None = None, scheduler=None) -> dict:
-    """Parse the arguments, run the search, save the best configuration's model in the store."""
+def main(kind: str, param_space, argv: list[str] | None = None, scheduler=None) -> dict:
+    """Parse the arguments, run the search, save the best configuration's model in the store;
+    ``param_space`` as ``encore.tuning.search`` takes it."""
     parser = argparse.ArgumentParser(description=f"Ray Tune search for the {kind} recommender (selects on validation).")
     parser.add_argument("--dataset", required=True, help="ingested dataset folder or s3:// prefix")
     parser.add_argument("--store", default="./artifacts", help="model store for the best configuration")
     parser.add_argument("--results", default=None, help="where Tune keeps its results (default: STORE/tune)")
-    parser.add_argument("--num-samples", type=int, default=1, help="samples of the search space (grid axes multiply)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random search")
+    parser.add_argument("--num-samples", type=int, default=1, help="trials (for a grid: repeats of it)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the search")
     parser.add_argument("--alias", default=f"tuned-{kind}", help="alias for the stored best model")
     args = parser.parse_args(argv)
     setup_logging()

@@ -3,11 +3,12 @@
 python -m tuning.ease --dataset artifacts/datasets/lastfm-hetrec2k --store artifacts --num-samples 8
 """
 
-from ray import tune
-
 from tuning.common import main
 
-PARAM_SPACE = {"regularization": tune.loguniform(10.0, 1e4)}
+
+def param_space(trial) -> dict:
+    return {"regularization": trial.suggest_float("regularization", 10.0, 1e4, log=True)}
+
 
 if __name__ == "__main__":
-    main("ease", PARAM_SPACE)
+    main("ease", param_space)

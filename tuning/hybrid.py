@@ -3,15 +3,16 @@
 python -m tuning.hybrid --dataset artifacts/datasets/lastfm-hetrec2k --store artifacts --num-samples 8
 """
 
-from ray import tune
-
 from tuning.common import main
 
-PARAM_SPACE = {
-    "collaborative": tune.choice(["item_knn", "ease", "als"]),
-    "balance": tune.loguniform(0.5, 50.0),
-    "features": "tags",
-}
+
+def param_space(trial) -> dict:
+    return {
+        "collaborative": trial.suggest_categorical("collaborative", ["item_knn", "ease", "als"]),
+        "balance": trial.suggest_float("balance", 0.5, 50.0, log=True),
+        "features": "tags",
+    }
+
 
 if __name__ == "__main__":
-    main("hybrid", PARAM_SPACE)
+    main("hybrid", param_space)

@@ -1,4 +1,4 @@
-"""Search the popularity baseline: rank by distinct listeners or by total plays.
+"""Search the popularity baseline: rank by distinct listeners or by total plays (a grid of two).
 
 python -m tuning.popularity --dataset artifacts/datasets/lastfm-hetrec2k --store artifacts
 """
@@ -7,7 +7,7 @@ from ray import tune
 
 from tuning.common import main
 
-PARAM_SPACE = {"by": tune.grid_search(["users", "weight"])}
+param_space = {"by": tune.grid_search(["users", "weight"])}
 
 if __name__ == "__main__":
-    main("popularity", PARAM_SPACE)
+    main("popularity", param_space)

@@ -4,7 +4,7 @@ python -m tuning.user_knn --dataset artifacts/datasets/lastfm-hetrec2k --store a
 """
 
 from tuning.common import main
-from tuning.item_knn import PARAM_SPACE
+from tuning.item_knn import param_space
 
 if __name__ == "__main__":
-    main("user_knn", PARAM_SPACE)
+    main("user_knn", param_space)

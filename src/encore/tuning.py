@@ -8,9 +8,12 @@ the best configuration is trained, evaluated and saved in the model store by ``j
 import inspect
 import logging
 import time
+from collections.abc import Callable
 
+import optuna
 from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
 
 from encore import fs
 from encore.interactions import InteractionDataset
@@ -40,7 +43,7 @@ def _trial(config: dict, kind: str, dataset: InteractionDataset) -> None:
 
 def search(
     kind: str,
-    param_space: dict,
+    param_space: dict | Callable[[optuna.Trial], dict],
     dataset_uri: str,
     storage_uri: str,
     *,
@@ -50,8 +53,19 @@ def search(
     cpus_per_trial: float = 1,
     metric: str = SELECTION_METRIC,
 ) -> tune.ResultGrid:
-    """Run the search and return Tune's results; ``param_space`` holds Tune search spaces."""
+    """Run the search and return Tune's results.
+
+    ``param_space`` is either a function of an optuna trial that suggests the hyperparameters and
+    returns the whole configuration (searched with optuna's TPE sampler, which learns from the trials
+    so far where the good region lies), or a dict of Tune domains for a small finite space (a grid).
+    """
     dataset = InteractionDataset.load(dataset_uri)
+    if callable(param_space):
+        sampler = optuna.samplers.TPESampler(seed=seed)
+        search_alg = OptunaSearch(space=param_space, metric=metric, mode="max", sampler=sampler)
+        param_space = {}
+    else:
+        search_alg = BasicVariantGenerator(random_state=seed)
     trainable = tune.with_resources(tune.with_parameters(_trial, kind=kind, dataset=dataset), {"cpu": cpus_per_trial})
     tuner = tune.Tuner(
         trainable,
@@ -61,7 +75,7 @@ def search(
             mode="max",
             num_samples=num_samples,
             scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=seed),
+            search_alg=search_alg,
         ),
         run_config=tune.RunConfig(
             name=f"{kind}-{time.strftime('%Y%m%dT%H%M%S')}", storage_path=fs.absolute(storage_uri)
