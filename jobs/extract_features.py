@@ -6,7 +6,8 @@ actors read, hash, decode and analyse them (the GTZAN feature schema of the whol
 Written under the output folder or prefix:
 
 - ``tracks.parquet``: one row per track (path, size, sha256, duration, sample rate, key, beats, features);
-- ``segments.parquet``: one row per whole 3-second segment of a track;
+- ``segments.parquet``: one row per whole 3-second segment of a track (``--segment-seconds``; the
+  classification job asks for the 30-second windows its models were trained on);
 - ``errors.parquet``: every file that could not be analysed, with its path, size and reason.
 
 A rerun skips files whose path and content hash already have a track row, retries the files that
@@ -20,12 +21,9 @@ rebuilt if it crashes a warm-up (``--numba-cache-dir``).
 """
 
 import argparse
-import fcntl
+import functools
 import hashlib
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -37,8 +35,9 @@ import ray
 
 from encore import fs
 from encore.audio import AudioDecodeError
-from encore.audio.isolation import ChildCrashed, ChildRaised, ChildTimedOut, run_forked
+from encore.audio.isolation import ChildCrashed, ChildTimedOut, run_forked
 from encore.audio.schema import AUDIO_SUFFIXES, FEATURE_VERSION, GTZAN_FEATURES, SAMPLE_RATE, SEGMENT_SECONDS
+from encore.audio.warmup import default_numba_cache_dir, warm_up_numba
 from encore.runtime import init_ray, setup_logging, user_errors
 
 if TYPE_CHECKING:
@@ -48,8 +47,6 @@ logger = logging.getLogger("encore.extract_features")
 
 DEFAULT_BATCH_SIZE = 2
 DEFAULT_FILE_TIMEOUT_S = 1800.0
-WARM_UP_TIMEOUT_S = 900.0
-WARM_UP_LOCK = "encore-warm-up.lock"
 ERRORS_SHOWN = 5
 
 _FEATURE_FIELDS = [pa.field(name, pa.float64()) for name in GTZAN_FEATURES]
@@ -97,11 +94,13 @@ RESULT_SCHEMA = pa.schema(
 )
 
 
-def analyze_track(path: str, data: bytes, sample_rate: int) -> "TrackAnalysis":
+def analyze_track(
+    path: str, data: bytes, sample_rate: int, segment_seconds: float = SEGMENT_SECONDS
+) -> "TrackAnalysis":
     """The default ``process_file``: decode and analyse one file (``path`` is only for other callables)."""
     from encore.audio.features import analyze_bytes  # in the worker only, like _warm_up_librosa
 
-    return analyze_bytes(data, sample_rate)
+    return analyze_bytes(data, sample_rate, segment_seconds)
 
 
 def _result_row(path: str, size: int, sha256: str, *, skipped: bool = False, error: str = "") -> dict:
@@ -125,7 +124,8 @@ def _result_row(path: str, size: int, sha256: str, *, skipped: bool = False, err
 
 
 def _analysis_row(path: str, size: int, sha256: str, analysis: "TrackAnalysis") -> dict:
-    segment_samples = int(SEGMENT_SECONDS * analysis.analysis_sample_rate)
+    segment_seconds = analysis.segment_seconds
+    segment_samples = int(segment_seconds * analysis.analysis_sample_rate)
     return {
         **_result_row(path, size, sha256),
         "duration": analysis.duration,
@@ -137,7 +137,7 @@ def _analysis_row(path: str, size: int, sha256: str, analysis: "TrackAnalysis") 
         "beat_times": analysis.beat_times,
         **analysis.features,
         "segments": [
-            {"segment": index, "start_s": index * SEGMENT_SECONDS, "length": segment_samples, **values}
+            {"segment": index, "start_s": index * segment_seconds, "length": segment_samples, **values}
             for index, values in enumerate(analysis.segments)
         ],
         "ok": True,
@@ -156,44 +156,6 @@ def _analyze_files(files: list[tuple[str, bytes, str]], sample_rate: int, proces
     return rows
 
 
-def _warm_up_librosa(sample_rate: int) -> None:
-    # librosa is imported in the workers only: the driver has no use for it.
-    from encore.audio.features import warm_up
-
-    warm_up(sample_rate)
-
-
-def _empty(folder: str, keep: str) -> None:
-    for entry in os.scandir(folder):
-        if entry.is_dir():
-            shutil.rmtree(entry.path)
-        elif entry.name != keep:
-            os.remove(entry.path)
-
-
-def _warm_up(sample_rate: int) -> None:
-    """Make librosa's numba code ready in this worker, through a cache that cannot stay broken.
-
-    Seen here: two processes compiling into one empty ``NUMBA_CACHE_DIR`` at once left a cache that
-    crashed every later process with a segmentation fault in librosa's gufuncs. So a worker first
-    warms up in a forked child while it holds the node's lock on the cache: that child compiles and
-    writes the cache, or loads it; if it fails, the cache is emptied and built again. The worker
-    then loads the cache itself, beside other workers loading, never beside a rebuild.
-    """
-    cache_dir = os.environ["NUMBA_CACHE_DIR"]
-    os.makedirs(cache_dir, exist_ok=True)
-    with open(os.path.join(cache_dir, WARM_UP_LOCK), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            run_forked(_warm_up_librosa, sample_rate, timeout_s=WARM_UP_TIMEOUT_S)
-        except (ChildCrashed, ChildRaised) as failure:
-            logger.warning("warm-up failed with the numba cache in %s (%s): building it again", cache_dir, failure)
-            _empty(cache_dir, keep=WARM_UP_LOCK)
-            run_forked(_warm_up_librosa, sample_rate, timeout_s=WARM_UP_TIMEOUT_S)
-        fcntl.flock(lock, fcntl.LOCK_SH)
-        _warm_up_librosa(sample_rate)
-
-
 class FeatureExtractor:
     """Ray Data actor: reads, hashes and analyses a batch of files named by URI.
 
@@ -204,7 +166,7 @@ class FeatureExtractor:
 
     def __init__(self, sample_rate: int, done: dict[str, str], process_file: Callable, file_timeout_s: float):
         started = time.perf_counter()
-        _warm_up(sample_rate)
+        warm_up_numba(sample_rate)
         self.warmup_s = time.perf_counter() - started
         self.sample_rate = sample_rate
         self.done = done
@@ -254,15 +216,15 @@ class FeatureExtractor:
         return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
 
 
-def _metadata(sample_rate: int) -> dict[str, str]:
+def _metadata(sample_rate: int, segment_seconds: float) -> dict[str, str]:
     return {
         "encore.feature_version": FEATURE_VERSION,
         "encore.sample_rate": str(sample_rate),
-        "encore.segment_seconds": str(SEGMENT_SECONDS),
+        "encore.segment_seconds": str(segment_seconds),
     }
 
 
-def _read_previous(output_uri: str, sample_rate: int) -> dict[str, pa.Table]:
+def _read_previous(output_uri: str, sample_rate: int, segment_seconds: float) -> dict[str, pa.Table]:
     """The tables of an earlier run into ``output_uri``, if it computed the same features; else empty ones."""
     filesystem, path = fs.resolve(output_uri)
     names = {"tracks": TRACKS_SCHEMA, "segments": SEGMENTS_SCHEMA, "errors": ERRORS_SCHEMA}
@@ -271,7 +233,7 @@ def _read_previous(output_uri: str, sample_rate: int) -> dict[str, pa.Table]:
         return empty
     stored = pq.read_schema(f"{path}/tracks.parquet", filesystem=filesystem).metadata or {}
     metadata = {key.decode(): value.decode() for key, value in stored.items()}
-    if metadata != _metadata(sample_rate):
+    if metadata != _metadata(sample_rate, segment_seconds):
         logger.warning("%s holds features of another version (%s): recomputing every file", output_uri, metadata)
         return empty
     return {
@@ -305,34 +267,28 @@ def _merge(previous: pa.Table, new: pa.Table, path_column: str, replaced: pa.Arr
     return merged.sort_by([(column, "ascending") for column in sort_by])
 
 
-def default_numba_cache_dir() -> str:
-    """The workers' numba cache unless told otherwise: one folder per node and user, kept across runs.
-
-    Not librosa's default, beside its sources, which every process of the environment shares without
-    the lock of ``_warm_up`` (that one went bad here and crashed every later process).
-    """
-    return os.path.join(tempfile.gettempdir(), f"encore-numba-cache-{os.getuid()}")
-
-
 def extract_features(
     input_uri: str,
     output_uri: str,
     *,
     sample_rate: int = SAMPLE_RATE,
+    segment_seconds: float = SEGMENT_SECONDS,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     file_timeout_s: float = DEFAULT_FILE_TIMEOUT_S,
     numba_cache_dir: str | None = None,
-    process_file: Callable = analyze_track,
+    process_file: Callable | None = None,
 ) -> dict:
     """Run the extraction and return its summary. ``process_file(path, data, sample_rate)`` returns
-    a ``TrackAnalysis``; only the Python API can replace it (tests inject failures through it)."""
+    a ``TrackAnalysis`` (default: ``analyze_track`` with ``segment_seconds``); only the Python API can
+    replace it (tests inject failures through it)."""
     started = time.perf_counter()
+    process_file = process_file or functools.partial(analyze_track, segment_seconds=segment_seconds)
     input_uri, output_uri = fs.absolute(input_uri), fs.absolute(output_uri)
     files = fs.list_files(input_uri, AUDIO_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"{input_uri}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
-    previous = _read_previous(output_uri, sample_rate)
+    previous = _read_previous(output_uri, sample_rate, segment_seconds)
     done = dict(zip(previous["tracks"]["path"].to_pylist(), previous["tracks"]["sha256"].to_pylist()))
     workers = min(workers or int(ray.cluster_resources().get("CPU", 1)), len(files))
     logger.info("analysing %d file(s) from %s with %d worker(s)", len(files), input_uri, workers)
@@ -372,7 +328,7 @@ def extract_features(
     # Tracks last: they decide what a rerun skips, so a run cut short here is redone, not half kept.
     for name in ("segments", "errors", "tracks"):
         written[f"{name}_uri"] = fs.join(output_uri, f"{name}.parquet")
-        table = tables[name].replace_schema_metadata(_metadata(sample_rate))
+        table = tables[name].replace_schema_metadata(_metadata(sample_rate, segment_seconds))
         pq.write_table(table, f"{path}/{name}.parquet", filesystem=filesystem)
     wall_s = time.perf_counter() - started
 
@@ -422,6 +378,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--input", required=True, help="audio file, folder or s3:// prefix")
     parser.add_argument("--output", required=True, help="folder or s3:// prefix for the Parquet tables")
     parser.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help="analysis sample rate in Hz")
+    parser.add_argument(
+        "--segment-seconds", type=float, default=SEGMENT_SECONDS, help="length of the segments of segments.parquet"
+    )
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="files per actor call")
     parser.add_argument("--workers", type=int, help="actors (one CPU each); default: every CPU of the cluster")
     parser.add_argument(
@@ -439,6 +398,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.input,
             args.output,
             sample_rate=args.sample_rate,
+            segment_seconds=args.segment_seconds,
             batch_size=args.batch_size,
             workers=args.workers,
             file_timeout_s=args.file_timeout,

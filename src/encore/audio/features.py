@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 
 from encore.audio import AudioDecodeError
-from encore.audio.schema import GTZAN_FEATURES, N_MFCC, PITCH_CLASSES, SAMPLE_RATE, SEGMENT_SECONDS
+from encore.audio.schema import GTZAN_FEATURES, N_MFCC, PITCH_CLASSES, SAMPLE_RATE, SEGMENT_SECONDS, WINDOW_SECONDS
 
 MIN_SECONDS = 0.5  # below this, tempo and beats mean nothing and most features are one frame
 SILENCE_DBFS = -80.0  # a peak below this is silence or dither, not audio
@@ -58,7 +58,8 @@ class TrackAnalysis:
     tempo: float
     beat_times: list[float]
     features: dict[str, float]  # GTZAN_FEATURES
-    segments: list[dict[str, float]]  # GTZAN_FEATURES of each whole 3-s segment, in order
+    segment_seconds: float
+    segments: list[dict[str, float]]  # GTZAN_FEATURES of each whole segment, in order
 
 
 def _looks_like_mp3(data: bytes) -> bool:
@@ -186,6 +187,16 @@ def segments(y: np.ndarray, sr: int, seconds: float = SEGMENT_SECONDS) -> list[n
     return [y[start : start + size] for start in range(0, len(y) - size + 1, size)]
 
 
+def window_features(audio: DecodedAudio, seconds: float = WINDOW_SECONDS) -> list[dict[str, float]]:
+    """The GTZAN features of each consecutive whole window of ``seconds``; of the whole track if it is shorter.
+
+    This is how a genre model trained on the 30-second table sees a track of any length; the
+    classification job gets the same windows from the extraction job's tables.
+    """
+    windows = segments(audio.samples, audio.sample_rate, seconds) or [audio.samples]
+    return [gtzan_features(window, audio.sample_rate) for window in windows]
+
+
 def analyze(audio: DecodedAudio, segment_seconds: float = SEGMENT_SECONDS) -> TrackAnalysis:
     """Features of the whole track and of its consecutive segments, key, tempo and beats."""
     y, sr = audio.samples, audio.sample_rate
@@ -202,13 +213,16 @@ def analyze(audio: DecodedAudio, segment_seconds: float = SEGMENT_SECONDS) -> Tr
         tempo=features["tempo"],
         beat_times=librosa.frames_to_time(beats, sr=sr).tolist(),
         features=features,
+        segment_seconds=segment_seconds,
         segments=[gtzan_features(segment, sr) for segment in segments(y, sr, segment_seconds)],
     )
 
 
-def analyze_bytes(data: bytes, sample_rate: int = SAMPLE_RATE) -> TrackAnalysis:
+def analyze_bytes(
+    data: bytes, sample_rate: int = SAMPLE_RATE, segment_seconds: float = SEGMENT_SECONDS
+) -> TrackAnalysis:
     """Decode and analyse one audio file's bytes; raises ``AudioDecodeError`` for unusable audio."""
-    return analyze(decode(data, sample_rate))
+    return analyze(decode(data, sample_rate), segment_seconds)
 
 
 def warm_up(sample_rate: int = SAMPLE_RATE) -> None:

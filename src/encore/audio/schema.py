@@ -11,6 +11,8 @@ FEATURE_VERSION = "gtzan-librosa/1"
 
 SAMPLE_RATE = 22_050
 SEGMENT_SECONDS = 3.0
+# The unit of the GTZAN 30-second table: genre models see a track as consecutive windows of this length.
+WINDOW_SECONDS = 30.0
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".au")
 
 # The summary statistics of the GTZAN tables, in their column order; ``tempo`` sits between

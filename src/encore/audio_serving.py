@@ -1,0 +1,168 @@
+"""Audio uploads as served: reading them in the ingress, classifying and matching them in the replicas.
+
+The ingress only reads the upload's bytes, bounded by ``max_bytes`` (``read_upload``); decoding and
+feature computation happen in the genre and sound-alike replicas, in a thread, and refuse audio
+longer than ``MAX_TRACK_SECONDS`` (``decode_upload``). Every problem with an upload is an
+``UploadError`` naming the ``file`` field: 400 empty or malformed, 411 without a length, 413 too
+large or too long, 415 not multipart or not audio, 422 corrupt, truncated, silent or too short.
+"""
+
+import pandas as pd
+from fastapi import Request
+from starlette.exceptions import HTTPException
+
+from encore.audio import AudioDecodeError
+from encore.serving import ServingError
+from encore.soundalike import UnknownTrackError
+
+MAX_UPLOAD_BYTES = 20_000_000
+MAX_TRACK_SECONDS = 600.0  # 20 windows of 30 s: about 40 s of feature computation on one core
+UPLOAD_FIELD = "file"
+# Room for the multipart boundaries and part headers around the file itself.
+MULTIPART_OVERHEAD = 16_384
+
+# The OpenAPI description of an upload body: the route reads the request itself, so that it can
+# refuse an oversize body by its declared length before reading it.
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [UPLOAD_FIELD],
+                    "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+
+
+class UploadError(ServingError):
+    """A problem with the uploaded file. Each kind is a subclass with its status and code as class
+    attributes: an error raised in a replica reaches the ingress as Ray's wrapper of it, which
+    forwards the instance's own attributes but takes class attributes from its own classes."""
+
+    def __init__(self, message: str):
+        super().__init__(message, UPLOAD_FIELD)
+
+    def __reduce__(self):  # pickled to reach the ingress
+        return type(self), (self.message,)
+
+
+class EmptyUpload(UploadError):
+    status, code = 400, "empty_file"
+
+
+class InvalidMultipart(UploadError):
+    status, code = 400, "invalid_multipart"
+
+
+class LengthRequired(UploadError):
+    status, code = 411, "length_required"
+
+
+class TooLarge(UploadError):
+    status, code = 413, "too_large"
+
+
+class TooLong(UploadError):
+    status, code = 413, "too_long"
+
+
+class NotMultipart(UploadError):
+    status, code = 415, "unsupported_media_type"
+
+
+class NotAudio(UploadError):
+    status, code = 415, "not_audio"
+
+
+class InvalidAudio(UploadError):
+    status, code = 422, "invalid_audio"
+
+
+class MissingFile(UploadError):
+    status, code = 422, "invalid_request"
+
+
+class TrackNotFound(ServingError):
+    status, code = 404, "unknown_track"
+
+    def __init__(self, track_id: str):
+        super().__init__(f"no track {track_id!r} in the index", "track_id")
+        self.track_id = track_id
+
+    def __reduce__(self):
+        return type(self), (self.track_id,)
+
+
+# AudioDecodeError.reason -> the error answered; corrupt, truncated, silent and too short audio: InvalidAudio
+_DECODE_ERRORS = {"empty": EmptyUpload, "unsupported": NotAudio}
+
+
+async def read_upload(request: Request, max_bytes: int = MAX_UPLOAD_BYTES) -> bytes:
+    """The bytes of the ``file`` part of a multipart request, at most ``max_bytes``; raises UploadError."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise NotMultipart(f"send the audio as multipart/form-data, field {UPLOAD_FIELD!r}")
+    declared = request.headers.get("content-length")
+    if declared is None or not declared.isdigit():
+        raise LengthRequired("the request must declare its Content-Length")
+    if int(declared) > max_bytes + MULTIPART_OVERHEAD:
+        raise TooLarge(f"uploads are limited to {max_bytes:,} bytes, this one declares {declared}")
+    try:
+        form = await request.form(max_files=1, max_fields=8)
+    except HTTPException as error:
+        raise InvalidMultipart(f"the multipart body cannot be parsed: {error.detail}") from None
+    upload = form.get(UPLOAD_FIELD)
+    if upload is None or isinstance(upload, str):
+        raise MissingFile(f"{UPLOAD_FIELD}: an uploaded file is required")
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise TooLarge(f"uploads are limited to {max_bytes:,} bytes")
+    return data
+
+
+def decode_upload(data: bytes, max_seconds: float = MAX_TRACK_SECONDS):
+    """Decoded audio of an upload (``encore.audio.features.DecodedAudio``); raises UploadError."""
+    from encore.audio.features import decode  # librosa: in the replicas only
+
+    try:
+        audio = decode(data)
+    except AudioDecodeError as error:
+        raise _DECODE_ERRORS.get(error.reason, InvalidAudio)(f"the file is not usable audio: {error}") from None
+    if audio.duration > max_seconds:
+        raise TooLong(f"{audio.duration:.0f} s of audio, at most {max_seconds:.0f} s are analysed")
+    return audio
+
+
+def classify_upload(model, data: bytes) -> dict:
+    """Genre probabilities of a whole uploaded track: the mean over its 30-second windows."""
+    from encore.audio.features import window_features
+
+    audio = decode_upload(data)
+    windows = pd.DataFrame(window_features(audio))
+    genres = model.predict_track(windows)
+    return {
+        "genres": genres,
+        "top_genre": max(genres, key=genres.get),
+        "windows": len(windows),
+        "duration": audio.duration,
+    }
+
+
+def similar_to_upload(index, data: bytes, n: int) -> dict:
+    """The indexed tracks nearest to an uploaded one, by the GTZAN features of the whole track."""
+    from encore.audio.features import gtzan_features
+
+    audio = decode_upload(data)
+    features = pd.DataFrame([gtzan_features(audio.samples, audio.sample_rate)])
+    return {"tracks": index.similar_to_features(features, n)}
+
+
+def similar_to_track(index, track_id: str, n: int) -> dict:
+    try:
+        return {"tracks": index.similar(track_id, n)}
+    except UnknownTrackError:
+        raise TrackNotFound(track_id) from None
