@@ -1,5 +1,7 @@
 """Encore's Serve application: a FastAPI ingress in front of an autoscaled, batched recommender and
-an autoscaled composer (``POST /v1/compose``, answering from its own alias, ``composer-production``).
+an autoscaled composer (``POST /v1/compose``, answering from its own alias, ``composer-production``),
+a genre classifier (``POST /v1/classify``, alias ``genre-production``) and a sound-alike index
+(``/v1/tracks/{id}/similar``, ``POST /v1/similar``, alias ``soundalike-production``).
 
 A request may name the model it wants (``"model"``: an alias, a version id, or a kind, meaning
 its newest version); without one it gets the service's alias (``production`` by default). The
@@ -16,12 +18,14 @@ import os
 from pathlib import Path
 
 import torch
-from fastapi import Query
+from fastapi import Query, Request
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from encore import genre
 from encore.api import (
     MAX_ITEMS,
+    ClassifyResponse,
     ComposeRequest,
     ComposeResponse,
     Health,
@@ -29,13 +33,18 @@ from encore.api import (
     RecommendRequest,
     RecommendResponse,
     SimilarResponse,
+    TracksResponse,
     create_app,
 )
+from encore.audio.warmup import warm_up_numba
+from encore.audio_serving import UPLOAD_BODY, classify_upload, read_upload, similar_to_track, similar_to_upload
 from encore.composer.compose import ComposerBundle
 from encore.composer.service import compose_answer
 from encore.ids import id_key, key_fingerprint, pseudonymize
 from encore.models import MODELS
 from encore.serving import RecommenderBundle, VersionCache, preprocessing
+from encore.soundalike import SoundalikeIndex
+from encore.soundalike import preprocessing as soundalike_preprocessing
 from encore.store import ModelStore
 
 DEFAULT_STORE = Path(__file__).resolve().parents[1] / "artifacts"
@@ -101,12 +110,63 @@ class Composer:
         return {**answer, "model": info}
 
 
+# Uploads are decoded and analysed here, in a thread (seconds of CPU per track), never in the ingress.
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=4)
+class GenreClassifier:
+    def __init__(self, store_uri: str, model_alias: str, poll_seconds: float):
+        warm_up_numba()  # librosa's compiled code, before the first upload rather than during it
+        self.models = VersionCache(
+            ModelStore(store_uri),
+            model_alias,
+            kinds={"genre"},
+            load=lambda loaded: genre.GenreClassifier.load(loaded.path),
+            poll_seconds=poll_seconds,
+            capacity=2,
+            expected_preprocessing=genre.preprocessing(),
+        )
+
+    async def classify(self, data: bytes, model: str | None) -> dict:
+        classifier, info = await self.models.get(model)
+        return {**await asyncio.to_thread(classify_upload, classifier, data), "model": info}
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)
+class Soundalike:
+    def __init__(self, store_uri: str, model_alias: str, poll_seconds: float):
+        warm_up_numba()
+        self.models = VersionCache(
+            ModelStore(store_uri),
+            model_alias,
+            kinds={"soundalike"},
+            load=lambda loaded: SoundalikeIndex.load(loaded.path),
+            poll_seconds=poll_seconds,
+            capacity=2,
+            expected_preprocessing=soundalike_preprocessing(),
+        )
+
+    async def similar_to_track(self, track_id: str, n: int, model: str | None) -> dict:
+        index, info = await self.models.get(model)
+        return {**similar_to_track(index, track_id, n), "model": info}
+
+    async def similar_to_upload(self, data: bytes, n: int, model: str | None) -> dict:
+        index, info = await self.models.get(model)
+        return {**await asyncio.to_thread(similar_to_upload, index, data, n), "model": info}
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
 class EncoreAPI:
-    def __init__(self, recommender: DeploymentHandle, composer: DeploymentHandle):
+    def __init__(
+        self,
+        recommender: DeploymentHandle,
+        composer: DeploymentHandle,
+        genres: DeploymentHandle,
+        soundalike: DeploymentHandle,
+        max_upload_bytes: int,
+    ):
         self.recommender = recommender
         self.composer = composer
+        self.genres, self.soundalike, self.max_upload_bytes = genres, soundalike, max_upload_bytes
         self.key = id_key()
 
     @app.get("/healthz", response_model=Health)
@@ -144,11 +204,34 @@ class EncoreAPI:
         """New music in a style and key, optionally continuing a MIDI primer: MIDI, and WAV on request."""
         return await self.composer.compose.remote(request.model_dump())
 
+    @app.post("/v1/classify", response_model=ClassifyResponse, openapi_extra=UPLOAD_BODY)
+    async def classify(self, request: Request, model: str | None = Query(None, max_length=200)) -> dict:
+        """Genre probabilities of an uploaded audio file (multipart, field ``file``), for the whole track."""
+        data = await read_upload(request, self.max_upload_bytes)
+        return await self.genres.classify.remote(data, model)
+
+    @app.get("/v1/tracks/{track_id}/similar", response_model=TracksResponse)
+    async def similar_tracks(
+        self, track_id: str, n: int = Query(10, ge=1, le=MAX_ITEMS), model: str | None = Query(None, max_length=200)
+    ) -> dict:
+        """Indexed tracks that sound most like ``track_id``, nearest first."""
+        return await self.soundalike.similar_to_track.remote(track_id, n, model)
+
+    @app.post("/v1/similar", response_model=TracksResponse, openapi_extra=UPLOAD_BODY)
+    async def similar_to_upload(
+        self, request: Request, n: int = Query(10, ge=1, le=MAX_ITEMS), model: str | None = Query(None, max_length=200)
+    ) -> dict:
+        """Indexed tracks that sound most like an uploaded audio file (multipart, field ``file``), nearest first."""
+        data = await read_upload(request, self.max_upload_bytes)
+        return await self.soundalike.similar_to_upload.remote(data, n, model)
+
 
 def app_builder(args: dict) -> serve.Application:
     """Build the application; ``args``: ``store_uri`` (default ``$ENCORE_STORE_URI`` or the
     repository's ``artifacts`` folder), ``model_alias`` (default ``production``), ``poll_seconds``,
-    ``composer_alias`` (default ``composer-production``), ``compose_time_budget_s`` (default 20)."""
+    ``composer_alias`` (default ``composer-production``), ``compose_time_budget_s`` (default 20),
+    ``genre_alias`` (default ``genre-production``), ``soundalike_alias`` (default
+    ``soundalike-production``), ``max_upload_mb`` (default 20)."""
     store_uri = args.get("store_uri") or os.environ.get("ENCORE_STORE_URI") or str(DEFAULT_STORE)
     recommender = Recommender.bind(
         store_uri, args.get("model_alias", "production"), float(args.get("poll_seconds", 10))
@@ -159,4 +242,8 @@ def app_builder(args: dict) -> serve.Application:
         float(args.get("poll_seconds", 10)),
         float(args.get("compose_time_budget_s", 20)),
     )
-    return EncoreAPI.bind(recommender, composer)
+    poll_seconds = float(args.get("poll_seconds", 10))
+    genres = GenreClassifier.bind(store_uri, args.get("genre_alias", "genre-production"), poll_seconds)
+    soundalike = Soundalike.bind(store_uri, args.get("soundalike_alias", "soundalike-production"), poll_seconds)
+    max_upload_bytes = int(float(args.get("max_upload_mb", 20)) * 1_000_000)
+    return EncoreAPI.bind(recommender, composer, genres, soundalike, max_upload_bytes)

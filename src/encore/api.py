@@ -129,6 +129,26 @@ class ComposeResponse(BaseModel):
     model: ModelInfo
 
 
+class ClassifyResponse(BaseModel):
+    genres: dict[str, float] = Field(description="probability of each genre for the whole track")
+    top_genre: str
+    windows: int = Field(description="30-second windows averaged (1 for a track shorter than 30 s)")
+    duration: float = Field(description="seconds of audio")
+    model: ModelInfo
+
+
+class Track(BaseModel):
+    track_id: str = Field(description="first 16 hex digits of the sha256 of the track's file")
+    name: str
+    duration: float
+    distance: float = Field(description="distance between standardised feature vectors; smaller sounds closer")
+
+
+class TracksResponse(BaseModel):
+    tracks: list[Track]
+    model: ModelInfo
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     model: ModelInfo
