@@ -66,7 +66,8 @@ def evaluate_version(
     if jsb is not None:
         try:
             row["jsb_test_nll_per_step"] = bundle.model.nll_per_step(jsb["test"])
-        except DataError as error:  # a model whose pitch range or chord size cannot hold JSB's chorales
+        except DataError as error:  # a model too short, or too narrow, for some of JSB's chorales
+            row["jsb_not_scored"] = str(error)
             logger.warning("%s cannot score JSB Chorales: %s", ref, error)
     if corpus is not None and corpus.conditions is not None:
         row["held_out_nll_per_step"] = _held_out_nll(bundle, corpus)
@@ -120,6 +121,9 @@ def markdown_table(rows: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Musical checks: generated (held-out) music; pitch-class distance is total variation, 0 is the same.")
+    for row in rows:
+        if "jsb_not_scored" in row:
+            lines.append(f"{row['model']} has no JSB figure: {row['jsb_not_scored']}.")
     return "\n".join(lines)
 
 

@@ -1,8 +1,14 @@
 """Composition: a transformer over time steps of sounding pitches, trained on Ray Train.
 
 :mod:`~encore.composer.tokens` holds the vocabulary and the JSB Chorales loader,
-:mod:`~encore.composer.model` the model with its exact likelihood and sampling, and
-:mod:`~encore.composer.train` the training loop that ``jobs/train_composer.py`` runs on Ray Train.
+:mod:`~encore.composer.model` the model with its exact likelihood and sampling,
+:mod:`~encore.composer.train` the training loop that ``jobs/train_composer.py`` runs on Ray Train,
+and :mod:`~encore.composer.search` its Ray Tune search. Music in and out:
+:mod:`~encore.composer.midi` (MIDI files and WAV renders), :mod:`~encore.composer.corpus` (the
+corpus shipped with music21), :mod:`~encore.composer.data` (prepared pieces with their labels, and
+the training corpus made of them) and :mod:`~encore.composer.checks` (musical checks).
+:mod:`~encore.composer.compose` is a model as stored and served, and
+:mod:`~encore.composer.service` one ``POST /v1/compose`` answered.
 """
 
 from encore.composer.model import Composer, ComposerConfig
