@@ -155,6 +155,9 @@ def test_compose_is_seeded_continues_the_primer_and_honours_the_key():
     with pytest.raises(CompositionError, match="at most|fit the model") as too_long:
         bundle.compose(bars=17)  # 17 bars of 4/4 in eighths is 136 steps; the model covers 64
     assert too_long.value.field == "bars"
+    with pytest.raises(CompositionError, match="primer is 64 steps") as long_primer:
+        bundle.compose(primer=[[60]] * 64)
+    assert long_primer.value.field == "primer_midi"
 
 
 def test_compose_answer_reads_a_midi_primer_and_renders(tmp_path):

@@ -88,8 +88,8 @@ class ComposerBundle:
         """A new piece: ``primer`` (steps, optional) continued by ``bars`` bars.
 
         Raises :class:`CompositionError` naming the field for a style the model does not know, a
-        malformed key or meter, or a length beyond what the model covers; :class:`TimeoutError` if
-        sampling outruns ``time_budget_s``."""
+        malformed key or meter, a primer the model cannot read, or a length beyond what the model
+        covers; :class:`TimeoutError` if sampling outruns ``time_budget_s``."""
         config = self.model.config
         style = style or self.default_style
         if style is not None and style not in self.styles:
@@ -105,8 +105,19 @@ class ComposerBundle:
             raise CompositionError(str(error), "meter") from None
         if numerator_denominator is None:
             raise CompositionError("meter is empty: write it as in '4/4'", "meter")
+        # A primer's chords are thinned as the training data's were; its pitches must be ones the model sounds.
         primer = [thin(sorted(set(step)), config.max_notes) for step in (primer or [])]
-        primer = [[pitch for pitch in step if config.pitch_low <= pitch <= config.pitch_high] for step in primer]
+        outside = [pitch for step in primer for pitch in step if not config.pitch_low <= pitch <= config.pitch_high]
+        if outside:
+            raise CompositionError(
+                f"primer pitches {sorted(set(outside))} are outside the model's {config.pitch_low}-{config.pitch_high}",
+                "primer_midi",
+            )
+        if len(primer) >= config.max_steps:
+            raise CompositionError(
+                f"the primer is {len(primer)} steps; the model covers {config.max_steps} with the new music",
+                "primer_midi",
+            )
         new_steps = self.steps_for_bars(bars, numerator_denominator)
         room = config.max_steps - len(primer)
         if new_steps > room:
