@@ -15,6 +15,7 @@ from encore.models import MODELS
 from encore.runtime import init_ray, setup_logging, user_errors
 from jobs.ingest import add_split_arguments, ingest, split_config
 from jobs.train import train
+from jobs.train_genre import train as train_genre
 
 logger = logging.getLogger("encore.pipeline")
 
@@ -27,6 +28,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default="popularity", choices=sorted(MODELS))
     parser.add_argument("--params", default="{}", help="model hyperparameters as JSON")
     parser.add_argument("--promote-to", default="production", help="alias to point at the new version")
+    parser.add_argument(
+        "--genre",
+        action="store_true",
+        help="also train the genre classifier on the bundled GTZAN table; genre-latest and --genre-alias move to it",
+    )
+    parser.add_argument("--genre-alias", default="genre-production", help="alias for the genre classifier")
     add_split_arguments(parser)
     args = parser.parse_args(argv)
     setup_logging()
@@ -34,8 +41,11 @@ def main(argv: list[str] | None = None) -> dict:
     with user_errors():
         summary = ingest(args.input, args.dataset, split_config(args))
         version = train(args.dataset, args.model, json.loads(args.params), args.store, ["latest", args.promote_to])
+        genre_version = train_genre(args.store, {}, ["genre-latest", args.genre_alias]) if args.genre else None
     logger.info("pipeline done: %s serves as %r from %s", version, args.promote_to, args.store)
-    return {"ingest": summary, "version": version}
+    if genre_version:
+        logger.info("genre classifier %s serves as %r", genre_version, args.genre_alias)
+    return {"ingest": summary, "version": version, "genre_version": genre_version}
 
 
 if __name__ == "__main__":

@@ -25,10 +25,10 @@ else
     --dashboard-host=127.0.0.1 --dashboard-port=8265 --disable-usage-stats >/dev/null
 fi
 
-echo "== Submitting the pipeline job (ingest -> train -> evaluate -> store -> promote)"
+echo "== Submitting the pipeline job (ingest -> train -> evaluate -> store -> promote; genre classifier from the GTZAN table)"
 # Absolute paths: the job runs in an unpacked copy of this folder, the Serve app reads the same store.
 ray job submit --working-dir . -- \
-  python -m jobs.pipeline --input "$REPO/data/lastfm-hetrec2k" --dataset "$DATASET" --store "$STORE" \
+  python -m jobs.pipeline --input "$REPO/data/lastfm-hetrec2k" --dataset "$DATASET" --store "$STORE" --genre \
   2>&1 | tee "$JOB_LOG"
 JOB_ID="$(grep -oE "raysubmit_[A-Za-z0-9]+" "$JOB_LOG" | head -1)"
 

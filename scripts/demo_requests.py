@@ -16,6 +16,8 @@ REQUESTS = [
     ("POST", "/v1/recommend", {"user_id": "2", "n": 0}),
     ("POST", "/v1/compose", {"style": "bach", "key": "A major", "bars": 2, "temperature": 9}),
 ]
+REPO = Path(__file__).resolve().parents[1]
+CLIP = REPO / "data" / "audio-samples" / "sax-phrase-short.wav"  # CC BY 4.0, see its README
 COMPOSE = {"style": "bach", "key": "G major", "tempo": 84, "meter": "4/4", "bars": 8, "temperature": 0.9,
            "top_p": 0.95, "seed": 7, "audio": True}  # fmt: skip
 
@@ -53,6 +55,21 @@ def compose(client: httpx.Client, out: Path, seconds: float) -> None:
     print(f"\nwrote {out / stem}.mid and {out / stem}.wav ({body['renderer']})")
 
 
+def classify(client: httpx.Client, clip: Path, seconds: float) -> None:
+    """Upload a bundled clip to /v1/classify and print the genre probabilities of the whole track."""
+    deadline = time.monotonic() + seconds
+    # 503 until the GenreClassifier replica's next look at the store finds genre-production.
+    while True:
+        files = {"file": (clip.name, clip.read_bytes(), "audio/wav")}
+        response = client.post("/v1/classify", files=files)
+        if response.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    print(f"\n$ POST {client.base_url}/v1/classify  (multipart: file={clip.relative_to(REPO)})")
+    print(f"HTTP {response.status_code}")
+    print(json.dumps(response.json(), indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", default="http://127.0.0.1:8000")
@@ -66,6 +83,7 @@ def main() -> None:
             print(f"\n$ {method} {args.url}{path}" + (f"  {json.dumps(body)}" if body else ""))
             print(f"HTTP {response.status_code}")
             print(json.dumps(response.json(), indent=2, ensure_ascii=False))
+        classify(client, CLIP, args.wait)
         if args.out:
             compose(client, Path(args.out), args.wait)
 

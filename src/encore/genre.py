@@ -170,13 +170,15 @@ class GenreClassifier:
     >>> model.predict_proba(test_table)  # one row per window, columns in ``model.classes_`` order
     """
 
+    # The defaults are the configuration ``python -m tuning.genre --num-samples 16 --seed 0`` chose on
+    # validation log-loss, rounded: a narrow, heavily regularised network beside the linear layer.
     def __init__(
         self,
-        hidden: int = 64,
-        dropout: float = 0.3,
-        input_dropout: float = 0.1,
-        weight_decay: float = 1e-2,
-        mixup: float = 0.4,
+        hidden: int = 32,
+        dropout: float = 0.65,
+        input_dropout: float = 0.15,
+        weight_decay: float = 0.03,
+        mixup: float = 1.0,
         label_smoothing: float = 0.1,
         epochs: int = 60,
         learning_rate: float = 3e-3,
