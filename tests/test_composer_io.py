@@ -162,8 +162,12 @@ def test_compose_is_seeded_continues_the_primer_and_honours_the_key():
 
 def test_compose_answer_reads_a_midi_primer_and_renders(tmp_path):
     bundle = tiny_bundle()
+    bundle.model.save(tmp_path)  # a composer stored before bundles: JSB-trained, unconditioned, quarter notes
+    old = ComposerBundle.load(tmp_path)
+    assert (old.conditioned, old.styles, old.step_beats) == (False, [], 1.0)
     bundle.save(tmp_path)
     bundle = ComposerBundle.load(tmp_path)
+    assert (bundle.conditioned, bundle.styles, bundle.step_beats) == (True, ["folk", "jazz"], 0.5)
     primer = [[60, 64, 67], [60, 64, 67], [62, 65, 69], [59, 62, 67]]
     primer_midi = base64.b64encode(M.midi_bytes(M.steps_to_midi(primer, 90, 0.5))).decode()
     request = {"style": "folk", "key": "C major", "tempo": 90, "meter": "2/4", "bars": 2, "seed": 3}

@@ -60,6 +60,10 @@ class ComposerBundle:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "ComposerBundle":
+        """The bundle in ``folder``. One without ``composer.json`` was saved before bundles existed,
+        when composers were trained on JSB Chorales only: unconditioned, in quarter-note steps."""
+        if not (Path(folder) / BUNDLE_FILE).is_file():
+            return cls(Composer.load(folder), step_beats=1.0, conditioned=False)
         described = json.loads((Path(folder) / BUNDLE_FILE).read_text())
         if described.pop("tokenizer") != TOKENIZER_VERSION:
             raise ValueError(f"{folder}: made with another tokenizer than {TOKENIZER_VERSION}")
