@@ -87,6 +87,33 @@ def test_render_is_audible_and_lasts_as_long_as_the_music(monkeypatch):
     assert np.abs(audio[int(1.2 * 16_000) : int(1.45 * 16_000)]).max() < 0.02
 
 
+def test_fluidsynth_renders_with_the_configured_soundfont(monkeypatch, tmp_path):
+    """Where pyfluidsynth is installed, FluidSynth renders with $ENCORE_SOUNDFONT (faked here: the
+    machine running the tests may have no libfluidsynth)."""
+    monkeypatch.delenv("ENCORE_SOUNDFONT", raising=False)
+    assert M.find_soundfont().is_file()  # a system soundfont, or the one inside pretty_midi
+    monkeypatch.setenv("ENCORE_SOUNDFONT", str(tmp_path / "missing.sf2"))
+    with pytest.raises(FileNotFoundError, match="ENCORE_SOUNDFONT=.*missing.sf2"):
+        M.find_soundfont()
+    soundfont = tmp_path / "gm.sf2"
+    soundfont.write_bytes(b"RIFF")
+    monkeypatch.setenv("ENCORE_SOUNDFONT", str(soundfont))
+    calls = []
+
+    def fake_fluidsynth(self, fs, synthesizer):
+        calls.append((fs, synthesizer))
+        return np.full(fs * 10, 0.25)  # longer than the music: the render is cut to it
+
+    monkeypatch.setattr(M, "fluidsynth_available", lambda: True)
+    monkeypatch.setattr(pretty_midi.PrettyMIDI, "fluidsynth", fake_fluidsynth)
+    wav, renderer = M.render_wav(M.steps_to_midi([[60]] * 2, tempo=60), sample_rate=8_000)
+    audio, rate = soundfile.read(io.BytesIO(wav))
+    assert calls == [(8_000, str(soundfont))] and renderer == "fluidsynth (gm.sf2)"
+    assert len(audio) / rate == pytest.approx(2.0 + M.RELEASE_SECONDS) and np.abs(audio).max() == pytest.approx(
+        0.8, abs=1e-3
+    )
+
+
 def test_musical_checks_known_answers():
     assert C.in_key_share(C_MAJOR_SCALE, 0, "major") == 1.0
     assert C.in_key_share(C_MAJOR_SCALE, 7, "major") == pytest.approx(7 / 8)  # F is not in G major
