@@ -55,6 +55,7 @@ def windows_of_tracks(tracks: pd.DataFrame, segments: pd.DataFrame) -> pd.DataFr
     """One row per window to classify (``path`` + the GTZAN columns): a track's whole 30-second
     segments, or the whole track when it has none (it is shorter than one window)."""
     windows = segments.rename(columns={"track_path": "path"})[["path", *GTZAN_FEATURES]]
+    windows = windows[windows["path"].isin(tracks["path"])]
     short = tracks[~tracks["path"].isin(windows["path"])][["path", *GTZAN_FEATURES]]
     return pd.concat([windows, short], ignore_index=True)
 

@@ -135,6 +135,20 @@ def test_windows_of_a_track():
     assert len(short) == 1 and list(short[0]) == list(genre.GTZAN_FEATURES)
 
 
+def test_windows_are_whole_30_second_segments_or_the_whole_short_track():
+    from jobs.classify import windows_of_tracks
+
+    def rows(paths, value):
+        return pd.DataFrame({"path": paths, **dict.fromkeys(genre.GTZAN_FEATURES, value)})
+
+    tracks = rows(["long.wav", "short.wav"], 1.0)
+    # Segments of a file outside this input (an earlier run into the same folder) are left out.
+    segments = rows(["long.wav", "long.wav", "elsewhere.wav"], 2.0).rename(columns={"path": "track_path"})
+    windows = windows_of_tracks(tracks, segments)
+    assert windows["path"].tolist() == ["long.wav", "long.wav", "short.wav"]
+    assert windows["tempo"].tolist() == [2.0, 2.0, 1.0]
+
+
 @pytest.fixture(scope="module")
 def stored(ray_local, tmp_path_factory):
     """A small genre model trained by the job, the sample folder classified, the tracks indexed."""
