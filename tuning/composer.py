@@ -1,9 +1,10 @@
 """Search the composer: learning rate, width, depth and dropout, with ASHA over epochs.
 
-Trials train on the train split and report the validation NLL per time step after every epoch;
-ASHA stops the poor ones early, and the best (lowest validation NLL, never test) is trained again
-on Ray Train by ``jobs.train_composer`` and stored under the alias ``tuned-composer``, with the
-search recorded in its config and Tune's results under ``STORE/tune/``.
+TPE proposes the configurations (``encore.composer.search.param_space``); trials train on the train
+split and report the validation NLL per time step after every epoch; ASHA stops the poor ones early,
+and the best (lowest validation NLL, never test) is trained again on Ray Train by
+``jobs.train_composer`` and stored under the alias ``tuned-composer``, with the search recorded in
+its config and Tune's results under ``STORE/tune/``.
 
     python -m tuning.composer --data artifacts/datasets/music21 --store artifacts --num-samples 8 --epochs 6
 """

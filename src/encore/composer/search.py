@@ -1,20 +1,24 @@
 """Hyperparameter search for the composer with Ray Tune, selecting on the validation NLL only.
 
 Each trial trains a model in-process (one Ray task with ``cpus_per_trial`` CPUs) on the train split
-and reports the validation NLL per time step after every epoch, so a scheduler such as ASHA stops
-the poor ones early; test never takes part in the choice. :data:`PARAM_SPACE` searches the
-learning rate, the width (``d_model``, with a feed-forward layer four times as wide), the depth
-and the dropout; every other setting comes from the base configurations.
+and reports the validation NLL per time step after every epoch, so ASHA stops the poor ones early;
+test never takes part in the choice. As in the recommender searches (``encore.tuning``), optuna's
+TPE proposes the configurations of :func:`param_space`: the learning rate, the width (``d_model``,
+with a feed-forward layer four times as wide), the depth and the dropout; every other setting comes
+from the base configurations. A dict of Tune domains (a small grid) is searched as it is.
 """
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 
+import optuna
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
 
 from encore import fs
 from encore.composer.data import Corpus
@@ -24,16 +28,19 @@ from encore.composer.train import TrainConfig, fit
 logger = logging.getLogger(__name__)
 
 SELECTION_METRIC = "valid_nll_per_step"
-PARAM_SPACE = {
-    "lr": tune.loguniform(2e-4, 5e-3),
-    "d_model": tune.choice([64, 128, 256]),
-    "n_layer": tune.choice([2, 3, 4, 6]),
-    "dropout": tune.uniform(0.0, 0.4),
-}
+
+
+def param_space(trial: optuna.Trial) -> dict:
+    return {
+        "lr": trial.suggest_float("lr", 2e-4, 5e-3, log=True),
+        "d_model": trial.suggest_categorical("d_model", [64, 128, 256]),
+        "n_layer": trial.suggest_categorical("n_layer", [2, 3, 4, 6]),
+        "dropout": trial.suggest_float("dropout", 0.0, 0.4),
+    }
 
 
 def configs(sampled: dict, base_model: ComposerConfig, base_train: TrainConfig) -> tuple[ComposerConfig, TrainConfig]:
-    """The model and training configurations of one point of :data:`PARAM_SPACE`."""
+    """The model and training configurations of one point of :func:`param_space`."""
     model = {key: sampled[key] for key in ("d_model", "n_layer", "dropout") if key in sampled}
     if "d_model" in model:
         model["d_ff"] = 4 * model["d_model"]
@@ -63,13 +70,19 @@ def search(
     base_train: TrainConfig,
     storage_uri: str,
     *,
-    param_space: dict = PARAM_SPACE,
+    param_space: dict | Callable[[optuna.Trial], dict] = param_space,
     num_samples: int = 8,
     grace_epochs: int = 1,
     seed: int | None = None,
     cpus_per_trial: int = 1,
 ) -> tune.ResultGrid:
     """Run the search with ASHA over epochs and return Tune's results (best: lowest validation NLL)."""
+    if callable(param_space):
+        sampler = optuna.samplers.TPESampler(seed=seed)
+        search_alg = OptunaSearch(space=param_space, metric=SELECTION_METRIC, mode="min", sampler=sampler)
+        param_space = {}
+    else:
+        search_alg = BasicVariantGenerator(random_state=seed)
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial, corpus=corpus, base_model=base_model, base_train=base_train, threads=cpus_per_trial
@@ -87,7 +100,7 @@ def search(
             mode="min",
             num_samples=num_samples,
             scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=seed),
+            search_alg=search_alg,
         ),
         run_config=tune.RunConfig(
             name=f"composer-{time.strftime('%Y%m%dT%H%M%S')}", storage_path=fs.absolute(storage_uri)
