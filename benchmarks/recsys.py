@@ -2,15 +2,15 @@
 
 Every model gets the same split, the same evaluator and the same search budget: ``--samples``
 trials of optuna's TPE sampler (seeded alike for every model) over its search space (for Encore's
-models, the space its ``tuning`` module searches), each fitted on
-train and scored on validation; the best by validation NDCG@10 is refitted on train + validation
-and scored once on test. Encore's blend reuses the configurations its ALS, EASE, item-kNN and
-RP3beta searches chose and then searches its weights on validation (so it builds on four searches;
-the table says so). Both ALS libraries search the same space from the same seed, with ``implicit``
-given the Hu et al. confidence ``1 + alpha * s(w)`` directly (its own ``alpha`` at 1), so both
-solve the same objective. One table: the chosen configuration, validation NDCG@10, test NDCG@10
-with a bootstrap 95% interval over users, Recall@20, MAP@10 and fit time; then Encore's best
-against the best of the references.
+models, the space its ``tuning`` module searches), each fitted on train and scored on validation;
+the best by validation NDCG@10 is refitted on train + validation and scored once on test. Both ALS
+libraries search the same space, and each also fits the configurations the other's search proposed,
+so they differ by implementation only; ``implicit`` is given the Hu et al. confidence
+``1 + alpha * s(w)`` directly (its own ``alpha`` at 1), so both solve the same objective. Encore's
+blend reuses the configurations its ALS, EASE, item-kNN and RP3beta searches chose and then
+searches its weights on validation (so it builds on four searches; the table says so). One table:
+the chosen configuration, validation NDCG@10, test NDCG@10 with a bootstrap 95% interval over
+users, Recall@20, MAP@10 and fit time; then Encore's best against the best of the references.
 
 Split: the bundled HetRec sample, seed 42, pseudonymisation with the development key (the split
 depends on all three).
@@ -109,9 +109,18 @@ CANDIDATES = {
 }
 
 
-def tpe_search(objective, trials: int, seed: int) -> tuple[float, dict]:
-    """Maximise ``objective(trial) -> (value, params)`` with optuna's seeded TPE sampler; returns the
-    best value and the parameters it was reached with."""
+def load_split() -> InteractionDataset:
+    key = DEVELOPMENT_KEY.encode()
+    parsed = parse_file((SAMPLE / "user_artists.dat").read_bytes(), "user_artists.dat", key)
+    return InteractionDataset.build(merge_duplicates(parsed), hetrec.load_catalogue(str(SAMPLE)), SplitConfig(42), {})
+
+
+ALS_PAIR = ("encore als", "implicit als")
+
+
+def tpe_search(objective, trials: int, seed: int) -> list[tuple[float, dict]]:
+    """Maximise ``objective(trial) -> (value, params)`` with optuna's seeded TPE sampler; returns every
+    trial's value and parameters."""
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
 
     def record(trial):
@@ -120,26 +129,44 @@ def tpe_search(objective, trials: int, seed: int) -> tuple[float, dict]:
         return value
 
     study.optimize(record, n_trials=trials)
-    return study.best_value, study.best_trial.user_attrs["params"]
+    return [(trial.value, trial.user_attrs["params"]) for trial in study.trials]
 
 
-def load_split() -> InteractionDataset:
-    key = DEVELOPMENT_KEY.encode()
-    parsed = parse_file((SAMPLE / "user_artists.dat").read_bytes(), "user_artists.dat", key)
-    return InteractionDataset.build(merge_duplicates(parsed), hetrec.load_catalogue(str(SAMPLE)), SplitConfig(42), {})
+def validation_score(name: str, params: dict, dataset: InteractionDataset) -> float:
+    fit = CANDIDATES[name][1]
+    train = dataset.matrix("train")
+    value = evaluate(fit(params, train, dataset.items), train, dataset.matrix("validation"))["ndcg@10"]
+    print(f"  {name}: validation ndcg@10 {value:.4f} {json.dumps(params)}", flush=True)
+    return value
 
 
-def search(name: str, dataset: InteractionDataset, samples: int, seed: int) -> dict:
-    space, fit, reference = CANDIDATES[name]
-    train, validation = dataset.matrix("train"), dataset.matrix("validation")
+def propose(name: str, dataset: InteractionDataset, samples: int, seed: int) -> list[tuple[float, dict]]:
+    """``samples`` TPE trials over the model's space, each scored on validation."""
+    space = CANDIDATES[name][0]
 
     def objective(trial):
         params = space(trial)
-        value = evaluate(fit(params, train, dataset.items), train, validation)["ndcg@10"]
-        print(f"  {name}: validation ndcg@10 {value:.4f} {json.dumps(params)}", flush=True)
-        return value, params
+        return validation_score(name, params, dataset), params
 
-    best_validation, best = tpe_search(objective, samples, seed)
+    return tpe_search(objective, samples, seed)
+
+
+def pool_als(trials: dict[str, list[tuple[float, dict]]], dataset: InteractionDataset) -> None:
+    """Each ALS library also fits the configurations the other one's search proposed, so the two differ
+    only by implementation, not by where their searches happened to wander."""
+    proposed = {name: [params for _, params in trials[name]] for name in ALS_PAIR}
+    for name, other in (ALS_PAIR, ALS_PAIR[::-1]):
+        trials[name] += [
+            (validation_score(name, params, dataset), params)
+            for params in proposed[other]
+            if params not in proposed[name]
+        ]
+
+
+def select_and_test(name: str, dataset: InteractionDataset, trials: list[tuple[float, dict]]) -> dict:
+    """The best trial on validation, refitted on train + validation and scored once on test."""
+    fit, reference = CANDIDATES[name][1:]
+    best_validation, best = max(trials, key=lambda trial: trial[0])
     seen, test = dataset.matrix("train", "validation"), dataset.matrix("test")
     started = time.perf_counter()
     model = fit(best, seen, dataset.items)
@@ -186,7 +213,7 @@ def search_blend(rows: dict, dataset: InteractionDataset, samples: int, seed: in
         print(f"  encore blend: validation ndcg@10 {value:.4f} weights {np.round(weights, 3).tolist()}", flush=True)
         return value, weights
 
-    best_validation, weights = tpe_search(objective, BLEND_TRIALS_PER_SAMPLE * samples, seed)
+    best_validation, weights = max(tpe_search(objective, BLEND_TRIALS_PER_SAMPLE * samples, seed), key=lambda t: t[0])
     parts = [{"kind": KIND[name], "params": rows[name]["params"], "weight": w} for name, w in zip(BLENDED, weights)]
     seen, test = dataset.matrix("train", "validation"), dataset.matrix("test")
     started = time.perf_counter()
@@ -222,7 +249,10 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(THREADS)
-        rows = [search(name, dataset, args.samples, args.seed) for name in names]
+        trials = {name: propose(name, dataset, args.samples, args.seed) for name in names}
+        if all(name in trials for name in ALS_PAIR):
+            pool_als(trials, dataset)
+        rows = [select_and_test(name, dataset, trials[name]) for name in names]
         searched = {row["model"]: row for row in rows}
         if all(name in searched for name in BLENDED):
             rows.append(search_blend(searched, dataset, args.samples, args.seed))
