@@ -53,8 +53,9 @@ MODELS_PER_REPLICA = 4
 app = create_app()
 
 
-# Fractional CPUs: on a small cluster the replicas must leave room for training jobs.
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+# Fractional CPUs: the whole application at its minimum replicas reserves less than one CPU, so a
+# 2-CPU node keeps a whole CPU for the 1-CPU tasks of jobs and Tune trials (tests/test_infra.py).
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 class Recommender:
     def __init__(self, store_uri: str, model_alias: str, poll_seconds: float):
         self.models = VersionCache(
@@ -130,7 +131,7 @@ class GenreClassifier:
         return {**await asyncio.to_thread(classify_upload, classifier, data), "model": info}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=8)
 class Soundalike:
     def __init__(self, store_uri: str, model_alias: str, poll_seconds: float):
         warm_up_numba()
@@ -153,7 +154,7 @@ class Soundalike:
         return {**await asyncio.to_thread(similar_to_upload, index, data, n), "model": info}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(ray_actor_options={"num_cpus": 0.1})
 @serve.ingress(app)
 class EncoreAPI:
     def __init__(

@@ -95,9 +95,9 @@ def ray_local(s3_endpoint, tmp_path_factory):
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     ray.init(
         address="local",
-        # Logical CPUs: the Serve application of test_end_to_end reserves 1.5 (five deployments, mostly
-        # idle) while its module runs 1-CPU Tune trials and jobs; with 2 those would wait forever.
-        num_cpus=3,
+        # As the demo's node: the Serve application of test_end_to_end must leave a CPU for the 1-CPU
+        # Tune trials and jobs its module runs beside it.
+        num_cpus=2,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         _temp_dir=str(tmp_path_factory.mktemp("ray")),

@@ -481,3 +481,18 @@ def test_dockerfile_builds_from_the_pinned_ray_and_installs_with_constraints():
     assert f"torch=={TORCH_VERSION}" in text
     ignored = set((REPO / ".dockerignore").read_text().split())
     assert {".venv", ".git", "artifacts", "**/__pycache__"} <= ignored
+
+
+def test_serve_application_leaves_a_cpu_for_jobs_on_a_two_cpu_node():
+    """At its minimum replicas the application must reserve under one CPU, or the 1-CPU tasks of jobs
+    and Tune trials on the demo's 2-CPU node wait for ever beside it."""
+    import serve_apps.app as application
+
+    config = yaml.safe_load((REPO / "serve_apps" / "config.yaml").read_text())
+    (app,) = config["applications"]
+    reserved = 0.0
+    for deployment in app["deployments"]:
+        replicas = deployment.get("autoscaling_config", {}).get("min_replicas", deployment.get("num_replicas", 1))
+        options = getattr(application, deployment["name"]).ray_actor_options
+        reserved += replicas * options["num_cpus"]
+    assert reserved < 1.0, f"the Serve application reserves {reserved} CPUs at its minimum replicas"
