@@ -322,7 +322,7 @@ def test_serve_application_exists_in_the_repo(doc):
 
 @pytest.mark.parametrize("doc", of_kind("RayService"), ids=lambda d: d["metadata"]["name"])
 def test_serve_config_mirrors_the_repo_serve_config(doc):
-    """serve_apps/config.yaml is the reference: same applications and deployment names."""
+    """serve_apps/config.yaml is the reference: same applications, deployment names and arguments."""
     reference_path = REPO / "serve_apps" / "config.yaml"
     assert reference_path.is_file(), "serve_apps/config.yaml does not exist"
     reference = {a["name"]: a for a in yaml.safe_load(reference_path.read_text())["applications"]}
@@ -332,8 +332,8 @@ def test_serve_config_mirrors_the_repo_serve_config(doc):
         assert app["import_path"] == ref["import_path"]
         assert app["route_prefix"] == ref["route_prefix"]
         known = {d["name"] for d in ref.get("deployments", [])}
-        for dep in app.get("deployments", []):
-            assert dep["name"] in known, f"deployment {dep['name']} is not in serve_apps/config.yaml"
+        assert {dep["name"] for dep in app.get("deployments", [])} == known
+        assert set(app["args"]) == set(ref["args"]) | {"store_uri"}
         assert app["args"]["store_uri"].startswith("s3://")
 
 
