@@ -2,15 +2,17 @@
 
 The same ALS (same factors, seed and sweeps) is fitted in-process with torch on ``--threads``
 threads, then with ``fit_on_ray`` on 1 and 2 Ray Train workers (one CPU and one torch thread each,
-Ray Train's default) on a local Ray instance. Each way is timed twice, with one sweep and with
-``--iterations``: the difference gives the time per sweep, and what the one-sweep fit took beyond
-one sweep is the start-up cost (worker group, shipping the matrix, checkpoints). The factors of
-every distributed fit are compared with the in-process ones. One run, one table.
+Ray Train's default) on a local Ray instance, checkpointing every sweep and only the last. Each way
+is timed twice, with one sweep and with ``--iterations``: the difference gives the time per sweep,
+and what the one-sweep fit took beyond one sweep is the start-up cost (worker group, shipping the
+matrix). The factors of every distributed fit are compared with the in-process ones. One run, one
+table.
 
     python -m benchmarks.als_distributed [--dataset synthetic|lastfm] [--factors 64] [--iterations 10]
 """
 
 import argparse
+import itertools
 import os
 import tempfile
 import time
@@ -59,18 +61,20 @@ def main() -> None:
     rows = [("in-process", f"1 process, {args.threads} threads", *times, 0.0)]
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keeps Ray on loopback
-    ray.init(num_cpus=max(args.workers), include_dashboard=False, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=max(args.workers), include_dashboard=False, _node_ip_address="127.0.0.1")
     with tempfile.TemporaryDirectory() as storage:
-        for workers in args.workers:
+        for workers, checkpoint_every in itertools.product(args.workers, (1, args.iterations)):
 
-            def fit(iterations: int, workers: int = workers) -> ALS:
-                name = f"bench-{workers}-{iterations}"
-                return fit_on_ray(ALS(**params, iterations=iterations), matrix, workers, storage, name)
+            def fit(iterations: int, workers: int = workers, checkpoint_every: int = checkpoint_every) -> ALS:
+                model = ALS(**params, iterations=iterations)
+                name = f"bench-{workers}-{checkpoint_every}-{iterations}"
+                return fit_on_ray(model, matrix, workers, storage, name, checkpoint_every=checkpoint_every)
 
             model, *times = timed(fit, args.iterations)
             difference = float(np.abs(model.item_factors_ - reference.item_factors_).max())
-            rows.append(("Ray Train", f"{workers} worker(s), 1 thread each", *times, difference))
-            print(f"  {workers} worker(s): {times[0]:.1f} s", flush=True)
+            checkpoints = "every sweep" if checkpoint_every == 1 else "the last sweep"
+            rows.append((f"Ray Train, checkpoint of {checkpoints}", f"{workers}, 1 thread each", *times, difference))
+            print(f"  {rows[-1][0]}, {workers} worker(s): {times[0]:.1f} s", flush=True)
     ray.shutdown()
 
     in_process_wall = rows[0][2]

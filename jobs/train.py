@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> str:
         "--run-name", default=None, help="Ray Train run name; submitting again with the same name resumes it"
     )
     parser.add_argument("--train-storage", default=None, help="Ray Train checkpoints (default: STORE/ray-train)")
+    parser.add_argument("--checkpoint-every", type=int, default=1, help="sweeps between Ray Train checkpoints")
     args = parser.parse_args(argv)
     setup_logging()
     init_ray()
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> str:
             "use_gpu": args.gpu,
             "name": args.run_name or f"{args.model}-{time.strftime('%Y%m%dT%H%M%S')}",
             "storage_path": fs.absolute(args.train_storage or fs.join(fs.absolute(args.store), "ray-train")),
+            "checkpoint_every": args.checkpoint_every,
         }
     with user_errors():
         return train(

@@ -4,9 +4,9 @@ Every half-step, each worker runs the conjugate-gradient update of ``encore.mode
 it owns, then the slices are exchanged with ``torch.distributed`` broadcasts (gloo on CPU, NCCL on
 GPU) so every worker holds the full factors for the next half-step. The rows are independent
 systems and every worker starts from the same seeded factors, so N workers compute what one does.
-Each sweep is reported with a checkpoint of the factors; a run restarted under the same name and
-storage (a killed job resubmitted, or a worker group restarted after a failure) resumes from the
-last one.
+Each sweep is reported, with a checkpoint of the factors every ``checkpoint_every`` sweeps; a run
+restarted under the same name and storage (a killed job resubmitted, or a worker group restarted
+after a failure) resumes from the last one.
 
     model = fit_on_ray(ALS(factors=128), user_items, num_workers=2, storage_path="/abs/runs", name="als-1")
 """
@@ -72,7 +72,8 @@ def _train_loop(config: dict) -> None:
         _least_squares_cg(my_items, items[i0:i1], users, model.regularization, model.cg_steps)
         _exchange(items, item_slices)
         metrics = {"iteration": iteration, "resumed_from": first - 1, "sweep_seconds": time.perf_counter() - started}
-        if rank == 0:
+        last = iteration == model.iterations - 1
+        if rank == 0 and (last or (iteration + 1) % config["checkpoint_every"] == 0):
             with tempfile.TemporaryDirectory() as folder:
                 np.savez(Path(folder) / CHECKPOINT_FILE, users=users.cpu().numpy(), items=items.cpu().numpy(),
                          iteration=iteration)  # fmt: skip
@@ -89,16 +90,26 @@ def fit_on_ray(
     name: str,
     use_gpu: bool = False,
     max_failures: int = 2,
+    checkpoint_every: int = 1,
 ) -> ALS:
     """Fit ``model`` on ``num_workers`` Ray Train workers and return it fitted, as ``model.fit`` would.
 
     ``storage_path`` (an absolute path or ``s3://`` URI) and ``name`` identify the run: running again
-    with the same pair resumes from its last checkpoint instead of starting over.
+    with the same pair resumes from its last checkpoint instead of starting over. A checkpoint is
+    written every ``checkpoint_every`` sweeps and after the last: on a small matrix writing the factors
+    costs more than a sweep, and a resumed run repeats at most ``checkpoint_every - 1`` sweeps.
     """
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be at least 1, not {checkpoint_every}")
     params = {**model.get_params(), "device": "cuda" if use_gpu else "cpu"}
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"params": params, "user_items": ray.put(user_items), "use_gpu": use_gpu},
+        train_loop_config={
+            "params": params,
+            "user_items": ray.put(user_items),
+            "use_gpu": use_gpu,
+            "checkpoint_every": checkpoint_every,
+        },  # fmt: skip
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=train.RunConfig(
@@ -114,7 +125,8 @@ def fit_on_ray(
     model.user_items_ = sp.csr_matrix(user_items, dtype=np.float32)
     resumed_from = result.metrics["resumed_from"]
     logger.info(
-        "fitted ALS on %d workers (run %s in %s%s)", num_workers, name, storage_path,
+        "fitted ALS on %d workers in sweeps of %.2f s (run %s in %s%s)", num_workers,
+        result.metrics["sweep_seconds"], name, storage_path,
         f", resumed from the checkpoint of iteration {resumed_from}" if resumed_from >= 0 else "",
     )  # fmt: skip
     return model
