@@ -2,7 +2,7 @@
 
 The same ALS (same factors, seed and sweeps) is fitted in-process with torch on ``--threads``
 threads, then with ``fit_on_ray`` on 1 and 2 Ray Train workers (one CPU and one torch thread each,
-Ray Train's default) on a local Ray instance, checkpointing every sweep and only the last. Each way
+Ray Train's default) on a local Ray instance, reporting every sweep and only the last. Each way
 is timed twice, with one sweep and with ``--iterations``: the difference gives the time per sweep,
 and what the one-sweep fit took beyond one sweep is the start-up cost (worker group, shipping the
 matrix). The factors of every distributed fit are compared with the in-process ones. One run, one
@@ -72,8 +72,15 @@ def main() -> None:
 
             model, *times = timed(fit, args.iterations)
             difference = float(np.abs(model.item_factors_ - reference.item_factors_).max())
-            checkpoints = "every sweep" if checkpoint_every == 1 else "the last sweep"
-            rows.append((f"Ray Train, checkpoint of {checkpoints}", f"{workers}, 1 thread each", *times, difference))
+            checkpoints = "every sweep" if checkpoint_every == 1 else "the last sweep only"
+            rows.append(
+                (
+                    f"Ray Train, report and checkpoint after {checkpoints}",
+                    f"{workers}, 1 thread each",
+                    *times,
+                    difference,
+                )
+            )
             print(f"  {rows[-1][0]}, {workers} worker(s): {times[0]:.1f} s", flush=True)
     ray.shutdown()
 

@@ -4,7 +4,7 @@ Every half-step, each worker runs the conjugate-gradient update of ``encore.mode
 it owns, then the slices are exchanged with ``torch.distributed`` broadcasts (gloo on CPU, NCCL on
 GPU) so every worker holds the full factors for the next half-step. The rows are independent
 systems and every worker starts from the same seeded factors, so N workers compute what one does.
-Each sweep is reported, with a checkpoint of the factors every ``checkpoint_every`` sweeps; a run
+Every ``checkpoint_every`` sweeps (default: each) are reported with a checkpoint of the factors; a run
 restarted under the same name and storage (a killed job resubmitted, or a worker group restarted
 after a failure) resumes from the last one.
 
@@ -72,8 +72,10 @@ def _train_loop(config: dict) -> None:
         _least_squares_cg(my_items, items[i0:i1], users, model.regularization, model.cg_steps)
         _exchange(items, item_slices)
         metrics = {"iteration": iteration, "resumed_from": first - 1, "sweep_seconds": time.perf_counter() - started}
-        last = iteration == model.iterations - 1
-        if rank == 0 and (last or (iteration + 1) % config["checkpoint_every"] == 0):
+        # Every worker must report at the same sweeps: a report is a barrier of the whole group.
+        if iteration < model.iterations - 1 and (iteration + 1) % config["checkpoint_every"]:
+            continue
+        if rank == 0:
             with tempfile.TemporaryDirectory() as folder:
                 np.savez(Path(folder) / CHECKPOINT_FILE, users=users.cpu().numpy(), items=items.cpu().numpy(),
                          iteration=iteration)  # fmt: skip
@@ -95,9 +97,10 @@ def fit_on_ray(
     """Fit ``model`` on ``num_workers`` Ray Train workers and return it fitted, as ``model.fit`` would.
 
     ``storage_path`` (an absolute path or ``s3://`` URI) and ``name`` identify the run: running again
-    with the same pair resumes from its last checkpoint instead of starting over. A checkpoint is
-    written every ``checkpoint_every`` sweeps and after the last: on a small matrix writing the factors
-    costs more than a sweep, and a resumed run repeats at most ``checkpoint_every - 1`` sweeps.
+    with the same pair resumes from its last checkpoint instead of starting over. The workers report,
+    with a checkpoint, every ``checkpoint_every`` sweeps and after the last: measured here, a report
+    of the group costs about 1.4 s whatever the matrix, more than a sweep of a 5M-interaction one on
+    two workers, and a resumed run repeats at most ``checkpoint_every - 1`` sweeps.
     """
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be at least 1, not {checkpoint_every}")
