@@ -17,7 +17,6 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 from ray import tune
-from ray.tune.search.basic_variant import BasicVariantGenerator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -27,9 +26,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from encore import fs
 from encore.audio.vectors import feature_matrix
 from encore.genre import GenreClassifier, evaluate
+from encore.search import run_search
 
 logger = logging.getLogger(__name__)
 
@@ -157,23 +156,10 @@ def search(
 ) -> tune.ResultGrid:
     """Search ``name``'s space (plus ``fixed`` settings) with ``num_samples`` seeded random trials on validation."""
     trainable = tune.with_resources(tune.with_parameters(_trial, name=name, parts=parts), {"cpu": 1})
-    tuner = tune.Tuner(
-        trainable,
-        param_space={**MODELS[name][1], **(fixed or {})},
-        tune_config=tune.TuneConfig(
-            metric=SELECTION_METRIC,
-            mode=SELECTION_MODE,
-            num_samples=num_samples,
-            search_alg=BasicVariantGenerator(random_state=seed),
-        ),
-        run_config=tune.RunConfig(
-            name=f"genre-{name}-{time.strftime('%Y%m%dT%H%M%S')}", storage_path=fs.absolute(storage_uri), verbose=0
-        ),
-    )
-    results = tuner.fit()
-    errors = [result.error for result in results if result.error]
-    if len(errors) == len(results):
-        raise RuntimeError(f"every {name} trial failed; first error: {errors[0]}")
+    results = run_search(
+        trainable, {**MODELS[name][1], **(fixed or {})}, name=f"genre-{name}", metric=SELECTION_METRIC,
+        mode=SELECTION_MODE, num_samples=num_samples, storage_uri=storage_uri, seed=seed, verbose=0,
+    )  # fmt: skip
     best = results.get_best_result()
     logger.info(
         "best %s of %d trials: %s with validation log-loss %.4f, accuracy %.3f",

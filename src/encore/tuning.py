@@ -12,13 +12,11 @@ from collections.abc import Callable
 
 import optuna
 from ray import tune
-from ray.tune.search.basic_variant import BasicVariantGenerator
-from ray.tune.search.optuna import OptunaSearch
 
-from encore import fs
 from encore.interactions import InteractionDataset
 from encore.metrics import evaluate
 from encore.models import fit_model, model_class
+from encore.search import run_search
 
 logger = logging.getLogger(__name__)
 
@@ -53,38 +51,13 @@ def search(
     cpus_per_trial: float = 1,
     metric: str = SELECTION_METRIC,
 ) -> tune.ResultGrid:
-    """Run the search and return Tune's results.
-
-    ``param_space`` is either a function of an optuna trial that suggests the hyperparameters and
-    returns the whole configuration (searched with optuna's TPE sampler, which learns from the trials
-    so far where the good region lies), or a dict of Tune domains for a small finite space (a grid).
-    """
+    """Run the search and return Tune's results; ``param_space`` as ``encore.search.run_search`` takes it."""
     dataset = InteractionDataset.load(dataset_uri)
-    if callable(param_space):
-        sampler = optuna.samplers.TPESampler(seed=seed)
-        search_alg = OptunaSearch(space=param_space, metric=metric, mode="max", sampler=sampler)
-        param_space = {}
-    else:
-        search_alg = BasicVariantGenerator(random_state=seed)
     trainable = tune.with_resources(tune.with_parameters(_trial, kind=kind, dataset=dataset), {"cpu": cpus_per_trial})
-    tuner = tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            metric=metric,
-            mode="max",
-            num_samples=num_samples,
-            scheduler=scheduler,
-            search_alg=search_alg,
-        ),
-        run_config=tune.RunConfig(
-            name=f"{kind}-{time.strftime('%Y%m%dT%H%M%S')}", storage_path=fs.absolute(storage_uri)
-        ),
-    )
-    results = tuner.fit()
-    errors = [result.error for result in results if result.error]
-    if len(errors) == len(results):
-        raise RuntimeError(f"every {kind} trial failed; first error: {errors[0]}")
+    results = run_search(
+        trainable, param_space, name=kind, metric=metric, mode="max", num_samples=num_samples,
+        storage_uri=storage_uri, seed=seed, scheduler=scheduler,
+    )  # fmt: skip
     best = results.get_best_result()
     logger.info(
         "best %s of %d trials: %s with validation %s %.4f (results in %s)",

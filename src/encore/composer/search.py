@@ -9,7 +9,6 @@ from the base configurations. A dict of Tune domains (a small grid) is searched 
 """
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 
@@ -17,13 +16,11 @@ import optuna
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.basic_variant import BasicVariantGenerator
-from ray.tune.search.optuna import OptunaSearch
 
-from encore import fs
 from encore.composer.data import Corpus
 from encore.composer.model import Composer, ComposerConfig
 from encore.composer.train import TrainConfig, fit
+from encore.search import run_search
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +74,6 @@ def search(
     cpus_per_trial: int = 1,
 ) -> tune.ResultGrid:
     """Run the search with ASHA over epochs and return Tune's results (best: lowest validation NLL)."""
-    if callable(param_space):
-        sampler = optuna.samplers.TPESampler(seed=seed)
-        search_alg = OptunaSearch(space=param_space, metric=SELECTION_METRIC, mode="min", sampler=sampler)
-        param_space = {}
-    else:
-        search_alg = BasicVariantGenerator(random_state=seed)
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial, corpus=corpus, base_model=base_model, base_train=base_train, threads=cpus_per_trial
@@ -92,24 +83,10 @@ def search(
     scheduler = ASHAScheduler(
         time_attr="training_iteration", max_t=base_train.epochs, grace_period=grace_epochs, reduction_factor=3
     )
-    tuner = tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            metric=SELECTION_METRIC,
-            mode="min",
-            num_samples=num_samples,
-            scheduler=scheduler,
-            search_alg=search_alg,
-        ),
-        run_config=tune.RunConfig(
-            name=f"composer-{time.strftime('%Y%m%dT%H%M%S')}", storage_path=fs.absolute(storage_uri)
-        ),
-    )
-    results = tuner.fit()
-    errors = [result.error for result in results if result.error]
-    if len(errors) == len(results):
-        raise RuntimeError(f"every composer trial failed; first error: {errors[0]}")
+    results = run_search(
+        trainable, param_space, name="composer", metric=SELECTION_METRIC, mode="min", num_samples=num_samples,
+        storage_uri=storage_uri, seed=seed, scheduler=scheduler,
+    )  # fmt: skip
     best = results.get_best_result()
     logger.info(
         "best composer of %d trials: %s with validation NLL %.4f per step (base %s; results in %s)",
