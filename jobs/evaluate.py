@@ -113,6 +113,14 @@ def evaluate_all(dataset_uri: str, models: list[str], versions: list[str], store
     return sorted(ray.get(tasks), key=lambda row: -row["ndcg@10"])
 
 
+def write_report(output_uri: str, rows: list[dict], table: str) -> None:
+    """``evaluation.json`` (the rows) and ``evaluation.md`` (the table) under ``output_uri``."""
+    output = fs.absolute(output_uri)
+    fs.write_bytes(fs.join(output, "evaluation.json"), json.dumps(rows, indent=2).encode())
+    fs.write_bytes(fs.join(output, "evaluation.md"), (table + "\n").encode())
+    logger.info("wrote %s/evaluation.json and evaluation.md", output)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, help="ingested dataset folder or s3:// prefix")
@@ -131,10 +139,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     table = markdown_table(rows)
     print(table)
     if args.output:
-        output = fs.absolute(args.output)
-        fs.write_bytes(fs.join(output, "evaluation.json"), json.dumps(rows, indent=2).encode())
-        fs.write_bytes(fs.join(output, "evaluation.md"), (table + "\n").encode())
-        logger.info("wrote %s/evaluation.json and evaluation.md", output)
+        write_report(args.output, rows, table)
     return rows
 
 

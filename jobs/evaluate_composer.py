@@ -19,7 +19,6 @@ table, and written as ``evaluation.json`` and ``evaluation.md`` under ``--output
 """
 
 import argparse
-import json
 import logging
 import statistics
 import time
@@ -36,6 +35,7 @@ from encore.composer.compose import ComposerBundle
 from encore.composer.data import Corpus, load_corpus
 from encore.runtime import init_ray, setup_logging, user_errors
 from encore.store import ModelStore
+from jobs.evaluate import write_report
 from jobs.train_composer import DEFAULT_DATA
 
 logger = logging.getLogger("encore.evaluate_composer")
@@ -165,10 +165,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     table = markdown_table(rows)
     print(table)
     if args.output:
-        output = fs.absolute(args.output)
-        fs.write_bytes(fs.join(output, "evaluation.json"), json.dumps(rows, indent=2).encode())
-        fs.write_bytes(fs.join(output, "evaluation.md"), (table + "\n").encode())
-        logger.info("wrote %s/evaluation.json and evaluation.md", output)
+        write_report(args.output, rows, table)
     return rows
 
 
