@@ -5,13 +5,14 @@ import itertools
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from encore.composer import Composer, ComposerConfig, DataError, TrainConfig, decode, encode, fit, load_jsb
 from encore.composer import tokens as T
 from encore.composer.model import KVCache, positions
-from encore.composer.train import epoch_batches
+from encore.composer.train import epoch_batches, transposed
 from encore.store import ModelStore
 
 # A I-IV-V-I cadence in C, four voices, with a passing tone and a rest: enough shape to learn.
@@ -133,6 +134,25 @@ def test_training_overfits_far_below_uniform():
     # Only the first step is uncertain (which of the two pieces?): the floor is ln(2) / 12 steps.
     assert model.nll_per_step(data) < 0.05 * untrained
     assert state["best"]["epoch"] == min(state["history"], key=lambda m: m["valid_nll_per_step"])["epoch"]
+
+
+def test_transposition_moves_pitches_and_key_within_the_model_range():
+    conditions = [T.style_token(1), T.key_token(11, "minor"), T.tempo_token(90)]
+    tokens = encode([[47, 62], [], [59]], conditions)
+    up = T.transpose(tokens, 3)
+    assert decode(up) == [[50, 65], [], [62]]
+    assert up[1:4] == [T.style_token(1), T.key_token(2, "minor"), T.tempo_token(90)]  # B minor up 3: D minor
+    assert T.transpose(up, -3) == tokens
+    assert T.pitch_span(tokens) == (47, 62) and T.pitch_span(encode([[], []])) is None
+
+    config = TrainConfig(transpose=6)
+    model = ComposerConfig(pitch_low=45, pitch_high=70)
+    rng = np.random.default_rng(0)
+    shifts = {decode(transposed(tokens, (47, 62), config, model, rng))[0][0] - 47 for _ in range(300)}
+    assert shifts == set(range(-2, 7))  # 47 - 2 = 45 is the lowest pitch allowed; 62 + 6 = 68 stays within 70
+    assert transposed(tokens, (47, 62), TrainConfig(), model, rng) == tokens
+    with pytest.raises(ValueError, match="transpose"):
+        TrainConfig(transpose=13)
 
 
 def test_epoch_batches_group_similar_lengths_and_balance_ranks():

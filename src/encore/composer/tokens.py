@@ -141,6 +141,27 @@ def encode(steps: Sequence[Iterable[int]], conditions: Sequence[int] = ()) -> li
     return tokens
 
 
+def transpose(tokens: Sequence[int], semitones: int) -> list[int]:
+    """``tokens`` moved by ``semitones``: every pitch, and a key token's tonic with them; other tokens stay.
+
+    The caller keeps the pitches within MIDI 0-127 (see :func:`pitch_span`)."""
+    moved = []
+    for token in tokens:
+        if is_pitch(token):
+            token = pitch_token(token - PITCH_OFFSET + semitones)
+        elif KEY_OFFSET <= token < TEMPO_OFFSET:
+            mode, tonic = divmod(token - KEY_OFFSET, 12)
+            token = KEY_OFFSET + mode * 12 + (tonic + semitones) % 12
+        moved.append(token)
+    return moved
+
+
+def pitch_span(tokens: Iterable[int]) -> tuple[int, int] | None:
+    """Lowest and highest pitch in ``tokens``; None when they hold no pitch."""
+    pitches = [token - PITCH_OFFSET for token in tokens if is_pitch(token)]
+    return (min(pitches), max(pitches)) if pitches else None
+
+
 def decode(tokens: Iterable[int]) -> Chorale:
     """The complete steps in ``tokens`` (pitches ascending); other tokens and an unfinished last step are left out."""
     steps, current = [], []

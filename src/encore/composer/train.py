@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from encore.composer.model import Composer, ComposerConfig, is_music
-from encore.composer.tokens import EOS_STEP, Chorale
+from encore.composer.tokens import EOS_STEP, Chorale, pitch_span, transpose
 
 Report = Callable[[int, dict, dict], None]
 SORT_POOL = 8  # batches sorted by length together
@@ -44,10 +44,15 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     eval_batch_size: int = 16
+    # Each epoch, each training piece moves by a random number of semitones in [-transpose, transpose]
+    # (as far as the model's pitch range allows): music heard in every key, from the same pieces.
+    transpose: int = 0
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("epochs, batch_size and eval_batch_size must be at least 1")
+        if not 0 <= self.transpose <= 12:
+            raise ValueError(f"transpose {self.transpose} is not within 0-12 semitones")
 
 
 def lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:
@@ -77,6 +82,18 @@ def epoch_batches(
         batches.extend(chunk[start : start + config.batch_size] for start in range(0, len(chunk), config.batch_size))
     rng.shuffle(batches)
     return batches
+
+
+def transposed(
+    tokens: Sequence[int], span: tuple[int, int] | None, config: TrainConfig, model: ComposerConfig, rng
+) -> list[int]:
+    """``tokens`` (a piece whose pitches span ``span``) moved by a random shift of at most
+    ``config.transpose`` semitones that keeps them within the model's pitch range."""
+    if not config.transpose or span is None:
+        return list(tokens)
+    low = max(-config.transpose, model.pitch_low - span[0])
+    high = min(config.transpose, model.pitch_high - span[1])
+    return transpose(tokens, int(rng.integers(low, high + 1)))
 
 
 def _optimizer(model: Composer, config: TrainConfig) -> torch.optim.AdamW:
@@ -116,6 +133,7 @@ def fit(
     ``starts`` (the epoch each run began after: ``[0, 5]`` means it was resumed once, after epoch 5)."""
     train_tokens = model.encode_chorales(train, train_conditions)
     lengths = [len(tokens) for tokens in train_tokens]
+    spans = [pitch_span(tokens) for tokens in train_tokens]
     valid_share = list(valid[rank::world_size])
     valid_share_conditions = None if valid_conditions is None else list(valid_conditions[rank::world_size])
     model.encode_chorales(valid_share, valid_share_conditions)  # fail on a bad validation piece now
@@ -146,10 +164,13 @@ def fit(
         network.train()
         torch.manual_seed(_epoch_seed(config.seed, epoch, rank))
         batches = epoch_batches(lengths, epoch, config, rank, world_size)
+        shifts = np.random.default_rng([config.seed, epoch, rank, 1])
         train_nll = torch.zeros((), dtype=torch.float64, device=device)
         train_steps = torch.zeros((), dtype=torch.float64, device=device)
         for batch in batches:
-            tokens = model.pad([train_tokens[index] for index in batch])
+            tokens = model.pad(
+                [transposed(train_tokens[index], spans[index], config, model.config, shifts) for index in batch]
+            )
             with autocast:
                 _, nll = network(tokens)
             loss = nll.sum() / is_music(tokens[:, 1:]).sum()  # mean NLL per scored token
@@ -206,6 +227,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=train_defaults.weight_decay)
     parser.add_argument("--warmup-steps", type=int, default=train_defaults.warmup_steps)
     parser.add_argument("--seed", type=int, default=train_defaults.seed)
+    parser.add_argument(
+        "--transpose",
+        type=int,
+        default=train_defaults.transpose,
+        help="move each training piece by up to this many semitones each epoch (0: never)",
+    )
     parser.add_argument("--layers", type=int, default=model_defaults.n_layer)
     parser.add_argument("--d-model", type=int, default=model_defaults.d_model)
     parser.add_argument("--heads", type=int, default=model_defaults.n_head)
@@ -234,5 +261,6 @@ def configs_from_arguments(args: argparse.Namespace) -> tuple[ComposerConfig, Tr
         weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps,
         seed=args.seed,
+        transpose=args.transpose,
     )
     return model_config, train_config
