@@ -1,9 +1,9 @@
 """Genre classification on GTZAN: Encore's classifier against tuned scikit-learn baselines.
 
 Every model (``encore.genre_tuning.MODELS``: Encore's classifier, logistic regression, RBF SVM,
-random forest, gradient boosting) gets the same Ray Tune search: ``--num-samples`` seeded random
-trials that fit on the train part of the fault-filtered, artist-disjoint split (Kereliuk, Sturm and
-Larsen 2015) and are ranked by validation log-loss. The winner of each is refitted on train +
+random forest, gradient boosting) gets the same Ray Tune search: ``--num-samples`` trials proposed
+by optuna's seeded TPE sampler, which fit on the train part of the fault-filtered, artist-disjoint
+split (Kereliuk, Sturm and Larsen 2015) and are ranked by validation log-loss. The winner of each is refitted on train +
 validation and scored on the 290 test tracks: the headline figures, accuracy and macro-F1, each
 with a 95% bootstrap interval over test tracks. Beside them, labelled, the same configuration scored
 by stratified random 10-fold CV over all 1,000 tracks (pooled out-of-fold predictions, bootstrap
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(
         f"\nGTZAN 30-second features. Artist-disjoint fault-filtered split: train {len(parts['train'])}, "
-        f"validation {len(parts['valid'])}, test {len(parts['test'])} tracks; {args.num_samples} Tune trials per "
+        f"validation {len(parts['valid'])}, test {len(parts['test'])} tracks; {args.num_samples} TPE trials per "
         f"model ranked by validation log-loss, seed {args.seed}; the winner refitted on train + validation. "
         f"Figures in %, 95% bootstrap intervals over tracks. {time.perf_counter() - started:.0f} s.\n"
     )

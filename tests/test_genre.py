@@ -197,6 +197,27 @@ def test_training_job_stores_an_evaluated_genre_model(stored):
     assert {"config.json", "state.pt"} == set(manifest.files)
 
 
+def test_search_selects_on_validation_and_stores_the_best(ray_local, tmp_path):
+    from ray import tune
+
+    from encore.store import ModelStore
+    from tuning import genre as genre_search
+
+    fixed = '{"members": 1, "epochs": 20}'
+    outcome = genre_search.main(["--store", str(tmp_path / "store"), "--num-samples", "2", "--fixed", fixed])
+    # Read back what Tune saved: the results must be on disk, not only in memory.
+    trials = [trial.last_result for trial in tune.ExperimentAnalysis(outcome["results"]).trials]
+    assert len(trials) == 2 and all(trial["config"]["members"] == 1 for trial in trials)
+    best = min(trials, key=lambda trial: trial["log_loss"])
+    assert outcome["best_config"] == best["config"]
+    manifest = ModelStore(tmp_path / "store").show("tuned-genre")
+    assert manifest.version == outcome["version"] and manifest.kind == "genre"
+    assert manifest.config["params"] == {**genre.GenreClassifier().get_params(), **best["config"]}
+    assert manifest.config["tuning"]["trials"] == 2
+    assert manifest.config["tuning"]["best_validation"]["log_loss"] == pytest.approx(best["log_loss"])
+    assert manifest.metrics["validation"]["accuracy"] == pytest.approx(best["accuracy"])
+
+
 def test_classify_job_predicts_every_good_file_and_reports_the_bad_ones(stored):
     summary, audio = stored["classify"], stored["root"] / "audio"
     assert (summary["files"], summary["classified"], summary["errors"]) == (5, 3, 2)

@@ -9,6 +9,7 @@ evaluated by ``jobs.train_genre`` and stored as kind ``genre`` under ``--alias``
 """
 
 import argparse
+import json
 import logging
 
 from encore import fs, genre, genre_tuning
@@ -22,10 +23,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", default="./artifacts", help="model store for the best configuration")
     parser.add_argument("--results", default=None, help="where Tune keeps its results (default: STORE/tune)")
-    parser.add_argument("--num-samples", type=int, default=16, help="random samples of the search space")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random search")
+    parser.add_argument("--num-samples", type=int, default=16, help="configurations to try")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler and of the models")
     parser.add_argument("--alias", default="tuned-genre", help="alias for the stored best model")
+    parser.add_argument(
+        "--fixed",
+        default="{}",
+        help="settings every trial keeps, as JSON, e.g. '{\"members\": 2}' (they override the space)",
+    )
     args = parser.parse_args(argv)
+    try:
+        fixed = json.loads(args.fixed)
+    except json.JSONDecodeError as error:
+        parser.error(f"--fixed is not JSON: {error}")
+    if not isinstance(fixed, dict):
+        parser.error("--fixed must be a JSON object of settings")
     setup_logging()
     init_ray()
     with user_errors():
@@ -36,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.results or fs.join(fs.absolute(args.store), "tune"),
             num_samples=args.num_samples,
             seed=args.seed,
-            fixed={"seed": args.seed},
+            fixed={"seed": args.seed, **fixed},
         )
         best = results.get_best_result()
         version = train(

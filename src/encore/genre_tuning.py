@@ -10,11 +10,13 @@ refits it on train + validation and scores that on test; ``random_folds`` gives 
 figures reported beside it, labelled as such.
 """
 
+import functools
 import logging
 import time
 from collections.abc import Callable
 
 import numpy as np
+import optuna
 import pandas as pd
 from ray import tune
 from sklearn.calibration import CalibratedClassifierCV
@@ -86,40 +88,54 @@ def _gradient_boosting(
     return SklearnGenreModel(make_pipeline(StandardScaler(), boosting))
 
 
-# name -> (factory taking the configuration as keyword arguments, Tune search space)
-MODELS: dict[str, tuple[Callable, dict]] = {
-    "encore": (
-        GenreClassifier,
-        {
-            "hidden": tune.choice([0, 32, 64, 128, 256]),
-            "dropout": tune.uniform(0.1, 0.7),
-            "input_dropout": tune.uniform(0.0, 0.3),
-            "weight_decay": tune.loguniform(1e-3, 1e-1),
-            "mixup": tune.choice([0.0, 0.2, 0.4, 1.0]),
-            "epochs": tune.choice([40, 60, 100]),
-            "learning_rate": tune.loguniform(1e-3, 1e-2),
-        },
-    ),
-    "logistic_regression": (_logistic_regression, {"C": tune.loguniform(1e-3, 1e2)}),
-    "rbf_svm": (_rbf_svm, {"C": tune.loguniform(1e-1, 1e3), "gamma": tune.loguniform(1e-4, 1e-1)}),
-    "random_forest": (
-        _random_forest,
-        {
-            "n_estimators": tune.choice([200, 500]),
-            "max_depth": tune.choice([None, 8, 16]),
-            "min_samples_leaf": tune.choice([1, 2, 4]),
-            "max_features": tune.choice(["sqrt", 0.3]),
-        },
-    ),
-    "gradient_boosting": (
-        _gradient_boosting,
-        {
-            "learning_rate": tune.loguniform(1e-2, 3e-1),
-            "max_iter": tune.choice([100, 200, 400]),
-            "max_leaf_nodes": tune.choice([7, 15, 31]),
-            "l2_regularization": tune.loguniform(1e-3, 10.0),
-        },
-    ),
+def _encore_space(trial: optuna.Trial) -> dict:
+    return {
+        "hidden": trial.suggest_categorical("hidden", [0, 32, 64, 128, 256]),
+        "dropout": trial.suggest_float("dropout", 0.1, 0.7),
+        "input_dropout": trial.suggest_float("input_dropout", 0.0, 0.3),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-3, 1e-1, log=True),
+        "mixup": trial.suggest_categorical("mixup", [0.0, 0.2, 0.4, 1.0]),
+        "epochs": trial.suggest_categorical("epochs", [40, 60, 100]),
+        "learning_rate": trial.suggest_float("learning_rate", 1e-3, 1e-2, log=True),
+    }
+
+
+def _logistic_regression_space(trial: optuna.Trial) -> dict:
+    return {"C": trial.suggest_float("C", 1e-3, 1e2, log=True)}
+
+
+def _rbf_svm_space(trial: optuna.Trial) -> dict:
+    return {
+        "C": trial.suggest_float("C", 1e-1, 1e3, log=True),
+        "gamma": trial.suggest_float("gamma", 1e-4, 1e-1, log=True),
+    }
+
+
+def _random_forest_space(trial: optuna.Trial) -> dict:
+    return {
+        "n_estimators": trial.suggest_categorical("n_estimators", [200, 500]),
+        "max_depth": trial.suggest_categorical("max_depth", [None, 8, 16]),
+        "min_samples_leaf": trial.suggest_categorical("min_samples_leaf", [1, 2, 4]),
+        "max_features": trial.suggest_categorical("max_features", ["sqrt", 0.3]),
+    }
+
+
+def _gradient_boosting_space(trial: optuna.Trial) -> dict:
+    return {
+        "learning_rate": trial.suggest_float("learning_rate", 1e-2, 3e-1, log=True),
+        "max_iter": trial.suggest_categorical("max_iter", [100, 200, 400]),
+        "max_leaf_nodes": trial.suggest_categorical("max_leaf_nodes", [7, 15, 31]),
+        "l2_regularization": trial.suggest_float("l2_regularization", 1e-3, 10.0, log=True),
+    }
+
+
+# name -> (factory taking the configuration as keyword arguments, search space as an optuna define-by-run function)
+MODELS: dict[str, tuple[Callable, Callable[[optuna.Trial], dict]]] = {
+    "encore": (GenreClassifier, _encore_space),
+    "logistic_regression": (_logistic_regression, _logistic_regression_space),
+    "rbf_svm": (_rbf_svm, _rbf_svm_space),
+    "random_forest": (_random_forest, _random_forest_space),
+    "gradient_boosting": (_gradient_boosting, _gradient_boosting_space),
 }
 
 
@@ -145,6 +161,10 @@ def _trial(config: dict, name: str, parts: dict[str, pd.DataFrame]) -> None:
     tune.report({**metrics, "fit_seconds": time.perf_counter() - started})
 
 
+def _space_with(name: str, fixed: dict, trial: optuna.Trial) -> dict:
+    return {**MODELS[name][1](trial), **fixed}
+
+
 def search(
     name: str,
     parts: dict[str, pd.DataFrame],
@@ -154,10 +174,11 @@ def search(
     seed: int = 0,
     fixed: dict | None = None,
 ) -> tune.ResultGrid:
-    """Search ``name``'s space (plus ``fixed`` settings) with ``num_samples`` seeded random trials on validation."""
+    """Search ``name``'s space (plus ``fixed`` settings) with ``num_samples`` trials of optuna's seeded TPE
+    sampler, on validation."""
     trainable = tune.with_resources(tune.with_parameters(_trial, name=name, parts=parts), {"cpu": 1})
     results = run_search(
-        trainable, {**MODELS[name][1], **(fixed or {})}, name=f"genre-{name}", metric=SELECTION_METRIC,
+        trainable, functools.partial(_space_with, name, fixed or {}), name=f"genre-{name}", metric=SELECTION_METRIC,
         mode=SELECTION_MODE, num_samples=num_samples, storage_uri=storage_uri, seed=seed, verbose=0,
     )  # fmt: skip
     best = results.get_best_result()
