@@ -2,7 +2,8 @@
 
 Trains a composer in-process (``--threads`` torch threads) on the train split of the quarter-note
 JSB Chorales benchmark (229/76/77 chorales, Boulanger-Lewandowski et al. 2012), keeps the epoch
-with the best validation NLL, and scores it on the test split with the exact set likelihood (see
+with the best validation NLL (training chorales transposed at random, ``--transpose``; validation and
+test never), and scores it on the test split with the exact set likelihood (see
 ``encore.composer.model``): nats per time step, the figure Bai et al. 2018 report in Table 1. No
 conditioning token and nothing else about a test chorale but its own past is used.
 
@@ -10,7 +11,7 @@ Then, with the same model in the same run, it times sampling a 16-bar piece (64 
 steps) from BOS alone, seed 0: with the KV cache (median of 3 runs) and without it (the whole
 sequence recomputed for every token), in seconds and tokens per second. One run prints the tables.
 
-    python -m benchmarks.jsb [--epochs 20] [--layers 4 --d-model 256 --heads 4 --ff 1024 --dropout 0.25]
+    python -m benchmarks.jsb [--epochs 60 --warmup-steps 100] [--transpose 6] [--layers 4 --d-model 256 --dropout 0.1]
 """
 
 import argparse

@@ -129,7 +129,9 @@ def test_training_overfits_far_below_uniform():
     # An untrained model is near uniform over the allowed tokens: about ln(51) for the first pitch alone.
     assert untrained > 10
     torch.manual_seed(0)
-    state = fit(model, data, data, TrainConfig(epochs=60, batch_size=2, lr=1e-2, warmup_steps=5, weight_decay=0.0))
+    state = fit(
+        model, data, data, TrainConfig(epochs=60, batch_size=2, lr=1e-2, warmup_steps=5, weight_decay=0.0, transpose=0)
+    )
     assert state["history"][-1]["valid_nll_per_step"] == pytest.approx(model.nll_per_step(data))
     # Only the first step is uncertain (which of the two pieces?): the floor is ln(2) / 12 steps.
     assert model.nll_per_step(data) < 0.05 * untrained
@@ -150,7 +152,7 @@ def test_transposition_moves_pitches_and_key_within_the_model_range():
     rng = np.random.default_rng(0)
     shifts = {decode(transposed(tokens, (47, 62), config, model, rng))[0][0] - 47 for _ in range(300)}
     assert shifts == set(range(-2, 7))  # 47 - 2 = 45 is the lowest pitch allowed; 62 + 6 = 68 stays within 70
-    assert transposed(tokens, (47, 62), TrainConfig(), model, rng) == tokens
+    assert transposed(tokens, (47, 62), TrainConfig(transpose=0), model, rng) == tokens
     with pytest.raises(ValueError, match="transpose"):
         TrainConfig(transpose=13)
 

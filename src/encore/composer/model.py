@@ -46,7 +46,7 @@ class ComposerConfig:
     n_head: int = 4
     d_model: int = 256
     d_ff: int = 1024
-    dropout: float = 0.25
+    dropout: float = 0.1  # with transposed training pieces (TrainConfig.transpose) little more is needed
     # Longest piece, in time steps, the learned step positions cover (JSB Chorales: 160 at most).
     max_steps: int = 256
     # Most pitches in one step; bigger chords get no probability. Twelve leaves room for piano music.

@@ -45,8 +45,9 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 16
     # Each epoch, each training piece moves by a random number of semitones in [-transpose, transpose]
-    # (as far as the model's pitch range allows): music heard in every key, from the same pieces.
-    transpose: int = 0
+    # (as far as the model's pitch range allows): music heard in every key, from the same pieces
+    # (its effect on JSB Chorales: benchmarks/RESULTS.md).
+    transpose: int = 6
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
