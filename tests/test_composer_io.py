@@ -253,10 +253,12 @@ def test_prepare_job_reports_bad_files_and_trains_a_conditioned_composer(ray_loc
     assert "broken.mid: not a readable MIDI file" in reasons[f"s3://{s3_bucket}/midi/jazz/broken.mid"]
     assert "silent.mid: holds no notes" in reasons[f"s3://{s3_bucket}/midi/silent.mid"]
 
-    # Three pieces are too few to split; repeat them under new names (the split hashes the names).
+    # Three pieces are too few to split; repeat them under new names (the split hashes the names, so
+    # they leave out the bucket's random name: the same three splits on every run).
     local = tmp_path / "prepared"
     local.mkdir()
-    many = pd.concat([pieces.assign(source=pieces["source"] + f"#{copy}") for copy in range(12)], ignore_index=True)
+    names = pieces["source"].str.removeprefix(f"s3://{s3_bucket}/")
+    many = pd.concat([pieces.assign(source=names + f"#{copy}") for copy in range(12)], ignore_index=True)
     many.to_parquet(local / "pieces.parquet")
     assert {split_of(source, 0) for source in many["source"]} == {"train", "valid", "test"}
     corpus = load_corpus(str(local), max_steps=16, max_notes=4)
