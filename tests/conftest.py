@@ -20,6 +20,30 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_ID_KEY = "encore-test-suite-key"
 
 
+def run_driver(ray_local, module_args: list[str], until_checkpoint: Path | None = None) -> str | None:
+    """``python -m <module_args>`` as a separate driver on the session's Ray instance; returns its output.
+
+    With ``until_checkpoint`` (a Ray Train run folder), SIGKILL its whole process group once Ray
+    Train's snapshot of the run's checkpoints appears there, and return None."""
+    import signal
+
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    process = subprocess.Popen([sys.executable, "-m", *module_args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    if until_checkpoint is None:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output
+        return output
+    deadline = time.monotonic() + 180
+    while not (until_checkpoint / "checkpoint_manager_snapshot.json").exists():
+        assert process.poll() is None, "the job ended before it could be killed: " + process.stdout.read()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,18 +1,12 @@
 """ALS on Ray Train workers: the same factors as one process, and resumption after a kill."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import numpy as np
 import scipy.sparse as sp
 
 from encore.models import ALS
 from encore.models.als_train import CHECKPOINT_FILE, fit_on_ray
 
-from conftest import REPO
+from conftest import run_driver
 
 PARAMS = {"factors": 8, "iterations": 3, "regularization": 0.1, "alpha": 2.0, "cg_steps": 3}
 
@@ -61,28 +55,12 @@ def synthetic_dataset(path, n_users=3_000, n_items=1_500, per_user=30, seed=1):
 
 
 def run_training_job(ray_local, dataset, store, storage, params, until_checkpoint=None):
-    """``python -m jobs.train`` as a separate driver on the session's Ray instance; with
-    ``until_checkpoint`` (a run folder), SIGKILL it once Ray Train has registered a checkpoint there."""
-    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
-    command = [
-        sys.executable, "-m", "jobs.train", "--dataset", str(dataset), "--store", str(store), "--model", "als",
-        "--params", params, "--workers", "1", "--run-name", "resumable", "--train-storage", str(storage),
+    """``python -m jobs.train`` for ALS on one worker (see ``conftest.run_driver``)."""
+    arguments = [
+        "jobs.train", "--dataset", str(dataset), "--store", str(store), "--model", "als", "--params", params,
+        "--workers", "1", "--run-name", "resumable", "--train-storage", str(storage),
     ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)  # fmt: skip
-    if until_checkpoint is None:
-        output, _ = process.communicate(timeout=300)
-        assert process.returncode == 0, output
-        return output
-    deadline = time.monotonic() + 180
-    # A checkpoint counts once Ray Train's snapshot of its checkpoints names it.
-    while not (until_checkpoint / "checkpoint_manager_snapshot.json").exists():
-        assert process.poll() is None, "the job ended before it could be killed: " + process.stdout.read()
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    return None
+    return run_driver(ray_local, arguments, until_checkpoint)
 
 
 def test_a_killed_job_resumes_from_its_last_checkpoint(ray_local, tmp_path):

@@ -271,6 +271,29 @@ def test_ray_train_job_saves_a_version_and_resumes(ray_local, tmp_path):
     assert second.metrics["history"][0] == manifest.metrics["history"][0]
 
 
+def test_a_killed_training_job_resumes_from_its_last_checkpoint(ray_local, tmp_path):
+    from conftest import run_driver
+
+    data = tmp_path / "jsb.json"
+    data.write_text(
+        json.dumps({"train": [chorale(s) for s in (0, 2, 5, 7)], "valid": [chorale(3)], "test": [chorale(1)]})
+    )
+    arguments = [
+        "jobs.train_composer", "--data", str(data), "--store", str(tmp_path / "store"),
+        "--storage", str(tmp_path / "ray-train"), "--name", "killed", "--epochs", "4", "--batch-size", "2",
+        "--layers", "1", "--heads", "2", "--d-model", "16", "--ff", "32", "--max-steps", "32", "--max-notes", "4",
+        "--max-failures", "0",
+    ]  # fmt: skip
+    run_driver(ray_local, arguments, until_checkpoint=tmp_path / "ray-train" / "killed")
+    assert not ModelStore(tmp_path / "store").list()  # killed before it could store anything
+
+    output = run_driver(ray_local, arguments)
+    manifest = ModelStore(tmp_path / "store").show("composer-latest")
+    first_start, resumed_after = manifest.metrics["starts"]
+    assert first_start == 0 and 1 <= resumed_after < 4, output  # went on after a finished epoch
+    assert [epoch["epoch"] for epoch in manifest.metrics["history"]] == [1, 2, 3, 4]
+
+
 def test_search_selects_on_validation_and_asha_stops_poor_trials(ray_local, tmp_path):
     from ray import tune
 
