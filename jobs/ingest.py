@@ -7,7 +7,14 @@ pseudonymised there, before anything else sees them. Rejected rows go to ``rejec
 their source, line and reason. The dataset (dense id maps, a seeded per-user
 train/validation/test split and a fingerprint) is written as Parquet.
 
+For a catalogue whose items are audio files, ``--audio-features`` names the output of an extraction
+run (``jobs.extract_features``): each track becomes item ``<file name without suffix>`` with one
+``audio_<feature>`` column per GTZAN feature (log where positive, standardised), the item features
+the content and hybrid recommenders read. Tracks nobody played yet join the catalogue as items the
+content model can rank.
+
     python -m jobs.ingest --input data/lastfm-hetrec2k --output artifacts/datasets/lastfm
+    python -m jobs.ingest --input plays.csv --audio-features artifacts/features --output artifacts/datasets/mine
 """
 
 import argparse
@@ -18,9 +25,12 @@ import pandas as pd
 import ray
 
 from encore import fs, hetrec
+from encore.audio.schema import GTZAN_FEATURES
+from encore.audio.vectors import FeatureScaler, feature_matrix
 from encore.ids import id_key, key_fingerprint
-from encore.interactions import InteractionDataset, SplitConfig, merge_duplicates, parse_file
+from encore.interactions import AUDIO_PREFIX, InteractionDataset, SplitConfig, merge_duplicates, parse_file
 from encore.runtime import init_ray, setup_logging, user_errors
+from jobs.index_tracks import read_tracks
 
 logger = logging.getLogger("encore.ingest")
 
@@ -43,11 +53,32 @@ def _input_files(input_uri: str) -> tuple[list[str], pd.DataFrame]:
     return files, pd.DataFrame({"item_id": pd.Series(dtype=str), "name": pd.Series(dtype=str), "tags": []})
 
 
-def ingest(input_uri: str, output_uri: str, split: SplitConfig) -> dict:
+def audio_catalogue(features_uri: str) -> pd.DataFrame:
+    """``item_id`` (a track's file name without its suffix) and its ``audio_<feature>`` columns, from the
+    track table of the extraction run under ``features_uri``. Raises ValueError naming both files when
+    two tracks would be one item."""
+    tracks = read_tracks(features_uri)
+    item_ids = tracks["path"].str.rsplit("/", n=1).str[-1].str.rsplit(".", n=1).str[0]
+    repeated = item_ids[item_ids.duplicated(keep=False)]
+    if len(repeated):
+        first = tracks["path"][item_ids == repeated.iloc[0]].tolist()
+        raise ValueError(f"{features_uri}: {first[0]} and {first[1]} would both be item {repeated.iloc[0]!r}")
+    values = feature_matrix(tracks, fs.join(features_uri, "tracks.parquet"))
+    scaled = FeatureScaler().fit(values).transform(values)
+    columns = {f"{AUDIO_PREFIX}{name}": scaled[:, index] for index, name in enumerate(GTZAN_FEATURES)}
+    return pd.DataFrame({"item_id": item_ids.to_numpy(dtype=str), **columns})
+
+
+def ingest(input_uri: str, output_uri: str, split: SplitConfig, audio_features: str | None = None) -> dict:
     """Run the ingest and return its summary (counts, fingerprint, where things were written)."""
     input_uri, output_uri = fs.absolute(input_uri), fs.absolute(output_uri)
     key = id_key()
     files, catalogue = _input_files(input_uri)
+    audio_summary = None
+    if audio_features is not None:
+        audio = audio_catalogue(fs.absolute(audio_features))
+        catalogue = catalogue.merge(audio, on="item_id", how="outer")
+        audio_summary = {"source": fs.absolute(audio_features), "tracks": len(audio)}
     logger.info("reading %d file(s) from %s", len(files), input_uri)
 
     filesystem, _ = fs.resolve(files[0])
@@ -76,8 +107,18 @@ def ingest(input_uri: str, output_uri: str, split: SplitConfig) -> dict:
                 "rejected": len(rejects),
                 "duplicates_merged": len(good) - len(pairs),
             },
+            **({"audio_features": audio_summary} if audio_summary else {}),
         },
     )
+    if audio_summary:
+        played = dataset.items["item_id"].isin(pairs["item"])
+        with_audio = dataset.items[f"{AUDIO_PREFIX}{GTZAN_FEATURES[0]}"].notna()
+        logger.info(
+            "audio features of %d tracks from %s: %d played items have them, %d tracks nobody played yet "
+            "joined the catalogue, %d played items have none",
+            audio_summary["tracks"], audio_summary["source"], (played & with_audio).sum(),
+            (~played & with_audio).sum(), (played & ~with_audio).sum(),
+        )  # fmt: skip
     dataset.save(output_uri)
     rejects_uri = fs.join(output_uri, "rejects.csv")
     buffer = io.StringIO()
@@ -129,12 +170,15 @@ def main(argv: list[str] | None = None) -> dict:
         "--input", required=True, help="file, folder or s3:// prefix of interactions, or a HetRec folder"
     )
     parser.add_argument("--output", required=True, help="dataset folder or s3:// prefix to write")
+    parser.add_argument(
+        "--audio-features", help="an extraction run's output (jobs.extract_features): item features of audio items"
+    )
     add_split_arguments(parser)
     args = parser.parse_args(argv)
     setup_logging()
     init_ray()
     with user_errors():
-        return ingest(args.input, args.output, split_config(args))
+        return ingest(args.input, args.output, split_config(args), args.audio_features)
 
 
 if __name__ == "__main__":

@@ -239,6 +239,39 @@ def test_classify_job_predicts_every_good_file_and_reports_the_bad_ones(stored):
     assert errors[str(audio / "notes.mp3")].startswith("unsupported: ")
 
 
+def test_ingested_audio_features_feed_the_content_recommender(stored, tmp_path):
+    from encore.audio.schema import GTZAN_FEATURES
+    from encore.interactions import AUDIO_PREFIX, InteractionDataset
+    from encore.models import fit_model
+    from jobs import ingest
+
+    plays = "user,item,plays\nalice,flute-A4,5\nalice,x1,2\nbob,sine-440,3\nbob,x1,1\ncarol,flute-A4,2\n"
+    (tmp_path / "plays.csv").write_text(plays)
+    features = stored["root"] / "genres" / "features"
+    ingest.main(["--input", str(tmp_path / "plays.csv"), "--output", str(tmp_path / "dataset"),
+                 "--audio-features", str(features)])  # fmt: skip
+    dataset = InteractionDataset.load(tmp_path / "dataset")
+    assert dataset.manifest["audio_features"]["tracks"] == 3
+    items = dataset.items.set_index("item_id")
+    audio = items[[f"{AUDIO_PREFIX}{name}" for name in GTZAN_FEATURES]]
+    # The unplayed track joins the catalogue; the item without a file has no audio features.
+    assert sorted(items.index) == ["flute-A4", "sax-phrase-short", "sine-440", "x1"]
+    assert audio.drop(index="x1").notna().all().all() and audio.loc["x1"].isna().all()
+    assert dataset.matrix("train", "validation", "test")[:, items.loc["sax-phrase-short", "item_idx"]].nnz == 0
+
+    model = fit_model("content", {"features": "audio"}, dataset.matrix("train"), dataset.items)
+    flute = items.loc["flute-A4", "item_idx"]
+    ids, scores = model.similar_items(flute, n=3)
+    vectors = audio.drop(index="x1").to_numpy()
+    standard = (vectors - vectors.mean(axis=0)) / np.where(vectors.std(axis=0) > 0, vectors.std(axis=0), 1)
+    unit = dict(zip(audio.drop(index="x1").index, standard / np.linalg.norm(standard, axis=1, keepdims=True)))
+    expected = {name: float(unit["flute-A4"] @ unit[name]) for name in ("sax-phrase-short", "sine-440")}
+    expected["x1"] = 0.0  # no audio, no likeness
+    names = dataset.items.set_index("item_idx").loc[ids, "item_id"].tolist()
+    assert names == sorted(expected, key=expected.get, reverse=True)
+    np.testing.assert_allclose(scores, [expected[name] for name in names], atol=1e-6)
+
+
 def test_classify_refuses_a_model_of_another_kind(stored, tmp_path):
     from encore.store import ModelStore
     from jobs import classify

@@ -34,6 +34,7 @@ COLUMN_ALIASES = {
     "weight": {"weight", "plays", "play_count", "playcount", "count"},
     "timestamp": {"timestamp", "ts", "time"},
 }
+AUDIO_PREFIX = "audio_"  # catalogue columns holding an item's audio features
 PARSED_COLUMNS = ["user", "item", "weight", "timestamp", "source", "line", "reason", "record"]
 SPLITS = ("train", "validation", "test")
 
@@ -276,7 +277,8 @@ class InteractionDataset:
     ) -> "InteractionDataset":
         """Dense ids and the split from merged (user, item, weight, timestamp) pairs.
 
-        ``items`` (item_id, name, tags) is the catalogue: it may hold items nobody played yet.
+        ``items`` (item_id, name, tags, optionally ``audio_*`` feature columns) is the catalogue: it may
+        hold items nobody played yet.
         """
         user_keys = np.sort(pairs["user"].unique())
         catalogue = items.set_index("item_id")
@@ -289,6 +291,12 @@ class InteractionDataset:
                 "item_id": item_ids,
                 "name": catalogue["name"].fillna(pd.Series(item_ids, index=item_ids)).to_numpy(dtype=str),
                 "tags": [list(t) if isinstance(t, list) else [] for t in catalogue["tags"]],
+                # Audio features, NaN for an item without audio.
+                **{
+                    column: catalogue[column].to_numpy(np.float64)
+                    for column in catalogue
+                    if column.startswith("audio_")
+                },
             }
         )
         interactions = pd.DataFrame(

@@ -15,9 +15,8 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
+from encore.interactions import AUDIO_PREFIX
 from encore.models.base import NotSupportedError, Recommender, standardise
-
-AUDIO_PREFIX = "audio_"
 
 
 def item_features(items: pd.DataFrame, source: str) -> sp.csr_matrix:
