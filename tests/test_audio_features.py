@@ -137,6 +137,18 @@ def test_real_clips():
     assert sax.segments[0]["rms_mean"] > 0 and sax.segments[0]["spectral_centroid_mean"] > 200
 
 
+LIBROSA_EXAMPLES = REPO.parent / "shared" / "data" / "librosa-example-audio"
+
+
+@pytest.mark.skipif(not LIBROSA_EXAMPLES.is_dir(), reason="../shared/data/librosa-example-audio is not beside the repo")
+def test_librosa_trumpet_loop_is_in_f_at_90_bpm():
+    # Its attribution (attribution/sorohanro_-_solo-trumpet-06.txt) says: F, 90 bpm.
+    trumpet = features.analyze_bytes((LIBROSA_EXAMPLES / "music" / "sorohanro_-_solo-trumpet-06.ogg").read_bytes())
+    assert trumpet.key == "F major"
+    # Beat trackers may lock onto twice or half the notated tempo (MIREX scores those as right too).
+    assert min(abs(trumpet.features["tempo"] / (90 * factor) - 1) for factor in (0.5, 1, 2)) < 0.05
+
+
 @pytest.mark.parametrize("format", ["FLAC", "OGG", "MP3", "AU"])
 def test_every_listed_format_decodes(format):
     audio = features.decode(encoded(tone(69, 1.5, 0.5, 44_100), 44_100, format))
