@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from encore import genre
@@ -270,6 +272,15 @@ def test_ingested_audio_features_feed_the_content_recommender(stored, tmp_path):
     names = dataset.items.set_index("item_idx").loc[ids, "item_id"].tolist()
     assert names == sorted(expected, key=expected.get, reverse=True)
     np.testing.assert_allclose(scores, [expected[name] for name in names], atol=1e-6)
+
+    # Two files with one name in different folders would be one item: refused, both named.
+    table = pq.read_table(features / "tracks.parquet")
+    twin = table.slice(0, 1).to_pandas().assign(path=lambda rows: "/elsewhere/" + rows["path"].str.rsplit("/").str[-1])
+    (tmp_path / "twins").mkdir()
+    pq.write_table(pa.concat_tables([table, pa.Table.from_pandas(twin, schema=table.schema)]),
+                   tmp_path / "twins" / "tracks.parquet")  # fmt: skip
+    with pytest.raises(ValueError, match=r"/elsewhere/.* would both be item"):
+        ingest.audio_catalogue(str(tmp_path / "twins"))
 
 
 def test_classify_refuses_a_model_of_another_kind(stored, tmp_path):
