@@ -23,8 +23,8 @@ import scipy.sparse as sp
 from encore.models.base import Recommender
 from encore.models.knn import check_weighting, history_row, rank_contributions, weigh
 
-# Bytes per item pair while fitting: the float32 Gram matrix, inverted in place, and the float32
-# weights kept.
+# Bytes per item pair while fitting, at most: the dense float32 Gram matrix (inverted in place into
+# the weights kept) and the sparse product it is made dense from.
 FIT_BYTES_PER_PAIR = 4 + 4
 
 
@@ -69,8 +69,12 @@ class EASE(Recommender):
 
     Attributes
     ----------
-    weights_ : numpy.ndarray, shape (n_items, n_items), float32
-        B: ``weights_[j, i]`` is how much playing item j adds to item i's score.
+    played_ : numpy.ndarray of int
+        The items someone played in training, ascending; every other row and column of B is 0.
+    weights_ : numpy.ndarray, shape (len(played_), len(played_)), float32
+        B among the played items: ``weights_[a, b]`` is how much playing item ``played_[a]`` adds to
+        item ``played_[b]``'s score. Kept without the zero rows and columns, which on HetRec (13,443
+        of 17,632 items played) saves 42% of the memory and of the stored artifact.
 
     Examples
     --------
@@ -112,22 +116,34 @@ class EASE(Recommender):
         precision = _inverse_spd(gram)
         precision /= -np.diag(precision).copy()
         np.fill_diagonal(precision, 0.0)
-        self.weights_ = np.zeros((n_items, n_items), dtype=np.float32)
-        self.weights_[np.ix_(played, played)] = precision
+        self.played_, self.weights_ = played, precision
         self.user_items_ = user_items
         return self
 
+    def _block_scores(self, histories: sp.csr_matrix) -> np.ndarray:
+        """Scores of every item for weighted history rows: B applied among the played items, 0 elsewhere."""
+        scores = np.zeros((histories.shape[0], self.n_items), dtype=np.float32)
+        scores[:, self.played_] = histories[:, self.played_] @ self.weights_
+        return scores
+
+    def _position(self, item: int) -> int | None:
+        """``item``'s row in ``weights_``, or None when nobody played it in training."""
+        position = int(np.searchsorted(self.played_, item))
+        return position if position < len(self.played_) and self.played_[position] == item else None
+
     def score(self, users: np.ndarray) -> np.ndarray:
-        return np.asarray(self._weigh(self.user_items_[users]) @ self.weights_)
+        return self._block_scores(self._weigh(self.user_items_[users]))
 
     def score_history(self, items: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        history = self._weigh(history_row(items, weights, self.n_items))
-        return np.asarray(history @ self.weights_).ravel()
+        return self._block_scores(self._weigh(history_row(items, weights, self.n_items))).ravel()
 
     def similar_items(self, item: int, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Items by ``weights_[item]``: exactly what someone who played only ``item`` would be
+        """Items by B's row of ``item``: exactly what someone who played only ``item`` would be
         recommended, so the two answers agree."""
-        scores = self.weights_[item].astype(np.float64)[None, :]
+        scores = np.zeros((1, self.n_items))
+        position = self._position(item)
+        if position is not None:
+            scores[0, self.played_] = self.weights_[position]
         scores[0, item] = -np.inf
         ids, best = self._best(scores, n)
         return ids[0], best[0]
@@ -135,4 +151,9 @@ class EASE(Recommender):
     def explain(self, user: int, item: int) -> list[tuple[int, float]]:
         """Each played item's share of the score, weight x B[played, item]; the shares sum to the score."""
         history = self._weigh(self.user_items_[user])
-        return rank_contributions(history.indices, history.data * self.weights_[history.indices, item])
+        position = self._position(item)
+        if position is None:
+            column = np.zeros(len(history.indices), dtype=np.float32)
+        else:
+            column = self.weights_[np.searchsorted(self.played_, history.indices), position]
+        return rank_contributions(history.indices, history.data * column)
