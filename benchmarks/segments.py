@@ -48,10 +48,10 @@ def load_segments(path: str | Path) -> pd.DataFrame:
     return table
 
 
-def track_probabilities(model, rows: pd.DataFrame, key: str) -> tuple[pd.Index, np.ndarray]:
+def track_probabilities(probabilities: np.ndarray, tracks: np.ndarray) -> tuple[pd.Index, np.ndarray]:
     """Each track's class probabilities: the mean over its rows (one row for a 30-second track)."""
-    probabilities = pd.DataFrame(model.predict_proba(rows).astype(np.float64), index=rows[key].to_numpy())
-    means = probabilities.groupby(level=0, sort=True).mean()
+    means = pd.DataFrame(probabilities.astype(np.float64), index=tracks).groupby(level=0, sort=True).mean()
+    # Renormalised: float32 rows that sum to 1 within 1e-7 would make the log-loss warn.
     return means.index, means.to_numpy() / means.to_numpy().sum(axis=1, keepdims=True)
 
 
@@ -81,11 +81,12 @@ def main(argv: list[str] | None = None) -> dict:
             ("3-second segments", segment_parts, "song"),
         ):
             model = genre_tuning.make_model(kind, config).fit(parts["seen"], parts["seen"]["label"])
-            names, probabilities = track_probabilities(model, parts["test"], key)
+            per_row = model.predict_proba(parts["test"])
+            names, probabilities = track_probabilities(per_row, parts["test"][key].to_numpy())
             metrics = genre.evaluate(truth.loc[names].to_numpy(), probabilities, model.classes_)
             segment_accuracy = None
             if key == "song":
-                predicted = np.asarray(model.classes_)[model.predict_proba(parts["test"]).argmax(axis=1)]
+                predicted = np.asarray(model.classes_)[per_row.argmax(axis=1)]
                 segment_accuracy = float(np.mean(predicted == parts["test"]["label"].to_numpy()))
             rows.append((name, table, len(parts["seen"]), metrics, segment_accuracy))
 

@@ -76,9 +76,10 @@ def ingest(input_uri: str, output_uri: str, split: SplitConfig, audio_features: 
     files, catalogue = _input_files(input_uri)
     audio_summary = None
     if audio_features is not None:
-        audio = audio_catalogue(fs.absolute(audio_features))
+        audio_features = fs.absolute(audio_features)
+        audio = audio_catalogue(audio_features)
         catalogue = catalogue.merge(audio, on="item_id", how="outer")
-        audio_summary = {"source": fs.absolute(audio_features), "tracks": len(audio)}
+        audio_summary = {"source": audio_features, "tracks": len(audio)}
     logger.info("reading %d file(s) from %s", len(files), input_uri)
 
     filesystem, _ = fs.resolve(files[0])

@@ -157,6 +157,20 @@ def test_transposition_moves_pitches_and_key_within_the_model_range():
         TrainConfig(transpose=13)
 
 
+def test_training_with_transposition_learns_the_piece_in_other_keys():
+    # Trained on one piece in one key, a model knows that key only; with transposition it has heard
+    # the piece two semitones up too (validation, never transposed, is the piece itself).
+    def trained(transpose: int) -> Composer:
+        model = tiny_model(pitch_low=40, pitch_high=90)
+        torch.manual_seed(0)
+        config = TrainConfig(epochs=40, batch_size=1, lr=1e-2, warmup_steps=5, weight_decay=0.0, transpose=transpose)
+        fit(model, [chorale(0)], [chorale(0)], config)
+        return model.eval()
+
+    fixed, moved = trained(0), trained(3)
+    assert moved.nll_per_step([chorale(2)]) < 0.5 * fixed.nll_per_step([chorale(2)])
+
+
 def test_epoch_batches_group_similar_lengths_and_balance_ranks():
     lengths = [5, 50, 7, 30, 12, 40, 9, 22, 3, 60, 18]
     config = TrainConfig(batch_size=2)
