@@ -32,14 +32,28 @@ def random_matrix(seed: int = 0) -> sp.csr_matrix:
     return matrix
 
 
-def objective(model: ALS, matrix: sp.csr_matrix) -> float:
-    """Hu et al.'s weighted loss, computed densely: sum c (p - x.y)^2 + reg (|X|^2 + |Y|^2)."""
+def confidences(model: ALS, matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Dense ``c`` and ``p`` of Hu et al., in float64."""
     weights = matrix.toarray().astype(np.float64)
     scaled = np.log1p(weights) if model.log_scaling else weights
-    confidence, preference = 1 + model.alpha * scaled, (weights > 0).astype(np.float64)
+    return 1 + model.alpha * scaled, (weights > 0).astype(np.float64)
+
+
+def penalties(model: ALS, confidence: np.ndarray) -> np.ndarray:
+    """Rendle et al.'s frequency-scaled penalty of each row: reg * (row's total confidence / mean)^nu."""
+    totals = confidence.sum(axis=1)
+    return model.regularization * (totals / totals.mean()) ** model.frequency_scaling
+
+
+def objective(model: ALS, matrix: sp.csr_matrix) -> float:
+    """The weighted loss, computed densely: sum c (p - x.y)^2 + sum_u reg_u |x_u|^2 + sum_i reg_i |y_i|^2."""
+    confidence, preference = confidences(model, matrix)
     X, Y = model.user_factors_.astype(np.float64), model.item_factors_.astype(np.float64)
+    user_penalty, item_penalty = penalties(model, confidence), penalties(model, confidence.T)
     return float(
-        (confidence * (preference - X @ Y.T) ** 2).sum() + model.regularization * ((X**2).sum() + (Y**2).sum())
+        (confidence * (preference - X @ Y.T) ** 2).sum()
+        + user_penalty @ (X**2).sum(axis=1)
+        + item_penalty @ (Y**2).sum(axis=1)
     )
 
 
@@ -78,9 +92,10 @@ def test_fold_in_of_a_new_user_ranks_the_block_of_its_history(blocks):
     assert (item_block(np.argsort(-weighted)[:ITEMS_PER_BLOCK]) == 1).all()
 
 
-def test_fold_in_of_a_known_user_ranks_like_the_trained_user():
+@pytest.mark.parametrize("frequency_scaling", [0.0, 1.0])
+def test_fold_in_of_a_known_user_ranks_like_the_trained_user(frequency_scaling):
     matrix = random_matrix()
-    model = ALS(factors=6, iterations=15).fit(matrix)
+    model = ALS(factors=6, iterations=15, frequency_scaling=frequency_scaling).fit(matrix)
     for user in range(0, matrix.shape[0], 3):
         row = matrix[user]
         folded = model.score_history(row.indices, row.data)
@@ -89,27 +104,44 @@ def test_fold_in_of_a_known_user_ranks_like_the_trained_user():
         assert len(set(np.argsort(-folded)[:5]) & set(np.argsort(-trained)[:5])) >= 4
 
 
-@pytest.mark.parametrize("log_scaling", [False, True])
-def test_cg_with_many_steps_matches_an_exact_solve(log_scaling):
+@pytest.mark.parametrize("frequency_scaling", [0.0, 1.5])
+def test_fold_in_solves_the_users_system_exactly(frequency_scaling):
+    matrix = random_matrix(5)
+    model = ALS(factors=5, regularization=0.1, iterations=3, log_scaling=True, frequency_scaling=frequency_scaling)
+    model.fit(matrix)
+    confidence, preference = confidences(model, matrix)
+    user_penalty = penalties(model, confidence)
+    Y = model.item_factors_.astype(np.float64)
+    for user in (0, 7, 21):
+        system = Y.T @ (confidence[user][:, None] * Y) + user_penalty[user] * np.eye(5)
+        expected = Y @ np.linalg.solve(system, Y.T @ (confidence[user] * preference[user]))
+        row = matrix[user]
+        np.testing.assert_allclose(model.score_history(row.indices, row.data), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("log_scaling, frequency_scaling", [(False, 0.0), (True, 0.0), (True, 1.5)])
+def test_cg_with_many_steps_matches_an_exact_solve(log_scaling, frequency_scaling):
     matrix = random_matrix(1)
-    model = ALS(factors=5, regularization=0.1, alpha=0.5, iterations=2, cg_steps=15, log_scaling=log_scaling)
+    model = ALS(factors=5, regularization=0.1, alpha=0.5, iterations=2, cg_steps=15, log_scaling=log_scaling,
+                frequency_scaling=frequency_scaling)  # fmt: skip
     model.fit(matrix)
     # The last half-step solved every item's system against the final user factors.
     X = torch.from_numpy(model.user_factors_).double()
-    weights = torch.from_numpy(matrix.T.toarray()).double()
-    scaled = torch.log1p(weights) if log_scaling else weights
+    confidence, preference = (torch.from_numpy(m.T) for m in confidences(model, matrix))
+    item_penalty = penalties(model, confidence.numpy())
+    assert frequency_scaling == 0 or item_penalty.max() > 1.5 * item_penalty.min()
     expected = []
     for item in range(matrix.shape[1]):
-        confidence = 1 + 0.5 * scaled[item]
-        system = X.T @ (confidence[:, None] * X) + 0.1 * torch.eye(5, dtype=torch.float64)
-        expected.append(torch.linalg.solve(system, X.T @ (confidence * (weights[item] > 0))))
+        system = X.T @ (confidence[item][:, None] * X) + item_penalty[item] * torch.eye(5, dtype=torch.float64)
+        expected.append(torch.linalg.solve(system, X.T @ (confidence[item] * preference[item])))
     np.testing.assert_allclose(model.item_factors_, torch.stack(expected).numpy(), atol=1e-4)
 
 
-def test_loss_never_increases():
+@pytest.mark.parametrize("frequency_scaling", [0.0, 1.0])
+def test_loss_never_increases(frequency_scaling):
     matrix = random_matrix(2)
     losses = []
-    model = ALS(factors=6, iterations=8, log_scaling=True)
+    model = ALS(factors=6, iterations=8, log_scaling=True, frequency_scaling=frequency_scaling)
     model.fit(matrix, callback=lambda iteration, fitted: losses.append(objective(fitted, matrix)))
     assert len(losses) == 8
     assert all(after <= before * (1 + 1e-6) for before, after in zip(losses, losses[1:])), losses

@@ -18,7 +18,8 @@ def plays(n_users=301, n_items=123, seed=0) -> sp.csr_matrix:
 
 
 def test_two_workers_compute_what_one_process_does(ray_local, tmp_path):
-    user_items, params = plays(), {**PARAMS, "iterations": 5}
+    # Frequency scaling on: each worker must penalise its slice of rows with those rows' own penalties.
+    user_items, params = plays(), {**PARAMS, "iterations": 5, "frequency_scaling": 1.0}
     local = ALS(**params).fit(user_items)
     distributed = fit_on_ray(
         ALS(**params), user_items, num_workers=2, storage_path=str(tmp_path), name="agree", checkpoint_every=3
@@ -26,6 +27,7 @@ def test_two_workers_compute_what_one_process_does(ray_local, tmp_path):
     np.testing.assert_allclose(distributed.user_factors_, local.user_factors_, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(distributed.item_factors_, local.item_factors_, rtol=1e-4, atol=1e-6)
     assert (distributed.user_items_ != local.user_items_).nnz == 0
+    assert distributed.mean_user_confidence_ == local.mean_user_confidence_
     # Checkpoints after every third sweep and after the last: sweeps 2 and 4 (0-based), not 3 and 4.
     saved = [np.load(path)["iteration"] for path in (tmp_path / "agree").glob(f"checkpoint_*/{CHECKPOINT_FILE}")]
     assert sorted(saved) == [2, 4]

@@ -54,6 +54,7 @@ def _train_loop(config: dict) -> None:
     (u0, u1), (i0, i1) = user_slices[rank], item_slices[rank]
     my_users = _Interactions(excess[u0:u1], model.factors, device)
     my_items = _Interactions(excess.T.tocsr()[i0:i1], model.factors, device)
+    user_penalty, item_penalty = (torch.from_numpy(penalty).to(device) for penalty in model._penalties(excess))
     users, items = (factors.to(device) for factors in model._initial_factors(n_users, n_items))
 
     first = 0
@@ -67,9 +68,9 @@ def _train_loop(config: dict) -> None:
 
     for iteration in range(first, model.iterations):
         started = time.perf_counter()
-        _least_squares_cg(my_users, users[u0:u1], items, model.regularization, model.cg_steps)
+        _least_squares_cg(my_users, users[u0:u1], items, user_penalty[u0:u1], model.cg_steps)
         _exchange(users, user_slices)
-        _least_squares_cg(my_items, items[i0:i1], users, model.regularization, model.cg_steps)
+        _least_squares_cg(my_items, items[i0:i1], users, item_penalty[i0:i1], model.cg_steps)
         _exchange(items, item_slices)
         metrics = {"iteration": iteration, "resumed_from": first - 1, "sweep_seconds": time.perf_counter() - started}
         # Every worker must report at the same sweeps: a report is a barrier of the whole group.
@@ -125,7 +126,7 @@ def fit_on_ray(
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder, np.load(Path(folder) / CHECKPOINT_FILE) as saved:
         model.user_factors_, model.item_factors_ = saved["users"], saved["items"]
-    model.user_items_ = sp.csr_matrix(user_items, dtype=np.float32)
+    model._excess_matrix(user_items)  # the learned state beside the factors
     resumed_from = result.metrics["resumed_from"]
     logger.info(
         "fitted ALS on %d workers in sweeps of %.2f s (run %s in %s%s)", num_workers,
