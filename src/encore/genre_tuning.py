@@ -10,7 +10,6 @@ refits it on train + validation and scores that on test; ``random_folds`` gives 
 figures reported beside it, labelled as such.
 """
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -161,10 +160,6 @@ def _trial(config: dict, name: str, parts: dict[str, pd.DataFrame]) -> None:
     tune.report({**metrics, "fit_seconds": time.perf_counter() - started})
 
 
-def _space_with(name: str, fixed: dict, trial: optuna.Trial) -> dict:
-    return {**MODELS[name][1](trial), **fixed}
-
-
 def search(
     name: str,
     parts: dict[str, pd.DataFrame],
@@ -178,8 +173,8 @@ def search(
     sampler, on validation."""
     trainable = tune.with_resources(tune.with_parameters(_trial, name=name, parts=parts), {"cpu": 1})
     results = run_search(
-        trainable, functools.partial(_space_with, name, fixed or {}), name=f"genre-{name}", metric=SELECTION_METRIC,
-        mode=SELECTION_MODE, num_samples=num_samples, storage_uri=storage_uri, seed=seed, verbose=0,
+        trainable, MODELS[name][1], name=f"genre-{name}", metric=SELECTION_METRIC, mode=SELECTION_MODE,
+        num_samples=num_samples, storage_uri=storage_uri, seed=seed, fixed=fixed, verbose=0,
     )  # fmt: skip
     best = results.get_best_result()
     logger.info(

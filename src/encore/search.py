@@ -4,6 +4,7 @@ The recommender, genre and composer searches differ in their trials and spaces o
 part they share.
 """
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -25,6 +26,7 @@ def run_search(
     num_samples: int,
     storage_uri: str,
     seed: int | None = None,
+    fixed: dict | None = None,
     scheduler=None,
     verbose: int | None = None,
 ) -> tune.ResultGrid:
@@ -33,14 +35,20 @@ def run_search(
     ``param_space`` is either a function of an optuna trial that suggests the hyperparameters and
     returns the whole configuration (searched with optuna's seeded TPE sampler, which learns from the
     trials so far where the good region lies), or a dict of Tune domains for a small finite space (a
-    grid, or seeded random samples). Raises RuntimeError when every trial failed.
+    grid, or seeded random samples). ``fixed`` settings override the space's: a function space does
+    not suggest them, so TPE models only the dimensions that vary. Raises RuntimeError when every
+    trial failed.
     """
+    fixed = fixed or {}
     if callable(param_space):
         sampler = optuna.samplers.TPESampler(seed=seed)
-        search_alg = OptunaSearch(space=param_space, metric=metric, mode=mode, sampler=sampler)
+        # A partial, not a lambda: OptunaSearch pickles its space when Tune saves the searcher's state.
+        space = functools.partial(_with_fixed, param_space, fixed)
+        search_alg = OptunaSearch(space=space, metric=metric, mode=mode, sampler=sampler)
         param_space = {}
     else:
         search_alg = BasicVariantGenerator(random_state=seed)
+        param_space = {**param_space, **fixed}
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
@@ -56,3 +64,25 @@ def run_search(
     if len(errors) == len(results):
         raise RuntimeError(f"every {name} trial failed; first error: {errors[0]}")
     return results
+
+
+def _with_fixed(space: Callable[[optuna.Trial], dict], fixed: dict, trial: optuna.Trial) -> dict:
+    return {**space(_HoldingTrial(trial, fixed)), **fixed}
+
+
+class _HoldingTrial:
+    """An optuna trial whose ``suggest_*`` answer the held value of a fixed parameter without
+    suggesting it, so it is not a dimension of the search."""
+
+    def __init__(self, trial: optuna.Trial, fixed: dict):
+        self._trial, self._fixed = trial, fixed
+
+    def __getattr__(self, attribute: str):
+        value = getattr(self._trial, attribute)
+        if not attribute.startswith("suggest_"):
+            return value
+
+        def suggest(name: str, *args, **kwargs):
+            return self._fixed[name] if name in self._fixed else value(name, *args, **kwargs)
+
+        return suggest
