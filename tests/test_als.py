@@ -1,5 +1,7 @@
 """ALS on matrices where the right answer is known, and its solver against an exact one."""
 
+import json
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -166,6 +168,13 @@ def test_same_seed_same_model_and_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.score(users), first.score(users))
     np.testing.assert_array_equal(loaded.recommend(users, n=5)[0], first.recommend(users, n=5)[0])
     np.testing.assert_array_equal(loaded.score_history([1, 2, 3]), first.score_history([1, 2, 3]))
+
+    # An artifact from before the frequency-scaled penalty (no state format) is refused, not half-loaded.
+    config = json.loads((tmp_path / "als" / "config.json").read_text())
+    del config["state_format"]
+    (tmp_path / "als" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="saved in state format 1, .* reads format 2: train it again"):
+        ALS.load(tmp_path / "als")
 
 
 def test_explanation_contributions_sum_to_the_folded_in_score():

@@ -83,6 +83,7 @@ class ALS(Recommender):
     """
 
     kind = "als"
+    state_format = 2  # 2: mean_user_confidence_ (frequency-scaled penalty)
 
     def __init__(
         self,

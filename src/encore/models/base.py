@@ -33,6 +33,9 @@ class Recommender(ABC):
     # Models that learn from item side information (tags, audio features) get the item catalogue
     # in ``fit(user_items, items)``; ``encore.models.fit_model`` passes it to those that do.
     uses_item_catalogue: ClassVar[bool] = False
+    # Raised when what a model learns changes form, so that an artifact saved by older code is refused
+    # on load with a message instead of failing in the middle of a request.
+    state_format: ClassVar[int] = 1
 
     def get_params(self) -> dict:
         return {
@@ -123,7 +126,12 @@ class Recommender(ABC):
             else:
                 arrays[name] = np.asarray(value)
         np.savez(folder / "state.npz", **arrays)
-        config = {"kind": self.kind, "params": self.get_params(), "submodels": submodels}
+        config = {
+            "kind": self.kind,
+            "state_format": self.state_format,
+            "params": self.get_params(),
+            "submodels": submodels,
+        }
         (folder / "config.json").write_text(json.dumps(config, indent=2))
 
     @classmethod
@@ -132,6 +140,11 @@ class Recommender(ABC):
         config = json.loads((folder / "config.json").read_text())
         if config["kind"] != cls.kind:
             raise ValueError(f"{folder} holds a {config['kind']!r} model, not {cls.kind!r}")
+        if config.get("state_format", 1) != cls.state_format:
+            raise ValueError(
+                f"{folder} holds a {cls.kind!r} model saved in state format {config.get('state_format', 1)}, "
+                f"this version of Encore reads format {cls.state_format}: train it again"
+            )
         from encore.models import model_class
 
         model = cls(**config["params"])

@@ -84,6 +84,7 @@ class EASE(Recommender):
     """
 
     kind = "ease"
+    state_format = 2  # 2: weights_ among played_ items only
 
     def __init__(
         self, regularization: float = 150.0, max_items: int = 20000, binarize: bool = True, log_scaling: bool = False
