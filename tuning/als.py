@@ -1,4 +1,4 @@
-"""Search ALS: factors, regularization over five orders of magnitude, confidence scale, log scaling,
+"""Search ALS: factors, regularization over four orders of magnitude, confidence scale, log scaling,
 and how the penalty grows with each user's and item's plays (``frequency_scaling``).
 
 TPE proposes the configurations; trials report validation NDCG@10 after every ALS sweep and ASHA
@@ -18,7 +18,7 @@ def classic_space(trial) -> dict:
     """Hu et al.'s ALS, one penalty for every factor vector: the space ``implicit`` can be searched over too."""
     return {
         "factors": trial.suggest_categorical("factors", [32, 64, 128]),
-        "regularization": trial.suggest_float("regularization", 1e-2, 1e3, log=True),
+        "regularization": trial.suggest_float("regularization", 1e-2, 1e2, log=True),
         "alpha": trial.suggest_float("alpha", 0.1, 50.0, log=True),
         "log_scaling": trial.suggest_categorical("log_scaling", [True, False]),
         "iterations": ITERATIONS,
