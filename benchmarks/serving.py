@@ -43,7 +43,13 @@ def build_store(store: Path) -> None:
 
     key = id_key()
     parsed = parse_file((SAMPLE / "user_artists.dat").read_bytes(), "user_artists.dat", key)
-    dataset = InteractionDataset.build(merge_duplicates(parsed), hetrec.load_catalogue(str(SAMPLE)), SplitConfig(), {})
+    dataset = InteractionDataset.build(
+        merge_duplicates(parsed),
+        hetrec.load_catalogue(str(SAMPLE)),
+        SplitConfig(),
+        {},
+        hetrec.read_taggings(str(SAMPLE), key),
+    )
     model = Popularity().fit(dataset.matrix("train", "validation"))
     with tempfile.TemporaryDirectory() as folder:
         RecommenderBundle.from_dataset(model, dataset, "train", "validation").save(folder)

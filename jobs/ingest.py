@@ -43,14 +43,16 @@ def _parse_batch(batch: pd.DataFrame, key: bytes, scheme: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _input_files(input_uri: str) -> tuple[list[str], pd.DataFrame]:
-    """The interaction files to read and the item catalogue (empty unless the input has one)."""
+def _input_files(input_uri: str, key: bytes) -> tuple[list[str], pd.DataFrame, pd.DataFrame | None]:
+    """The interaction files to read, the item catalogue (empty unless the input has one) and the
+    tagging events (None unless it has them)."""
     if hetrec.is_hetrec(input_uri):
-        return [fs.join(input_uri, hetrec.INTERACTIONS_FILE)], hetrec.load_catalogue(input_uri)
+        files = [fs.join(input_uri, hetrec.INTERACTIONS_FILE)]
+        return files, hetrec.load_catalogue(input_uri), hetrec.read_taggings(input_uri, key)
     files = fs.list_files(input_uri, INPUT_SUFFIXES)
     if not files:
         raise SystemExit(f"error: {input_uri}: no interaction files ({', '.join(INPUT_SUFFIXES)})")
-    return files, pd.DataFrame({"item_id": pd.Series(dtype=str), "name": pd.Series(dtype=str), "tags": []})
+    return files, pd.DataFrame({"item_id": pd.Series(dtype=str), "name": pd.Series(dtype=str), "tags": []}), None
 
 
 def audio_catalogue(features_uri: str) -> pd.DataFrame:
@@ -73,7 +75,7 @@ def ingest(input_uri: str, output_uri: str, split: SplitConfig, audio_features: 
     """Run the ingest and return its summary (counts, fingerprint, where things were written)."""
     input_uri, output_uri = fs.absolute(input_uri), fs.absolute(output_uri)
     key = id_key()
-    files, catalogue = _input_files(input_uri)
+    files, catalogue, taggings = _input_files(input_uri, key)
     audio_summary = None
     if audio_features is not None:
         audio_features = fs.absolute(audio_features)
@@ -110,7 +112,13 @@ def ingest(input_uri: str, output_uri: str, split: SplitConfig, audio_features: 
             },
             **({"audio_features": audio_summary} if audio_summary else {}),
         },
+        taggings=taggings,
     )
+    if taggings is not None:
+        logger.info(
+            "tags of %d items from %d tagging events; %d events on validation/test pairs left out",
+            sum(map(bool, dataset.items["tags"])), *dataset.manifest["taggings"].values(),
+        )  # fmt: skip
     if audio_summary:
         played = dataset.items["item_id"].isin(pairs["item"])
         with_audio = dataset.items[f"{AUDIO_PREFIX}{GTZAN_FEATURES[0]}"].notna()

@@ -125,6 +125,38 @@ def test_split_is_a_function_of_data_and_seed_only():
     assert fingerprint(pairs, SplitConfig(seed=7)) != fingerprint(pairs, SplitConfig(seed=8))
 
 
+def test_tags_leave_out_the_tagging_events_of_held_out_pairs():
+    pairs = make_pairs()
+    split = assign_split(pairs, SplitConfig())
+    held_user, held_item = pairs.loc[split == "test", ["user", "item"]].iloc[0]
+    # Another user, who never played the held-out item.
+    others = (split == "train") & ~pairs["user"].isin(pairs.loc[pairs["item"] == held_item, "user"])
+    train_user, train_item = pairs.loc[others, ["user", "item"]].iloc[0]
+    taggings = pd.DataFrame(
+        [
+            (held_user, held_item, "my-own-tag"),  # would give away the held-out pair
+            (held_user, held_item, "my-own-tag"),
+            (train_user, held_item, "jazz"),  # another listener's tag on the same item counts
+            (train_user, train_item, "jazz"),
+            (train_user, train_item, "my-own-tag"),
+            (train_user, "never-played", "folk"),
+        ],
+        columns=["user", "item", "tag"],
+    )
+    catalogue = pd.DataFrame(
+        {"item_id": [held_item, train_item, "never-played"], "name": ["a", "b", "c"], "tags": [[]] * 3}
+    )
+    dataset = InteractionDataset.build(pairs, catalogue, SplitConfig(), manifest={}, taggings=taggings)
+    tags = dataset.items.set_index("item_id")["tags"]
+    assert tags[held_item] == ["jazz"]
+    assert tags[train_item] == ["jazz", "my-own-tag"] and tags["never-played"] == ["folk"]
+    assert dataset.manifest["taggings"] == {"used": 4, "held_out": 2}
+    assert (
+        dataset.manifest["fingerprint"]
+        == InteractionDataset.build(pairs, catalogue, SplitConfig(), {}).manifest["fingerprint"]
+    )
+
+
 def test_dataset_roundtrip_and_matrices(tmp_path):
     pairs = make_pairs()
     catalogue = pd.DataFrame({"item_id": ["item1", "never-played"], "name": ["One", "Nobody"], "tags": [["rock"], []]})

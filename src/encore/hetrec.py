@@ -2,8 +2,9 @@
 
 The interactions file, ``user_artists.dat``, is an ordinary tab-separated file with a header and
 goes through the generic parser; this module adds what only HetRec has: artist names
-(``artists.dat``, UTF-8) and the tags users gave them (``user_taggedartists.dat`` with the tag
-vocabulary in ``tags.dat``, which is latin-1).
+(``artists.dat``, UTF-8) and the tagging events of users (``user_taggedartists.dat`` with the tag
+vocabulary in ``tags.dat``, which is latin-1), which ``InteractionDataset.build`` turns into each
+artist's tags.
 """
 
 import io
@@ -11,9 +12,9 @@ import io
 import pandas as pd
 
 from encore import fs
+from encore.ids import pseudonymize
 
 INTERACTIONS_FILE = "user_artists.dat"
-TOP_TAGS = 10
 
 
 def is_hetrec(uri: str) -> bool:
@@ -26,21 +27,28 @@ def _read_table(uri: str, encoding: str) -> pd.DataFrame:
     )
 
 
-def load_catalogue(uri: str, top_tags: int = TOP_TAGS) -> pd.DataFrame:
-    """Artists as items: ``item_id`` (the HetRec artistID as a string), ``name`` and ``tags``,
-    the ``top_tags`` tags applied by the most users, most used first. User ids in the tagging
-    file are dropped on read: only per-artist counts are kept."""
+def load_catalogue(uri: str) -> pd.DataFrame:
+    """Artists as items: ``item_id`` (the HetRec artistID as a string), ``name``, and ``tags`` left
+    empty (they come from ``read_taggings``)."""
     artists = _read_table(fs.join(uri, "artists.dat"), "utf-8")
-    items = pd.DataFrame({"item_id": artists["id"].str.strip(), "name": artists["name"]})
+    return pd.DataFrame(
+        {"item_id": artists["id"].str.strip(), "name": artists["name"], "tags": [[] for _ in range(len(artists))]}
+    )
+
+
+def read_taggings(uri: str, key: bytes) -> pd.DataFrame | None:
+    """Tagging events as (user, item, tag), users pseudonymised with ``key`` on read, tags by name
+    (events whose tag is not in the vocabulary are dropped); None when the folder has none."""
     tags_uri = fs.join(uri, "user_taggedartists.dat")
     if not fs.exists(tags_uri):
-        return items.assign(tags=[[] for _ in range(len(items))])
-    tagged = _read_table(tags_uri, "latin-1")[["artistID", "tagID"]]
+        return None
+    tagged = _read_table(tags_uri, "latin-1")
     vocabulary = _read_table(fs.join(uri, "tags.dat"), "latin-1").set_index("tagID")["tagValue"]
-    counts = tagged.value_counts().rename("uses").reset_index()
-    counts = counts.sort_values(["artistID", "uses", "tagID"], ascending=[True, False, True])
-    counts["tag"] = counts["tagID"].map(vocabulary)
-    top = counts.dropna(subset=["tag"]).groupby("artistID").head(top_tags)
-    tags_by_artist = top.groupby("artistID")["tag"].agg(list)
-    items["tags"] = [tags_by_artist.get(item_id, []) for item_id in items["item_id"]]
-    return items
+    taggings = pd.DataFrame(
+        {
+            "user": [pseudonymize(user, key) for user in tagged["userID"]],
+            "item": tagged["artistID"].str.strip(),
+            "tag": tagged["tagID"].map(vocabulary),
+        }
+    )
+    return taggings.dropna(subset=["tag"]).reset_index(drop=True)

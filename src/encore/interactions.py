@@ -35,6 +35,7 @@ COLUMN_ALIASES = {
     "timestamp": {"timestamp", "ts", "time"},
 }
 AUDIO_PREFIX = "audio_"  # catalogue columns holding an item's audio features
+TOP_TAGS = 10  # tags kept per item from tagging events, the most used first
 PARSED_COLUMNS = ["user", "item", "weight", "timestamp", "source", "line", "reason", "record"]
 SPLITS = ("train", "validation", "test")
 
@@ -229,6 +230,21 @@ def assign_split(pairs: pd.DataFrame, config: SplitConfig) -> pd.Series:
     return pd.Series(split, index=pairs.index, name="split")
 
 
+def item_tags(taggings: pd.DataFrame, held_out: pd.DataFrame, top: int = TOP_TAGS) -> tuple[pd.Series, int]:
+    """Each item's ``top`` tags by number of tagging events, most used first (ties by name), from
+    ``taggings`` (user, item, tag) without the events on ``held_out`` (user, item) pairs; returns the
+    tag lists by item and how many events were left out.
+
+    A user's tags on an item held out for evaluation would tell a content model what it is asked to
+    predict, through the tags that user also gave their training items.
+    """
+    marked = taggings.merge(held_out.drop_duplicates(), on=["user", "item"], how="left", indicator=True)
+    kept = marked[marked["_merge"] == "left_only"]
+    counts = kept.groupby(["item", "tag"]).size().rename("uses").reset_index()
+    counts = counts.sort_values(["item", "uses", "tag"], ascending=[True, False, True])
+    return counts.groupby("item").head(top).groupby("item")["tag"].agg(list), len(taggings) - len(kept)
+
+
 def fingerprint(pairs: pd.DataFrame, config: SplitConfig) -> str:
     """sha256 over the canonical interactions and the split settings."""
     canonical = pairs.sort_values(["user", "item"], kind="stable")[["user", "item", "weight", "timestamp"]]
@@ -273,13 +289,26 @@ class InteractionDataset:
 
     @classmethod
     def build(
-        cls, pairs: pd.DataFrame, items: pd.DataFrame, config: SplitConfig, manifest: dict
+        cls,
+        pairs: pd.DataFrame,
+        items: pd.DataFrame,
+        config: SplitConfig,
+        manifest: dict,
+        taggings: pd.DataFrame | None = None,
     ) -> "InteractionDataset":
         """Dense ids and the split from merged (user, item, weight, timestamp) pairs.
 
         ``items`` (item_id, name, tags, optionally ``audio_*`` feature columns) is the catalogue: it may
-        hold items nobody played yet.
+        hold items nobody played yet. ``taggings`` (user, item, tag events, users pseudonymised as in
+        ``pairs``) replace the catalogue's tags with ``item_tags`` of the events outside the validation
+        and test pairs.
         """
+        split = assign_split(pairs, config).to_numpy()
+        if taggings is not None:
+            held_out = pairs.loc[split != "train", ["user", "item"]]
+            tags, left_out = item_tags(taggings, held_out)
+            items = items.assign(tags=[tags.get(item, []) for item in items["item_id"]])
+            manifest = {**manifest, "taggings": {"used": len(taggings) - left_out, "held_out": left_out}}
         user_keys = np.sort(pairs["user"].unique())
         catalogue = items.set_index("item_id")
         item_ids = np.union1d(pairs["item"].unique(), catalogue.index.to_numpy(dtype=str))
@@ -305,7 +334,7 @@ class InteractionDataset:
                 "item_idx": np.searchsorted(item_ids, pairs["item"].to_numpy()).astype(np.int32),
                 "weight": pairs["weight"].to_numpy(np.float32),
                 "timestamp": pairs["timestamp"].to_numpy(np.float64),
-                "split": assign_split(pairs, config).to_numpy(),
+                "split": split,
             }
         )
         manifest = {

@@ -2,8 +2,8 @@
 
 Item features come from the catalogue: the tags listeners gave them (TF-IDF over each item's tag
 list, as HetRec provides) or audio features (the catalogue's ``audio_*`` columns, standardised).
-A content model ranks items nobody has played yet; the hybrid leans on the collaborative model for
-items with many interactions and on content for items with few.
+A content model ranks items nobody has played yet; the hybrid adds content to a collaborative
+model's scores, weighing it most for the items with fewest interactions.
 
     model = ContentBased(features="tags").fit(user_items, items)
     ids, scores = model.recommend(userid, n=10)
@@ -97,25 +97,38 @@ class ContentBased(Recommender):
 
 
 class Hybrid(Recommender):
-    """Blend of a collaborative model and a content model, per item: with ``c`` training users on
-    an item, the collaborative score weighs ``c / (c + balance)``, content the rest, so items few
-    people played are ranked mostly by what they are like. Scores are standardised per user first.
+    """A collaborative model with content added per item, by how many people played it: with ``c``
+    training users on an item, its score is ``z(collaborative) + w(c) * z(content)`` (``z``: per-user
+    z-scores over the catalogue) with
+
+        w(c) = (balance * cold_weight + c * warm_weight) / (balance + c)
+
+    so content weighs ``cold_weight`` for an item nobody played and tends to ``warm_weight`` once its
+    listeners outnumber ``balance``. Among items the collaborative model knows nothing about, content
+    decides; among the rest it still breaks near-ties. (Adding content rather than trading the
+    collaborative score away for it did better on HetRec, where a collaborative score is still
+    informative for items with a handful of listeners: see ``benchmarks/RESULTS.md``.)
     """
 
     kind = "hybrid"
     uses_item_catalogue = True
+    state_format = 2  # 2: content_weight_ per item, added to the collaborative score
 
     def __init__(
         self,
         collaborative: str = "popularity",
         collaborative_params: dict | None = None,
         features: str = "tags",
-        balance: float = 5.0,
+        balance: float = 20.0,
+        cold_weight: float = 1.2,
+        warm_weight: float = 0.1,
     ):
         self.collaborative = collaborative
         self.collaborative_params = collaborative_params
         self.features = features
         self.balance = balance
+        self.cold_weight = cold_weight
+        self.warm_weight = warm_weight
 
     def fit(self, user_items: sp.csr_matrix, items: pd.DataFrame) -> "Hybrid":
         from encore.models import fit_model
@@ -124,12 +137,13 @@ class Hybrid(Recommender):
         self.collaborative_ = fit_model(self.collaborative, self.collaborative_params or {}, self.user_items_, items)
         self.content_ = ContentBased(self.features).fit(self.user_items_, items)
         listeners = np.asarray((self.user_items_ > 0).sum(axis=0), dtype=np.float64).ravel()
-        self.collaborative_weight_ = listeners / (listeners + self.balance)
+        self.content_weight_ = (self.balance * self.cold_weight + listeners * self.warm_weight) / (
+            self.balance + listeners
+        )
         return self
 
     def _blend(self, collaborative: np.ndarray, content: np.ndarray) -> np.ndarray:
-        weight = self.collaborative_weight_
-        return weight * standardise(collaborative) + (1 - weight) * standardise(content)
+        return standardise(collaborative) + self.content_weight_ * standardise(content)
 
     def score(self, users: np.ndarray) -> np.ndarray:
         return self._blend(self.collaborative_.score(users), self.content_.score(users))
@@ -147,7 +161,7 @@ class Hybrid(Recommender):
 
     def explain(self, user: int, item: int, n: int = 10) -> list[tuple[int, float]]:
         # Explanations come from the part that weighs most for this item.
-        if self.collaborative_weight_[item] >= 0.5:
+        if self.content_weight_[item] <= 1:
             try:
                 return self.collaborative_.explain(user, item)[:n]
             except NotSupportedError:
