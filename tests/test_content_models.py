@@ -66,7 +66,7 @@ def test_hybrid_trusts_content_for_cold_items_and_collaboration_for_warm_ones():
     params = {"collaborative": "popularity", "balance": 2.0, "cold_weight": 3.0, "warm_weight": 0.5}
     model = fit_model("hybrid", params, plays(), catalogue())
     # Item 3: nobody played it, content at its cold weight; item 0: 3 listeners, (2 * 3 + 3 * 0.5) / 5.
-    assert model.content_weight_[3] == 3.0 and model.content_weight_[0] == pytest.approx(1.5)
+    assert model.content_weights()[3] == 3.0 and model.content_weights()[0] == pytest.approx(1.5)
     ids, _ = model.recommend(0, n=1)
     assert ids.tolist() == [3]  # popularity alone would never rank the unplayed item first
     popular_only, _ = fit_model("popularity", {}, plays(), catalogue()).recommend(0, n=1)

@@ -1,4 +1,5 @@
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -6,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from encore import hetrec
 from encore.ids import key_fingerprint, pseudonymize
 from encore.interactions import (
     InteractionDataset,
@@ -155,6 +157,21 @@ def test_tags_leave_out_the_tagging_events_of_held_out_pairs():
         dataset.manifest["fingerprint"]
         == InteractionDataset.build(pairs, catalogue, SplitConfig(), {}).manifest["fingerprint"]
     )
+
+
+def test_hetrec_sample_taggings_are_pseudonymised_and_become_artist_tags():
+    folder = str(Path(__file__).resolve().parents[1] / "data" / "lastfm-hetrec2k")
+    taggings = hetrec.read_taggings(folder, KEY)
+    raw = pd.read_csv(Path(folder) / "user_taggedartists.dat", sep="\t", dtype=str)
+    assert len(taggings) == len(raw)  # every tag of the sample is in its vocabulary
+    assert set(taggings["user"]) == {pseudonymize(user, KEY) for user in raw["userID"]}
+    parsed = parse_file((Path(folder) / "user_artists.dat").read_bytes(), "user_artists.dat", KEY)
+    pairs = merge_duplicates(parsed[parsed["reason"] == ""])
+    dataset = InteractionDataset.build(pairs, hetrec.load_catalogue(folder), SplitConfig(), {}, taggings)
+    britney = dataset.items.set_index("name").loc["Britney Spears"]
+    assert britney["item_id"] == "289" and britney["tags"][:2] == ["pop", "dance"]
+    counts = dataset.manifest["taggings"]
+    assert counts["used"] + counts["held_out"] == len(raw) and 0.05 < counts["held_out"] / len(raw) < 0.3
 
 
 def test_dataset_roundtrip_and_matrices(tmp_path):

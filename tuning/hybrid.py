@@ -6,12 +6,19 @@ python -m tuning.hybrid --dataset artifacts/datasets/lastfm-hetrec2k --store art
 from tuning.common import main
 
 
-def param_space(trial) -> dict:
+def weighting_space(trial) -> dict:
+    """How much content adds: for an item nobody played, for a much-played one, and where between."""
     return {
-        "collaborative": trial.suggest_categorical("collaborative", ["item_knn", "ease", "als"]),
         "balance": trial.suggest_float("balance", 0.5, 100.0, log=True),
         "cold_weight": trial.suggest_float("cold_weight", 0.0, 3.0),
         "warm_weight": trial.suggest_float("warm_weight", 0.0, 1.0),
+    }
+
+
+def param_space(trial) -> dict:
+    return {
+        "collaborative": trial.suggest_categorical("collaborative", ["item_knn", "ease", "als"]),
+        **weighting_space(trial),
         "features": "tags",
     }
 

@@ -112,7 +112,7 @@ class Hybrid(Recommender):
 
     kind = "hybrid"
     uses_item_catalogue = True
-    state_format = 2  # 2: content_weight_ per item, added to the collaborative score
+    state_format = 2  # 2: listeners_ per item, content added to the collaborative score
 
     def __init__(
         self,
@@ -136,22 +136,25 @@ class Hybrid(Recommender):
         self.user_items_ = sp.csr_matrix(user_items, dtype=np.float32)
         self.collaborative_ = fit_model(self.collaborative, self.collaborative_params or {}, self.user_items_, items)
         self.content_ = ContentBased(self.features).fit(self.user_items_, items)
-        listeners = np.asarray((self.user_items_ > 0).sum(axis=0), dtype=np.float64).ravel()
-        self.content_weight_ = (self.balance * self.cold_weight + listeners * self.warm_weight) / (
-            self.balance + listeners
-        )
+        self.listeners_ = np.asarray((self.user_items_ > 0).sum(axis=0), dtype=np.float64).ravel()
         return self
 
-    def _blend(self, collaborative: np.ndarray, content: np.ndarray) -> np.ndarray:
-        return standardise(collaborative) + self.content_weight_ * standardise(content)
+    def content_weights(self) -> np.ndarray:
+        """``w(c)`` of every item, from the current ``balance``, ``cold_weight`` and ``warm_weight``."""
+        return (self.balance * self.cold_weight + self.listeners_ * self.warm_weight) / (self.balance + self.listeners_)
+
+    def combine(self, collaborative: np.ndarray, content: np.ndarray) -> np.ndarray:
+        """The hybrid's scores from its two parts' scores (rows of users): a weighting can be searched
+        on a fitted hybrid's part scores without fitting the parts again."""
+        return standardise(collaborative) + self.content_weights() * standardise(content)
 
     def score(self, users: np.ndarray) -> np.ndarray:
-        return self._blend(self.collaborative_.score(users), self.content_.score(users))
+        return self.combine(self.collaborative_.score(users), self.content_.score(users))
 
     def score_history(self, items: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         collaborative = self.collaborative_.score_history(items, weights)[None, :]
         content = self.content_.score_history(items, weights)[None, :]
-        return self._blend(collaborative, content)[0]
+        return self.combine(collaborative, content)[0]
 
     def similar_items(self, item: int, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         try:
@@ -161,7 +164,7 @@ class Hybrid(Recommender):
 
     def explain(self, user: int, item: int, n: int = 10) -> list[tuple[int, float]]:
         # Explanations come from the part that weighs most for this item.
-        if self.content_weight_[item] <= 1:
+        if self.content_weights()[item] <= 1:
             try:
                 return self.collaborative_.explain(user, item)[:n]
             except NotSupportedError:
