@@ -33,7 +33,7 @@ class Recommender(ABC):
     # Models that learn from item side information (tags, audio features) get the item catalogue
     # in ``fit(user_items, items)``; ``encore.models.fit_model`` passes it to those that do.
     uses_item_catalogue: ClassVar[bool] = False
-    # Raised when what a model learns changes form, so that an artifact saved by older code is refused
+    # Bumped when what a model learns changes form, so that an artifact saved by older code is refused
     # on load with a message instead of failing in the middle of a request.
     state_format: ClassVar[int] = 1
 
