@@ -305,16 +305,22 @@ def test_a_model_that_explains_answers_because_and_similar_items(api, pipeline_r
 def test_als_search_reports_every_sweep_and_asha_stops_early(pipeline_run):
     from ray import tune
 
+    from encore.store import ModelStore
     from tuning import als
     from tuning.common import main
 
     root = pipeline_run["root"]
-    outcome = main("als", als.param_space, ["--dataset", str(root / "dataset"), "--store", str(root / "als-search"),
-                                            "--num-samples", "6"], scheduler=als.scheduler())  # fmt: skip
+    fixed = '{"factors": 8, "log_scaling": true}'
+    arguments = ["--dataset", str(root / "dataset"), "--store", str(root / "als-search"), "--num-samples", "6"]
+    outcome = main("als", als.param_space, [*arguments, "--fixed", fixed], scheduler=als.scheduler())
     trials = tune.ExperimentAnalysis(outcome["results"]).trials
     iterations = sorted(trial.last_result["iterations"] for trial in trials)
     assert len(trials) == 6 and iterations[-1] == als.ITERATIONS
     assert iterations[0] < als.ITERATIONS, "ASHA stopped no trial early"
+    assert all((trial.config["factors"], trial.config["log_scaling"]) == (8, True) for trial in trials)
+    assert len({trial.config["regularization"] for trial in trials}) == 6
+    stored = ModelStore(root / "als-search").show("tuned-als").config["params"]
+    assert (stored["factors"], stored["log_scaling"]) == (8, True)
 
 
 def _publish_tiny_composer(store_uri: str) -> str:

@@ -5,6 +5,7 @@ import logging
 
 from encore import fs, tuning
 from encore.runtime import init_ray, setup_logging, user_errors
+from encore.search import fixed_settings
 from jobs.train import train
 
 logger = logging.getLogger("encore.tuning")
@@ -20,6 +21,12 @@ def main(kind: str, param_space, argv: list[str] | None = None, scheduler=None) 
     parser.add_argument("--num-samples", type=int, default=1, help="trials (for a grid: repeats of it)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the search")
     parser.add_argument("--alias", default=f"tuned-{kind}", help="alias for the stored best model")
+    parser.add_argument(
+        "--fixed",
+        type=fixed_settings,
+        default={},
+        help='settings every trial keeps, as JSON, e.g. \'{"collaborative": "ease"}\' (not searched)',
+    )
     args = parser.parse_args(argv)
     setup_logging()
     init_ray()
@@ -31,6 +38,7 @@ def main(kind: str, param_space, argv: list[str] | None = None, scheduler=None) 
             args.results or fs.join(fs.absolute(args.store), "tune"),
             num_samples=args.num_samples,
             seed=args.seed,
+            fixed=args.fixed,
             scheduler=scheduler,
         )
         best = results.get_best_result()

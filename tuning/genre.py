@@ -9,11 +9,11 @@ evaluated by ``jobs.train_genre`` and stored as kind ``genre`` under ``--alias``
 """
 
 import argparse
-import json
 import logging
 
 from encore import fs, genre, genre_tuning
 from encore.runtime import init_ray, setup_logging, user_errors
+from encore.search import fixed_settings
 from jobs.train_genre import train
 
 logger = logging.getLogger("encore.tuning")
@@ -28,16 +28,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--alias", default="tuned-genre", help="alias for the stored best model")
     parser.add_argument(
         "--fixed",
-        default="{}",
-        help="settings every trial keeps, as JSON, e.g. '{\"members\": 2}' (they override the space)",
+        type=fixed_settings,
+        default={},
+        help="settings every trial keeps, as JSON, e.g. '{\"members\": 2}' (not searched)",
     )
     args = parser.parse_args(argv)
-    try:
-        fixed = json.loads(args.fixed)
-    except json.JSONDecodeError as error:
-        parser.error(f"--fixed is not JSON: {error}")
-    if not isinstance(fixed, dict):
-        parser.error("--fixed must be a JSON object of settings")
     setup_logging()
     init_ray()
     with user_errors():
@@ -48,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.results or fs.join(fs.absolute(args.store), "tune"),
             num_samples=args.num_samples,
             seed=args.seed,
-            fixed={"seed": args.seed, **fixed},
+            fixed={"seed": args.seed, **args.fixed},
         )
         best = results.get_best_result()
         version = train(

@@ -4,7 +4,9 @@ The recommender, genre and composer searches differ in their trials and spaces o
 part they share.
 """
 
+import argparse
 import functools
+import json
 import time
 from collections.abc import Callable
 
@@ -64,6 +66,17 @@ def run_search(
     if len(errors) == len(results):
         raise RuntimeError(f"every {name} trial failed; first error: {errors[0]}")
     return results
+
+
+def fixed_settings(text: str) -> dict:
+    """The ``--fixed`` option of every search command: a JSON object of settings every trial keeps."""
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(settings, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object of settings, not {text!r}")
+    return settings
 
 
 def _with_fixed(space: Callable[[optuna.Trial], dict], fixed: dict, trial: optuna.Trial) -> dict:

@@ -48,6 +48,7 @@ def search(
     num_samples: int = 1,
     scheduler=None,
     seed: int | None = None,
+    fixed: dict | None = None,
     cpus_per_trial: float = 1,
     metric: str = SELECTION_METRIC,
 ) -> tune.ResultGrid:
@@ -56,7 +57,7 @@ def search(
     trainable = tune.with_resources(tune.with_parameters(_trial, kind=kind, dataset=dataset), {"cpu": cpus_per_trial})
     results = run_search(
         trainable, param_space, name=kind, metric=metric, mode="max", num_samples=num_samples,
-        storage_uri=storage_uri, seed=seed, scheduler=scheduler,
+        storage_uri=storage_uri, seed=seed, fixed=fixed, scheduler=scheduler,
     )  # fmt: skip
     best = results.get_best_result()
     logger.info(
