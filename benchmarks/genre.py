@@ -3,12 +3,12 @@
 Every model (``encore.genre_tuning.MODELS``: Encore's classifier, logistic regression, RBF SVM,
 random forest, gradient boosting) gets the same Ray Tune search: ``--num-samples`` trials proposed
 by optuna's seeded TPE sampler, which fit on the train part of the fault-filtered, artist-disjoint
-split (Kereliuk, Sturm and Larsen 2015) and are ranked by validation log-loss. The winner of each is refitted on train +
-validation and scored on the 290 test tracks: the headline figures, accuracy and macro-F1, each
-with a 95% bootstrap interval over test tracks. Beside them, labelled, the same configuration scored
-by stratified random 10-fold CV over all 1,000 tracks (pooled out-of-fold predictions, bootstrap
-intervals over tracks), where one artist's songs and GTZAN's duplicates fall on both sides. One run
-prints one table.
+split (Kereliuk, Sturm and Larsen 2015) and are ranked by validation log-loss. The winner of each is
+refitted on train + validation and scored on the 290 test tracks: the headline figures, accuracy
+and macro-F1, each with a 95% bootstrap interval over test tracks. Beside them, labelled, the same
+configuration scored by stratified random 10-fold CV over all 1,000 tracks (pooled out-of-fold
+predictions, bootstrap intervals over tracks), where one artist's songs and GTZAN's duplicates fall
+on both sides. One run prints one table.
 
     python -m benchmarks.genre [--num-samples 16] [--seed 0] [--folds 10]
 """

@@ -14,8 +14,9 @@ validation (so it builds on four searches; the table says so), and Encore's hybr
 blend as its collaborative model and adds the tag content model, its weighting searched on
 validation the same way (item tags count no tagging event of a validation or test pair). One
 table: the chosen configuration, validation NDCG@10, test NDCG@10 with a bootstrap 95% interval
-over users, Recall@20, MAP@10, NDCG@10 on cold test items (at most ``COLD_MAX`` training
-listeners) and fit time; then Encore's best on validation against the best reference on test.
+over users, Recall@20, MAP@10, NDCG@10 on cold test items (at most
+``encore.metrics.COLD_MAX_LISTENERS`` training listeners) and fit time; then Encore's best on
+validation against the best reference on test.
 
 Split: the bundled HetRec sample, seed 42, pseudonymisation with the development key (the split
 depends on all three).
@@ -42,13 +43,12 @@ import tuning.rp3beta
 from encore import hetrec
 from encore.ids import DEVELOPMENT_KEY
 from encore.interactions import InteractionDataset, SplitConfig, merge_duplicates, parse_file
-from encore.metrics import bootstrap_interval, evaluate, per_user_metrics, restrict_items
+from encore.metrics import bootstrap_interval, cold_items, evaluate, per_user_metrics, restrict_items
 from encore.models import fit_model
 from encore.models.base import standardise
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "lastfm-hetrec2k"
 THREADS = 2
-COLD_MAX = 3  # items with at most this many training listeners are cold, as jobs.evaluate's default
 
 
 class ImplicitALS:
@@ -184,8 +184,7 @@ def tested(name: str, reference: bool, shown: dict, validation: float, fit, data
     model = fit(seen, dataset.items)
     fit_seconds = time.perf_counter() - started
     values, _ = per_user_metrics(model, seen, test)
-    cold_items = np.flatnonzero(np.asarray((seen > 0).sum(axis=0)).ravel() <= COLD_MAX)
-    cold, _ = per_user_metrics(model, seen, restrict_items(test, cold_items), ks=(10,))
+    cold, _ = per_user_metrics(model, seen, restrict_items(test, cold_items(seen)), ks=(10,))
     return {
         "model": name, "reference": reference, "params": shown, "validation": validation,
         "test": float(values["ndcg@10"].mean()), "ci": bootstrap_interval(values["ndcg@10"]),

@@ -16,12 +16,11 @@ import json
 import logging
 import time
 
-import numpy as np
 import ray
 
 from encore import fs
 from encore.interactions import InteractionDataset
-from encore.metrics import bootstrap_interval, per_user_metrics, restrict_items
+from encore.metrics import COLD_MAX_LISTENERS, bootstrap_interval, cold_items, per_user_metrics, restrict_items
 from encore.models import fit_model
 from encore.runtime import init_ray, setup_logging, user_errors
 from encore.serving import RecommenderBundle
@@ -48,9 +47,9 @@ def score_model(name: str, model, fit_seconds: float | None, dataset: Interactio
     row.update({metric: float(values[metric].mean()) for metric in COLUMNS if metric in values})
     row.update(coverage)
     row["ndcg@10_ci95"] = bootstrap_interval(values["ndcg@10"])
-    cold_items = np.flatnonzero(np.asarray((seen > 0).sum(axis=0)).ravel() <= cold_max)
-    cold_test = restrict_items(test, cold_items)
-    row["cold_items"] = int(len(cold_items))
+    cold = cold_items(seen, cold_max)
+    cold_test = restrict_items(test, cold)
+    row["cold_items"] = int(len(cold))
     if cold_test.nnz:
         cold_values, _ = per_user_metrics(model, seen, cold_test, ks=(10,))
         row["cold_ndcg@10"] = float(cold_values["ndcg@10"].mean())
@@ -127,7 +126,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--model", action="append", default=[], help="KIND or 'KIND:{json params}' (repeatable)")
     parser.add_argument("--version", action="append", default=[], help="stored version or alias (repeatable)")
     parser.add_argument("--store", default="./artifacts", help="model store of --version")
-    parser.add_argument("--cold-max", type=int, default=3, help="items with at most this many training users are cold")
+    parser.add_argument(
+        "--cold-max", type=int, default=COLD_MAX_LISTENERS, help="items with at most this many training users are cold"
+    )
     parser.add_argument("--output", default=None, help="folder or s3:// prefix for evaluation.json and evaluation.md")
     args = parser.parse_args(argv)
     if not args.model and not args.version:

@@ -80,6 +80,14 @@ def test_bootstrap_interval_brackets_the_mean():
     assert bootstrap_interval(np.full(50, 0.3)) == pytest.approx((0.3, 0.3))
 
 
+def test_cold_items_have_at_most_so_many_listeners():
+    from encore.metrics import cold_items
+
+    seen = sp.csr_matrix(np.array([[3, 0, 1, 0], [1, 0, 0, 0], [2, 0, 5, 0], [0, 0, 0, 7]]))
+    assert cold_items(seen, max_listeners=1).tolist() == [1, 3]
+    assert cold_items(seen, max_listeners=2).tolist() == [1, 2, 3]
+
+
 def test_restrict_items_keeps_only_those_columns():
     from encore.metrics import restrict_items
 

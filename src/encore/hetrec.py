@@ -44,9 +44,10 @@ def read_taggings(uri: str, key: bytes) -> pd.DataFrame | None:
         return None
     tagged = _read_table(tags_uri, "latin-1")
     vocabulary = _read_table(fs.join(uri, "tags.dat"), "latin-1").set_index("tagID")["tagValue"]
+    pseudonyms = {user: pseudonymize(user, key) for user in tagged["userID"].unique()}
     taggings = pd.DataFrame(
         {
-            "user": [pseudonymize(user, key) for user in tagged["userID"]],
+            "user": tagged["userID"].map(pseudonyms),
             "item": tagged["artistID"].str.strip(),
             "tag": tagged["tagID"].map(vocabulary),
         }

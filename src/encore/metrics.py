@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 DEFAULT_KS = (10, 20)
+COLD_MAX_LISTENERS = 3  # an item with at most this many training users is a cold-start item
 
 
 def user_metrics(ranked: np.ndarray, relevant: set[int], k: int) -> dict[str, float]:
@@ -96,6 +97,11 @@ def bootstrap_interval(
     means = rng.choice(values, size=(resamples, len(values)), replace=True).mean(axis=1)
     tail = (1 - confidence) / 2
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def cold_items(seen: sp.csr_matrix, max_listeners: int = COLD_MAX_LISTENERS) -> np.ndarray:
+    """The items at most ``max_listeners`` users have in ``seen``, the cold-start items reported apart."""
+    return np.flatnonzero(np.asarray((seen > 0).sum(axis=0)).ravel() <= max_listeners)
 
 
 def restrict_items(held_out: sp.csr_matrix, items: np.ndarray) -> sp.csr_matrix:

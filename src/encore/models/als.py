@@ -175,9 +175,11 @@ class ALS(Recommender):
 
     def _penalties(self, excess: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         """The L2 penalty of every user and of every item, float32."""
-        user_totals = excess.shape[1] + np.asarray(excess.sum(axis=1), dtype=np.float64).ravel()
-        item_totals = excess.shape[0] + np.asarray(excess.sum(axis=0), dtype=np.float64).ravel()
-        return tuple(self._penalty(totals, totals.mean()).astype(np.float32) for totals in (user_totals, item_totals))
+        user_totals = excess.shape[1] + np.asarray(excess.sum(axis=1, dtype=np.float64)).ravel()
+        item_totals = excess.shape[0] + np.asarray(excess.sum(axis=0, dtype=np.float64)).ravel()
+        # The users' mean is the one fold-in scales a new user's penalty by.
+        user_penalty = self._penalty(user_totals, self.mean_user_confidence_)
+        return user_penalty.astype(np.float32), self._penalty(item_totals, item_totals.mean()).astype(np.float32)
 
     def _penalty(self, totals: np.ndarray, mean: float) -> np.ndarray:
         return self.regularization * (totals / mean) ** self.frequency_scaling
