@@ -16,6 +16,18 @@ JOB_LOG="$(mktemp)"
 trap 'rm -f "$JOB_LOG"' EXIT
 DATASET="$REPO/artifacts/datasets/lastfm-hetrec2k"
 
+# Ray's CLI clients and the cluster authenticate with one token; a new machine has none yet. Ray's own
+# command creates it (and leaves an existing one alone), where every client on this machine looks.
+TOKEN_FILE="$HOME/.ray/auth_token"
+if [[ -n "${RAY_AUTH_TOKEN:-}${RAY_AUTH_TOKEN_PATH:-}" ]]; then
+  echo "== Ray's authentication token: the one \$RAY_AUTH_TOKEN or \$RAY_AUTH_TOKEN_PATH gives"
+elif [[ -s "$TOKEN_FILE" ]]; then
+  echo "== Ray's authentication token: $TOKEN_FILE"
+else
+  ray get-auth-token --generate >/dev/null
+  echo "== Created Ray's authentication token in $TOKEN_FILE (print it with \`ray get-auth-token\`)"
+fi
+
 if RAY_ADDRESS= ray status --address 127.0.0.1:6379 >/dev/null 2>&1; then
   echo "== Ray head node already running"
 else
@@ -48,11 +60,10 @@ serve deploy serve_apps/config.yaml
 
 python scripts/demo_requests.py --url http://127.0.0.1:8000 --wait 180 --out "${TMPDIR:-/tmp}/encore-demo"
 
-TOKEN_HINT="ray get-auth-token"
 cat <<INFO
 
 == Encore is running on a local Ray cluster
-  Dashboard   http://127.0.0.1:8265   (asks for a token: print it with \`$TOKEN_HINT\`)
+  Dashboard   http://127.0.0.1:8265   (asks for the token: print it with \`ray get-auth-token\`)
   Pipeline    http://127.0.0.1:8265/#/jobs/${JOB_ID}
   Composer    http://127.0.0.1:8265/#/jobs/${COMPOSER_JOB_ID}
   API docs    http://127.0.0.1:8000/docs   (OpenAPI: http://127.0.0.1:8000/openapi.json)

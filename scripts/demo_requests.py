@@ -1,4 +1,5 @@
-"""Send a few real requests to the Serve application and print them with their answers."""
+"""Send a few real requests to the Serve application, print them with their answers, and exit non-zero
+when one does not get the answer it expects (CI runs this after `make demo`)."""
 
 import argparse
 import base64
@@ -9,17 +10,32 @@ from pathlib import Path
 
 import httpx
 
+# (method, path, body, expected HTTP status, what to notice)
 REQUESTS = [
-    ("GET", "/healthz", None),
-    ("POST", "/v1/recommend", {"user_id": "2", "n": 5}),
-    ("POST", "/v1/recommend", {"user_id": "someone-new", "n": 3}),
-    ("POST", "/v1/recommend", {"user_id": "2", "n": 0}),
-    ("POST", "/v1/compose", {"style": "bach", "key": "A major", "bars": 2, "temperature": 9}),
-]
+    ("GET", "/healthz", None, 200, "every deployment and the version each serves"),
+    ("POST", "/v1/recommend", {"user_id": "2", "n": 5}, 200, "a listener of the dataset: their own top 5"),
+    ("POST", "/v1/recommend", {"user_id": "someone-new", "n": 3}, 200, "an unknown listener: the fallback answers"),
+    ("POST", "/v1/recommend", {"user_id": "2", "n": 0}, 422, "a bad request: a JSON error naming the field"),
+    ("POST", "/v1/compose", {"style": "bach", "key": "A major", "bars": 2, "temperature": 9}, 422,
+     "an out-of-range setting is refused before any work"),
+]  # fmt: skip
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "data" / "audio-samples" / "sax-phrase-short.wav"  # CC BY 4.0, see its README
 COMPOSE = {"style": "bach", "key": "G major", "tempo": 84, "meter": "4/4", "bars": 8, "temperature": 0.9,
            "top_p": 0.95, "seed": 7, "audio": True}  # fmt: skip
+
+
+class Unexpected(Exception):
+    """An answer other than the one the demo expects."""
+
+
+def check(response: httpx.Response, expected: int) -> dict:
+    body = response.json()
+    if response.status_code != expected:
+        raise Unexpected(f"HTTP {response.status_code}, expected {expected}")
+    if expected >= 400 and not body.get("error", {}).get("field"):
+        raise Unexpected("an error answer without the field it is about")
+    return body
 
 
 def wait_until_healthy(client: httpx.Client, seconds: float) -> None:
@@ -35,17 +51,20 @@ def wait_until_healthy(client: httpx.Client, seconds: float) -> None:
         time.sleep(2)
 
 
+def post_when_published(client: httpx.Client, path: str, seconds: float, **request) -> httpx.Response:
+    """503 until the replica's next look at the store finds its production alias: ask again until then."""
+    deadline = time.monotonic() + seconds
+    while (response := client.post(path, **request)).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(2)
+    return response
+
+
 def compose(client: httpx.Client, out: Path, seconds: float) -> None:
     """Ask for a piece with audio, write it as .mid and .wav under ``out``, and print the answer (files elided)."""
-    deadline = time.monotonic() + seconds
-    # 503 until the Composer replica's next look at the store finds composer-production.
-    while (response := client.post("/v1/compose", json=COMPOSE)).status_code == 503 and time.monotonic() < deadline:
-        time.sleep(2)
+    response = post_when_published(client, "/v1/compose", seconds, json=COMPOSE)
     print(f"\n$ POST {client.base_url}/v1/compose  {json.dumps(COMPOSE)}")
     print(f"HTTP {response.status_code}")
-    body = response.json()
-    if response.status_code != 200:
-        sys.exit(json.dumps(body, indent=2))
+    body = check(response, 200)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"encore-{COMPOSE['style']}-{COMPOSE['key'].replace(' ', '-')}-seed{COMPOSE['seed']}"
     (out / f"{stem}.mid").write_bytes(base64.b64decode(body["midi"]))
@@ -57,17 +76,34 @@ def compose(client: httpx.Client, out: Path, seconds: float) -> None:
 
 def classify(client: httpx.Client, clip: Path, seconds: float) -> None:
     """Upload a bundled clip to /v1/classify and print the genre probabilities of the whole track."""
-    deadline = time.monotonic() + seconds
-    # 503 until the GenreClassifier replica's next look at the store finds genre-production.
-    while True:
-        files = {"file": (clip.name, clip.read_bytes(), "audio/wav")}
-        response = client.post("/v1/classify", files=files)
-        if response.status_code != 503 or time.monotonic() > deadline:
-            break
-        time.sleep(2)
+    files = {"file": (clip.name, clip.read_bytes(), "audio/wav")}
+    response = post_when_published(client, "/v1/classify", seconds, files=files)
     print(f"\n$ POST {client.base_url}/v1/classify  (multipart: file={clip.relative_to(REPO)})")
     print(f"HTTP {response.status_code}")
-    print(json.dumps(response.json(), indent=2))
+    print(json.dumps(check(response, 200), indent=2))
+
+
+def run(client: httpx.Client, args: argparse.Namespace) -> list[str]:
+    """Every request in turn; the failures, described."""
+    failures = []
+    for method, path, body, expected, notice in REQUESTS:
+        response = client.request(method, path, json=body)
+        print(f"\n$ {method} {args.url}{path}" + (f"  {json.dumps(body)}" if body else "") + f"\n# {notice}")
+        print(f"HTTP {response.status_code}")
+        print(json.dumps(response.json(), indent=2, ensure_ascii=False))
+        try:
+            check(response, expected)
+        except Unexpected as error:
+            failures.append(f"{method} {path}: {error}")
+    steps = [("POST /v1/classify", lambda: classify(client, CLIP, args.wait))]
+    if args.out:
+        steps.append(("POST /v1/compose", lambda: compose(client, Path(args.out), args.wait)))
+    for name, step in steps:
+        try:
+            step()
+        except Unexpected as error:
+            failures.append(f"{name}: {error}")
+    return failures
 
 
 def main() -> None:
@@ -78,14 +114,9 @@ def main() -> None:
     args = parser.parse_args()
     with httpx.Client(base_url=args.url, timeout=30) as client:
         wait_until_healthy(client, args.wait)
-        for method, path, body in REQUESTS:
-            response = client.request(method, path, json=body)
-            print(f"\n$ {method} {args.url}{path}" + (f"  {json.dumps(body)}" if body else ""))
-            print(f"HTTP {response.status_code}")
-            print(json.dumps(response.json(), indent=2, ensure_ascii=False))
-        classify(client, CLIP, args.wait)
-        if args.out:
-            compose(client, Path(args.out), args.wait)
+        failures = run(client, args)
+    if failures:
+        sys.exit("\nerror: the demo did not get the answers it expects:\n  " + "\n  ".join(failures))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,17 @@ def store(tmp_path) -> ModelStore:
     return ModelStore(tmp_path / "store")
 
 
-def cache(store: ModelStore, poll_seconds: float = 0.0) -> VersionCache:
+class Clock:
+    """A monotonic clock the test moves; it starts at 0, as on a machine booted a moment ago."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cache(store: ModelStore, poll_seconds: float = 0.0, clock=None) -> VersionCache:
     return VersionCache(
         store,
         "genre-production",
@@ -31,6 +41,7 @@ def cache(store: ModelStore, poll_seconds: float = 0.0) -> VersionCache:
         load=lambda loaded: (loaded.path / "model.txt").read_text(),
         poll_seconds=poll_seconds,
         capacity=2,
+        clock=clock or Clock(),
     )
 
 
@@ -63,12 +74,25 @@ def test_refs_are_aliases_versions_or_kinds_of_the_served_kinds_only(store, tmp_
 
 def test_a_moved_alias_is_picked_up_after_the_poll_interval(store, tmp_path):
     first = save(store, tmp_path, "genre", "first", aliases=("genre-production",))
-    versions = cache(store, poll_seconds=3600)
-    assert get(versions)[0] == "first"
+    clock = Clock()
+    versions = cache(store, poll_seconds=3600, clock=clock)
+    assert get(versions)[0] == "first"  # resolved on first use although the clock reads 0
     second = save(store, tmp_path, "genre", "second", aliases=("genre-production",))
+    clock.now = 3599.0
     assert get(versions)[1]["version"] == first  # within the poll interval
-    versions.poll_seconds = 0
+    clock.now = 3600.0
     assert get(versions)[1]["version"] == second
+
+
+def test_every_name_is_resolved_on_first_use_whatever_the_clock_reads(store, tmp_path):
+    save(store, tmp_path, "genre", "old")
+    newest = save(store, tmp_path, "genre", "new", aliases=("latest", "genre-production"))
+    clock = Clock()
+    clock.now = 5.0  # less than one poll interval since boot
+    versions = cache(store, poll_seconds=3600, clock=clock)
+    assert get(versions, "genre")[1]["version"] == newest
+    assert get(versions, "latest")[1]["version"] == newest
+    assert get(versions)[1]["version"] == newest
 
 
 def test_a_damaged_new_version_leaves_the_loaded_one_serving(store, tmp_path):

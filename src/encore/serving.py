@@ -72,7 +72,8 @@ class VersionCache:
     ``poll_seconds``, so a moved alias is picked up without a restart, and the ``capacity`` most
     recently used versions stay loaded. Only versions of ``kinds`` are served. When a name cannot be
     re-resolved, or its new version cannot be loaded (checksums, another pseudonymisation key), the
-    version it had keeps serving and the error is logged.
+    version it had keeps serving and the error is logged. ``clock`` (seconds, monotonic) times the
+    polls; a name never resolved is resolved on first use whatever it reads.
     """
 
     def __init__(
@@ -84,9 +85,10 @@ class VersionCache:
         poll_seconds: float = 10.0,
         capacity: int = 4,
         expected_preprocessing: dict | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.store, self.default_ref, self.kinds = store, default_ref, frozenset(kinds)
-        self.poll_seconds, self.capacity = poll_seconds, capacity
+        self.poll_seconds, self.capacity, self.clock = poll_seconds, capacity, clock
         self.expected_preprocessing = expected_preprocessing
         self._load_model = load
         self._resolved: dict[str, tuple[str, float]] = {}
@@ -107,7 +109,7 @@ class VersionCache:
                 message = f"no model {ref!r}: not an alias, version or kind in the store"
                 raise UnknownModelError(message, "model") from None
             version = newest[0].version
-        self._resolved[ref] = (version, time.monotonic())
+        self._resolved[ref] = (version, self.clock())
         return version
 
     def load(self, version: str) -> tuple[Any, dict]:
@@ -130,8 +132,8 @@ class VersionCache:
 
     async def get(self, ref: str | None = None) -> tuple[Any, dict]:
         ref = ref or self.default_ref
-        version, resolved_at = self._resolved.get(ref, (None, 0.0))
-        if time.monotonic() - resolved_at >= self.poll_seconds:
+        version, resolved_at = self._resolved.get(ref, (None, None))
+        if resolved_at is None or self.clock() - resolved_at >= self.poll_seconds:
             try:
                 version = await asyncio.to_thread(self.resolve, ref)
             except (StoreError, ServingError) as error:
@@ -149,7 +151,7 @@ class VersionCache:
         except StoreError as error:
             previous = self._serving.get(ref)
             if previous in self._loaded:
-                self._resolved[ref] = (previous, time.monotonic())  # try the new version again at the next poll
+                self._resolved[ref] = (previous, self.clock())  # try the new version again at the next poll
                 logger.error("keeping %s for %r: %s could not be loaded: %s", previous, ref, version, error)
                 return self._loaded[previous]
             raise UnknownModelError(f"model {ref!r} ({version}) could not be loaded: {error}", "model") from None
