@@ -9,8 +9,11 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 install: $(INSTALLED)
 
-# Re-runs only when the pins change; `pip install` of pinned versions is idempotent anyway.
-$(INSTALLED): pyproject.toml constraints.txt
+# Re-runs only when the pins change; `pip install` of pinned versions is idempotent anyway. The
+# composer's audio renderer (FluidSynth, a GM SoundFont) comes from the system's packages: the script
+# installs them where it may and says what to run where it may not.
+$(INSTALLED): pyproject.toml constraints.txt scripts/install_fluidsynth.sh
+	bash scripts/install_fluidsynth.sh
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@

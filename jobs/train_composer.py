@@ -14,7 +14,8 @@ replaced and training goes on from the last checkpoint, up to ``--max-failures``
 job itself dies, running the same command again resumes the same run, whose name follows from the
 data and the settings (``--name`` sets it, e.g. to add epochs to a finished run). The weights of
 the epoch with the best validation NLL are scored on the test split and saved as kind "composer",
-with the style names of the model's slots and its step length (``encore.composer.compose``).
+with the style names of the model's slots, the instrument each is rendered with, and its step
+length (``encore.composer.compose``).
 
     python -m jobs.train_composer --epochs 20 --num-workers 2 --store artifacts
     python -m jobs.train_composer --data artifacts/datasets/music21 --epochs 10 --store artifacts
@@ -36,6 +37,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from encore import fs
 from encore.composer import TOKENIZER_VERSION, Composer, ComposerConfig, DataError, TrainConfig, fit
 from encore.composer.compose import ComposerBundle
+from encore.composer.corpus import style_program
 from encore.composer.data import load_corpus
 from encore.composer.train import add_arguments, configs_from_arguments
 from encore.runtime import init_ray, setup_logging, user_errors
@@ -166,7 +168,12 @@ def train_composer(
         test_nll,
     )
     bundle = ComposerBundle(
-        model, corpus.styles, corpus.default_style, corpus.step_beats, conditioned=corpus.conditions is not None
+        model,
+        corpus.styles,
+        corpus.default_style,
+        corpus.step_beats,
+        conditioned=corpus.conditions is not None,
+        programs={style: style_program(style) for style in corpus.styles},
     )
     with tempfile.TemporaryDirectory() as folder:
         bundle.save(folder)
@@ -178,6 +185,7 @@ def train_composer(
                 "train": asdict(train_config),
                 **corpus.described,
                 "styles": corpus.styles,
+                "programs": bundle.programs,
                 "step_beats": corpus.step_beats,
                 "num_workers": num_workers,
                 "use_gpu": use_gpu,

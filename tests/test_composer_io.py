@@ -4,6 +4,7 @@ composing with primers and seeds, and the musical checks on answers known by han
 
 import base64
 import io
+import json
 import math
 
 import boto3
@@ -18,8 +19,8 @@ from encore import fs
 from encore.composer import Composer, ComposerConfig, DataError, TrainConfig
 from encore.composer import checks as C
 from encore.composer import midi as M
-from encore.composer.compose import ComposerBundle, CompositionError
-from encore.composer.corpus import corpus_files, parse_corpus_file
+from encore.composer.compose import BUNDLE_FILE, ComposerBundle, CompositionError
+from encore.composer.corpus import corpus_files, parse_corpus_file, style_program
 from encore.composer.data import load_corpus, read_pieces, split_of
 from encore.composer.service import CompositionRequestError, UnknownStyleError, compose_answer
 from encore.store import ModelStore
@@ -70,8 +71,49 @@ def test_bad_midi_gets_an_error_naming_the_file(tmp_path):
         M.read_midi(tmp_path / "missing.mid")
 
 
-def test_render_is_audible_and_lasts_as_long_as_the_music(monkeypatch):
-    monkeypatch.setattr(M, "fluidsynth_available", lambda: False)  # the synthesiser every machine has
+@pytest.fixture
+def needs_fluidsynth():
+    """The real renderer: the project's setup installs it (make install), so its absence is a failure."""
+    if not M.fluidsynth_available():
+        pytest.fail('libfluidsynth is not installed: README.md, "MIDI and audio", says what to run')
+
+
+# A melody of held notes and rests (tempo 120, a step is half a second): (start, end, pitch) of each note.
+MELODY = [[60], [60], [], [], [64], [64], [67], [67], [], [], [72], [72], [76], [76]]
+NOTES = [(0, 1, 60), (2, 3, 64), (3, 4, 67), (5, 6, 72), (6, 7, 76)]
+RESTS = [(1, 2), (4, 5)]
+OCARINA = 79  # General MIDI: close to a sine, so a held note's loudest frequency is its fundamental
+
+
+def loudest_frequency(audio: np.ndarray, rate: int) -> float:
+    """Peak of the Hann-windowed spectrum, zero-padded to 0.02 Hz bins (a cent at middle C is 0.15 Hz)."""
+    n = 1 << 20
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio)), n=n))
+    return float(np.fft.rfftfreq(n, 1 / rate)[spectrum.argmax()])
+
+
+def test_fluidsynth_renders_what_a_listener_hears(needs_fluidsynth):
+    """The real FluidSynth with the General MIDI soundfont the setup installs: each held note sounds at
+    its pitch, rests are silent once the note has rung out, the audio lasts as long as the music and
+    never clips."""
+    midi = M.steps_to_midi(MELODY, tempo=120, step_beats=1.0, program=OCARINA)
+    wav, renderer = M.render_wav(midi)
+    assert renderer == f"fluidsynth ({M.find_soundfont().resolve().name})"
+    pcm, rate = soundfile.read(io.BytesIO(wav), dtype="int16")
+    assert rate == M.SAMPLE_RATE and len(pcm) / rate == pytest.approx(7.0 + M.RELEASE_SECONDS, abs=1e-3)
+    assert np.abs(pcm.astype(np.int32)).max() < 32_767  # no sample at full scale
+    audio = pcm / 32_768
+    for start, end, pitch in NOTES:
+        held = audio[int((start + 0.15) * rate) : int((end - 0.05) * rate)]  # past the attack, before the next note
+        assert np.sqrt(np.mean(held**2)) > 0.1, pitch
+        cents = 1200 * math.log2(loudest_frequency(held, rate) / (440 * 2 ** ((pitch - 69) / 12)))
+        assert abs(cents) < 5, (pitch, cents)
+    for start, end in RESTS:
+        assert np.abs(audio[int((start + 0.5) * rate) : int(end * rate)]).max() < 0.01, (start, end)
+
+
+def test_builtin_synthesiser_renders_where_fluidsynth_is_absent(monkeypatch):
+    monkeypatch.setattr(M, "fluidsynth_available", lambda: False)
     a4 = M.steps_to_midi([[69]] * 4, tempo=120, step_beats=1.0)  # 2 seconds of A4
     wav, renderer = M.render_wav(a4, sample_rate=16_000)
     audio, rate = soundfile.read(io.BytesIO(wav))
@@ -79,39 +121,31 @@ def test_render_is_audible_and_lasts_as_long_as_the_music(monkeypatch):
     assert len(audio) / rate == pytest.approx(2.0 + M.RELEASE_SECONDS, abs=1e-3)
     sounding = audio[: 2 * rate]
     assert np.sqrt(np.mean(sounding**2)) > 0.05
-    spectrum = np.abs(np.fft.rfft(sounding))
-    assert np.fft.rfftfreq(len(sounding), 1 / rate)[spectrum.argmax()] == pytest.approx(440, abs=2)
+    assert loudest_frequency(sounding, rate) == pytest.approx(440, abs=1)
     rest = M.steps_to_midi([[69], [], [], [69]], tempo=120)  # a rest long enough for the note to die away
     quiet, _ = M.render_wav(rest, sample_rate=16_000)
     audio, _ = soundfile.read(io.BytesIO(quiet))
     assert np.abs(audio[int(1.2 * 16_000) : int(1.45 * 16_000)]).max() < 0.02
 
 
-def test_fluidsynth_renders_with_the_configured_soundfont(monkeypatch, tmp_path):
-    """Where pyfluidsynth is installed, FluidSynth renders with $ENCORE_SOUNDFONT (faked here: the
-    machine running the tests may have no libfluidsynth)."""
+def test_soundfont_is_the_configured_one_else_the_systems(monkeypatch, tmp_path):
     monkeypatch.delenv("ENCORE_SOUNDFONT", raising=False)
-    assert M.find_soundfont().is_file()  # a system soundfont, or the one inside pretty_midi
+    assert M.find_soundfont().is_file()  # the system's default GM soundfont, or the one inside pretty_midi
     monkeypatch.setenv("ENCORE_SOUNDFONT", str(tmp_path / "missing.sf2"))
     with pytest.raises(FileNotFoundError, match="ENCORE_SOUNDFONT=.*missing.sf2"):
         M.find_soundfont()
-    soundfont = tmp_path / "gm.sf2"
-    soundfont.write_bytes(b"RIFF")
-    monkeypatch.setenv("ENCORE_SOUNDFONT", str(soundfont))
-    calls = []
+    (tmp_path / "gm.sf2").write_bytes(b"RIFF")
+    monkeypatch.setenv("ENCORE_SOUNDFONT", str(tmp_path / "gm.sf2"))
+    assert M.find_soundfont() == tmp_path / "gm.sf2"
 
-    def fake_fluidsynth(self, fs, synthesizer):
-        calls.append((fs, synthesizer))
-        return np.full(fs * 10, 0.25)  # longer than the music: the render is cut to it
 
-    monkeypatch.setattr(M, "fluidsynth_available", lambda: True)
-    monkeypatch.setattr(pretty_midi.PrettyMIDI, "fluidsynth", fake_fluidsynth)
-    wav, renderer = M.render_wav(M.steps_to_midi([[60]] * 2, tempo=60), sample_rate=8_000)
-    audio, rate = soundfile.read(io.BytesIO(wav))
-    assert calls == [(8_000, str(soundfont))] and renderer == "fluidsynth (gm.sf2)"
-    assert len(audio) / rate == pytest.approx(2.0 + M.RELEASE_SECONDS) and np.abs(audio).max() == pytest.approx(
-        0.8, abs=1e-3
-    )
+def test_render_is_bounded_before_any_work():
+    too_long = M.steps_to_midi([[60]] * (int(M.MAX_RENDER_SECONDS) + 1), tempo=60)  # a second a step
+    with pytest.raises(ValueError, match=f"at most {M.MAX_RENDER_SECONDS:g} s are rendered"):
+        M.render_wav(too_long)
+    for rate in (M.MIN_SAMPLE_RATE - 1, M.MAX_SAMPLE_RATE + 1):
+        with pytest.raises(ValueError, match="sample rate"):
+            M.render_wav(M.steps_to_midi([[60]], tempo=120), sample_rate=rate)
 
 
 def test_musical_checks_known_answers():
@@ -150,9 +184,9 @@ def test_music21_corpus_gives_labelled_pieces():
         corpus_files(["bach", "grunge"])
 
 
-def tiny_bundle(styles=("folk", "jazz"), conditioned=True, seed=0) -> ComposerBundle:
+def tiny_bundle(styles=("folk", "jazz"), conditioned=True, seed=0, max_steps=64) -> ComposerBundle:
     torch.manual_seed(seed)
-    config = ComposerConfig(n_layer=1, n_head=2, d_model=32, d_ff=64, dropout=0.0, max_steps=64, max_notes=6)
+    config = ComposerConfig(n_layer=1, n_head=2, d_model=32, d_ff=64, dropout=0.0, max_steps=max_steps, max_notes=6)
     model = Composer(config).eval()
     with torch.no_grad():
         for parameter in model.parameters():
@@ -187,31 +221,66 @@ def test_compose_is_seeded_continues_the_primer_and_honours_the_key():
     assert long_primer.value.field == "primer_midi"
 
 
-def test_compose_answer_reads_a_midi_primer_and_renders(tmp_path):
+def test_compose_answer_reads_a_midi_primer_and_renders(tmp_path, needs_fluidsynth):
     bundle = tiny_bundle()
     bundle.model.save(tmp_path)  # a composer stored before bundles: JSB-trained, unconditioned, quarter notes
     old = ComposerBundle.load(tmp_path)
-    assert (old.conditioned, old.styles, old.step_beats) == (False, [], 1.0)
+    assert (old.conditioned, old.styles, old.step_beats, old.program(None)) == (False, [], 1.0, M.PIANO)
+    bundle.programs = {"folk": M.VIOLIN, "jazz": M.PIANO}
     bundle.save(tmp_path)
     bundle = ComposerBundle.load(tmp_path)
     assert (bundle.conditioned, bundle.styles, bundle.step_beats) == (True, ["folk", "jazz"], 0.5)
+    assert bundle.programs == {"folk": M.VIOLIN, "jazz": M.PIANO}
     primer = [[60, 64, 67], [60, 64, 67], [62, 65, 69], [59, 62, 67]]
     primer_midi = base64.b64encode(M.midi_bytes(M.steps_to_midi(primer, 90, 0.5))).decode()
     request = {"style": "folk", "key": "C major", "tempo": 90, "meter": "2/4", "bars": 2, "seed": 3}
     answer = compose_answer(bundle, {**request, "primer_midi": primer_midi, "audio": True}, time_budget_s=30)
+    midi = pretty_midi.PrettyMIDI(io.BytesIO(base64.b64decode(answer["midi"])))
+    assert answer["settings"]["program"] == midi.instruments[0].program == M.VIOLIN  # as the version records
     steps = M.read_midi(base64.b64decode(answer["midi"]), 0.5).steps
     assert steps[:4] == primer and answer["settings"]["primer_steps"] == 4
+    assert answer["renderer"].startswith("fluidsynth (")
     audio, rate = soundfile.read(io.BytesIO(base64.b64decode(answer["wav"])))
     assert len(audio) / rate == pytest.approx(len(steps) * 0.5 * 60 / 90 + M.RELEASE_SECONDS, abs=0.01)
     assert np.abs(audio).max() > 0.1
-    again = compose_answer(bundle, {**request, "primer_midi": primer_midi}, time_budget_s=30)
-    assert again["midi"] == answer["midi"] and again["wav"] is None
+    again = compose_answer(bundle, {**request, "primer_midi": primer_midi, "program": M.FLUTE}, time_budget_s=30)
+    assert again["settings"]["program"] == M.FLUTE and again["wav"] is None
+    assert M.read_midi(base64.b64decode(again["midi"]), 0.5).steps == steps  # another instrument, the same music
+
+    # A version saved before programs were recorded: its styles get the usual instrument.
+    described = json.loads((tmp_path / BUNDLE_FILE).read_text())
+    del described["programs"]
+    (tmp_path / BUNDLE_FILE).write_text(json.dumps(described))
+    older = ComposerBundle.load(tmp_path)
+    assert compose_answer(older, request, time_budget_s=30)["settings"]["program"] == style_program("folk") == M.FLUTE
 
     with pytest.raises(CompositionRequestError, match="primer_midi: not a readable MIDI") as bad:
         compose_answer(bundle, {**request, "primer_midi": base64.b64encode(b"MThd nonsense").decode()}, 30)
     assert bad.value.field == "primer_midi"
     with pytest.raises(UnknownStyleError, match="knows: folk, jazz"):
         compose_answer(bundle, {**request, "style": "polka"}, 30)
+
+
+def test_music_too_long_to_render_is_refused_before_it_is_composed():
+    bundle = tiny_bundle(max_steps=512)
+    bundle.model.generate = lambda *args, **kwargs: pytest.fail("composed music it then refused to render")
+    slow = {"tempo": 20, "meter": "4/4", "bars": 40, "audio": True}  # 320 eighths at 20 quarter notes a minute
+    with pytest.raises(CompositionRequestError, match="last 480 s; audio is rendered for at most 300 s") as refused:
+        compose_answer(bundle, slow, time_budget_s=30)
+    assert refused.value.field == "bars"
+
+
+def test_compose_request_bounds_the_instrument():
+    from pydantic import ValidationError
+
+    from encore.api import ComposeRequest
+
+    assert ComposeRequest().program is None  # the composer's instrument for the style
+    assert ComposeRequest(program=127).program == 127
+    for bad in (-1, 128, "organ"):
+        with pytest.raises(ValidationError) as refused:
+            ComposeRequest(program=bad)
+        assert refused.value.errors()[0]["loc"] == ("program",)  # the API's 422 names this field
 
 
 def _upload_midi_folder(bucket: str) -> dict[str, list[list[int]]]:
@@ -277,10 +346,11 @@ def test_prepare_job_reports_bad_files_and_trains_a_conditioned_composer(ray_loc
     )
     manifest = store.show(version)
     assert manifest.config["styles"] == ["folk", "jazz"] and manifest.config["step_beats"] == 0.5
+    assert manifest.config["programs"] == {"folk": M.FLUTE, "jazz": M.PIANO}  # a MIDI folder's style: piano
     assert manifest.config["format"] == "pieces" and "terms" not in manifest.config  # no music21 corpus here
     assert math.isfinite(manifest.metrics["test_nll_per_step"])
     bundle = ComposerBundle.load(store.load(version).path)
-    assert bundle.conditioned and bundle.styles == ["folk", "jazz"]
+    assert bundle.conditioned and bundle.styles == ["folk", "jazz"] and bundle.programs == manifest.config["programs"]
     conditioned = bundle.model.nll_per_step(corpus.steps["test"], conditions=corpus.conditions["test"])
     assert conditioned == pytest.approx(manifest.metrics["test_nll_per_step"])
     assert len(bundle.compose(style="jazz", bars=1).steps) == 8

@@ -397,6 +397,7 @@ def test_compose_answers_midi_and_audio_over_http(api, pipeline_run):
     for bad, field in [({"bars": 0}, "bars"), ({"bars": 10_000}, "bars"), ({"temperature": 0}, "temperature"),
                        ({"top_p": 1.5}, "top_p"), ({"key": "H major"}, "key"), ({"tempo": 1000}, "tempo"),
                        ({"meter": "4/5"}, "meter"), ({"bars": 40}, "bars"), ({"primer_midi": "%%%"}, "primer_midi"),
+                       ({"program": 128}, "program"),
                        ({"primer_midi": base64.b64encode(b"MThd junk").decode()}, "primer_midi")]:  # fmt: skip
         answer = api.post("/v1/compose", json=bad)
         assert answer.status_code == 422, (bad, answer.text)

@@ -93,6 +93,7 @@ def test_cluster_yaml_images_and_install(cluster):
     ]
     for commands in installs:
         assert any("-c ~/encore/constraints.txt ~/encore" in c for c in commands), commands
+        assert "bash ~/encore/scripts/install_fluidsynth.sh" in commands  # the composer's audio renderer
         # torch first, from the PyTorch index, in the pinned version
         assert any("download.pytorch.org" in c and f"torch=={TORCH_VERSION}" in c for c in commands), commands
 
@@ -479,6 +480,7 @@ def test_dockerfile_builds_from_the_pinned_ray_and_installs_with_constraints():
     assert re.search(r"^ARG VARIANT=cpu$", text, re.M)
     assert "pip install --no-cache-dir -c constraints.txt ." in text
     assert f"torch=={TORCH_VERSION}" in text
+    assert "RUN bash /tmp/install_fluidsynth.sh" in text and "midi.fluidsynth_available()" in text
     ignored = set((REPO / ".dockerignore").read_text().split())
     assert {".venv", ".git", "artifacts", "**/__pycache__"} <= ignored
 

@@ -95,6 +95,13 @@ class ComposeRequest(BaseModel):
         None, max_length=MAX_PRIMER_BYTES, description="base64 MIDI file to continue (its notes open the piece)"
     )
     audio: bool = Field(False, description="also render the music as WAV")
+    program: int | None = Field(
+        None,
+        ge=0,
+        le=127,
+        description="General MIDI program (0-127, e.g. 19 church organ, 40 violin) the music is written for and "
+        "rendered with; default: the one the composer records for the style",
+    )
     model: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
@@ -118,6 +125,7 @@ class ComposeSettings(BaseModel):
     top_p: float | None
     seed: int
     constrain_to_key: bool
+    program: int = Field(description="General MIDI program of the MIDI's instrument and the WAV")
 
 
 class ComposeResponse(BaseModel):

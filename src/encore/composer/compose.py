@@ -2,8 +2,11 @@
 
 A bundle folder holds the model's files (``model.pt``, ``config.json``) and ``composer.json``:
 ``styles`` (slot i is ``styles[i]``), ``default_style`` (the commonest in training), ``step_beats``
-(quarter notes per step) and ``conditioned`` (whether the model was trained with conditioning
-tokens; a JSB Chorales model was not, and is then asked with no prefix at all).
+(quarter notes per step), ``conditioned`` (whether the model was trained with conditioning
+tokens; a JSB Chorales model was not, and is then asked with no prefix at all) and ``programs``
+(the General MIDI instrument each style is rendered with, fixed when the model is trained so a
+version always sounds the same; a bundle saved before programs were recorded has none, and its
+styles get :func:`~encore.composer.corpus.style_program`).
 
 :meth:`ComposerBundle.compose` turns a request's musical settings into a piece: conditioning
 tokens, an optional primer to continue, a length in bars, sampling settings, an optional key
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from encore.composer.checks import key_name, parse_key
+from encore.composer.corpus import style_program
 from encore.composer.data import parse_meter, thin
 from encore.composer.model import Composer
 from encore.composer.tokens import TOKENIZER_VERSION, Chorale, conditioning_tokens, decode, encode, key_pitch_classes
@@ -46,6 +50,7 @@ class ComposerBundle:
     default_style: str | None = None
     step_beats: float = 1.0
     conditioned: bool = False
+    programs: dict[str, int] = field(default_factory=dict)  # style -> General MIDI program
 
     def save(self, folder: str | os.PathLike) -> None:
         self.model.save(folder)
@@ -54,6 +59,7 @@ class ComposerBundle:
             "default_style": self.default_style,
             "step_beats": self.step_beats,
             "conditioned": self.conditioned,
+            "programs": self.programs,
             "tokenizer": TOKENIZER_VERSION,
         }
         (Path(folder) / BUNDLE_FILE).write_text(json.dumps(described, indent=2) + "\n")
@@ -68,6 +74,10 @@ class ComposerBundle:
         if described.pop("tokenizer") != TOKENIZER_VERSION:
             raise ValueError(f"{folder}: made with another tokenizer than {TOKENIZER_VERSION}")
         return cls(Composer.load(folder), **described)
+
+    def program(self, style: str | None) -> int:
+        """The General MIDI program the music of ``style`` is rendered with."""
+        return self.programs.get(style, style_program(style))
 
     def steps_for_bars(self, bars: int, meter: tuple[int, int]) -> int:
         """Steps of ``bars`` bars of ``meter`` (a 6/8 bar is 3 quarter notes)."""
@@ -88,12 +98,14 @@ class ComposerBundle:
         primer: Chorale | None = None,
         constrain_to_key: bool = False,
         time_budget_s: float | None = None,
+        max_seconds: float | None = None,
     ) -> Composition:
         """A new piece: ``primer`` (steps, optional) continued by ``bars`` bars.
 
         Raises :class:`CompositionError` naming the field for a style the model does not know, a
-        malformed key or meter, a primer the model cannot read, or a length beyond what the model
-        covers; :class:`TimeoutError` if sampling outruns ``time_budget_s``."""
+        malformed key or meter, a primer the model cannot read, a length beyond what the model
+        covers, or a piece lasting over ``max_seconds`` at ``tempo`` (refused before sampling, so a
+        render's bound costs no work); :class:`TimeoutError` if sampling outruns ``time_budget_s``."""
         config = self.model.config
         style = style or self.default_style
         if style is not None and style not in self.styles:
@@ -129,6 +141,14 @@ class ComposerBundle:
             where = f" after a primer of {len(primer)} steps" if primer else ""
             raise CompositionError(
                 f"{bars} bars of {meter} are {new_steps} steps; {bars_room} bars fit the model{where}", "bars"
+            )
+        seconds = (len(primer) + new_steps) * self.step_beats * 60.0 / tempo
+        if max_seconds is not None and seconds > max_seconds:
+            where = " after the primer" if primer else ""
+            raise CompositionError(
+                f"{bars} bars of {meter} at tempo {tempo:g}{where} last {seconds:.0f} s; audio is rendered for "
+                f"at most {max_seconds:g} s: ask for fewer bars or a faster tempo",
+                "bars",
             )
         prefix = []
         if self.conditioned:

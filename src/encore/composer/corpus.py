@@ -9,15 +9,16 @@ non-commercial use only (``essenFolksong/license.txt``); other pieces carry thei
 files. A model trained on them inherits those terms, so a model's manifest records the corpus it
 came from.
 
-:data:`STYLES` groups the corpus folders into the styles a model is conditioned on. A source file
-is named ``music21:<folder>/<file>`` relative to the corpus, so names (and the split, which hashes
-them) are the same on every machine.
+:data:`STYLES` groups the corpus folders into the styles a model is conditioned on, and
+:data:`PROGRAMS` names the instrument each style is rendered with. A source file is named
+``music21:<folder>/<file>`` relative to the corpus, so names (and the split, which hashes them) are
+the same on every machine.
 """
 
 from pathlib import Path
 
 from encore.composer.checks import estimate_key
-from encore.composer.midi import notes_to_steps
+from encore.composer.midi import CHOIR_AAHS, CHURCH_ORGAN, FLUTE, PIANO, STRING_ENSEMBLE, VIOLIN, notes_to_steps
 from encore.composer.tokens import DataError
 
 CORPUS_PREFIX = "music21:"
@@ -37,6 +38,22 @@ STYLES = {
     # Folk songs and airs; the Essen songs are for non-commercial use only.
     "folk": ("essenFolksong", "oneills1850", "airdsAirs", "miscFolk"),
 }
+# The instrument each style's music is rendered with, a General MIDI program: what it was written for.
+PROGRAMS = {
+    "bach": CHURCH_ORGAN,  # chorales: a congregation's hymns, played on the organ
+    "palestrina": CHOIR_AAHS,  # unaccompanied choral polyphony
+    "monteverdi": CHOIR_AAHS,  # madrigals for voices
+    "trecento": CHOIR_AAHS,  # songs (ballate, madrigals) for voices
+    "classical": STRING_ENSEMBLE,  # mostly string quartets
+    "fiddle": VIOLIN,
+    "folk": FLUTE,  # songs and airs: one melody, sustained as a voice sings it
+}
+
+
+def style_program(style: str | None) -> int:
+    """The General MIDI program music of ``style`` is rendered with; piano for a style named by a user's
+    MIDI folders, which says nothing of the instrument."""
+    return PROGRAMS.get(style, PIANO)
 
 
 def corpus_root() -> Path:

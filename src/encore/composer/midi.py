@@ -7,11 +7,14 @@ over the file's resolution, so the tempo map does not matter) and a step holds t
 sound at its midpoint, plus any note that starts inside it, so short notes are never lost. The two
 directions are exact inverses for pieces: steps -> MIDI -> steps gives the same steps.
 
-Audio: :func:`render_wav` uses FluidSynth with a General MIDI soundfont when the ``fluidsynth``
-module (pyfluidsynth, over libfluidsynth) can be imported, and otherwise a small additive
-synthesiser built in here, so that any machine renders sound. The soundfont is
-``$ENCORE_SOUNDFONT``, else the first of :data:`SOUNDFONT_PATHS` that exists, else the small GM
-soundfont shipped inside pretty_midi.
+Audio: :func:`render_wav` plays the MIDI's instrument (its General MIDI program) with FluidSynth
+and a General MIDI soundfont when the ``fluidsynth`` module (pyfluidsynth, over libfluidsynth) can
+be imported, and otherwise with a small additive synthesiser built in here, so that any machine
+renders sound. The project's setup installs libfluidsynth and the FluidR3 GM soundfont where it
+can (``scripts/install_fluidsynth.sh``). The soundfont is ``$ENCORE_SOUNDFONT``, else the first of
+:data:`SOUNDFONT_PATHS` that exists (the system's default GM soundfont first), else the small GM
+soundfont shipped inside pretty_midi. A render is bounded before any work: at most
+:data:`MAX_RENDER_SECONDS` of music, at a sample rate of at most :data:`MAX_SAMPLE_RATE`.
 """
 
 import io
@@ -28,15 +31,20 @@ import soundfile
 from encore.composer.tokens import Chorale, DataError
 
 SOUNDFONT_PATHS = (
+    "/usr/share/sounds/sf2/default-GM.sf2",  # Debian's choice among installed GM soundfonts (update-alternatives)
     "/usr/share/sounds/sf2/FluidR3_GM.sf2",
-    "/usr/share/sounds/sf2/default-GM.sf2",
-    "/usr/share/soundfonts/FluidR3_GM.sf2",
     "/usr/share/soundfonts/default.sf2",
+    "/usr/share/soundfonts/FluidR3_GM.sf2",
 )
 RESOLUTION = 480  # ticks per quarter note: every step length down to a 32nd triplet is a whole number of ticks
 SAMPLE_RATE = 22_050
-RELEASE_SECONDS = 0.25  # the renders ring on this long after the last note ends
-PIANO = 0  # General MIDI program numbers
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 48_000
+MAX_RENDER_SECONDS = 300.0  # of music: 13 MB of WAV at SAMPLE_RATE, rendered by FluidSynth in about 3 s
+# The renders ring on this long after the last note ends: FluidSynth's releases and reverb have died away
+# by then (an organ or a choir is still loud a quarter of a second after its note ends).
+RELEASE_SECONDS = 1.0
+# General MIDI program numbers (0-based: the GM list's number minus one).
+PIANO, CHURCH_ORGAN, VIOLIN, STRING_ENSEMBLE, CHOIR_AAHS, FLUTE = 0, 19, 40, 48, 52, 73
 MAX_MIDI_STEPS = 100_000  # a primer longer than this is not a primer
 
 
@@ -158,9 +166,10 @@ def find_soundfont() -> Path:
 
 
 def fluidsynth_available() -> bool:
+    """Whether libfluidsynth can be loaded: pyfluidsynth is always installed, the system library may not be."""
     try:
-        import fluidsynth  # noqa: F401  (pyfluidsynth; optional)
-    except (ImportError, OSError):  # OSError: the module is there but libfluidsynth is not
+        import fluidsynth  # noqa: F401
+    except (ImportError, OSError):  # ImportError: no libfluidsynth found; OSError: one found that does not load
         return False
     return True
 
@@ -168,11 +177,20 @@ def fluidsynth_available() -> bool:
 def render_wav(midi: pretty_midi.PrettyMIDI, sample_rate: int = SAMPLE_RATE) -> tuple[bytes, str]:
     """The MIDI rendered as a 16-bit mono WAV, and the name of what rendered it.
 
-    The audio lasts the MIDI's end time plus :data:`RELEASE_SECONDS`."""
-    length = int(round((midi.get_end_time() + RELEASE_SECONDS) * sample_rate))
+    The audio lasts the MIDI's end time plus :data:`RELEASE_SECONDS`, its peak at 0.8 of full scale.
+    Raises ValueError, before rendering, for music longer than :data:`MAX_RENDER_SECONDS` or a sample
+    rate outside :data:`MIN_SAMPLE_RATE`-:data:`MAX_SAMPLE_RATE`: a render's time and size follow from
+    both."""
+    seconds = midi.get_end_time()
+    if seconds > MAX_RENDER_SECONDS:
+        raise ValueError(f"{seconds:.0f} s of music; at most {MAX_RENDER_SECONDS:g} s are rendered")
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise ValueError(f"sample rate {sample_rate} is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
+    length = int(round((seconds + RELEASE_SECONDS) * sample_rate))
     if fluidsynth_available():
-        audio = midi.fluidsynth(fs=sample_rate, synthesizer=str(find_soundfont()))
-        renderer = f"fluidsynth ({find_soundfont().name})"
+        soundfont = find_soundfont()
+        audio = midi.fluidsynth(fs=sample_rate, synthesizer=str(soundfont))
+        renderer = f"fluidsynth ({soundfont.resolve().name})"
     else:
         audio = synthesize(midi, sample_rate)
         renderer = "built-in additive synthesiser"
@@ -189,6 +207,7 @@ def render_wav(midi: pretty_midi.PrettyMIDI, sample_rate: int = SAMPLE_RATE) -> 
 # decay that is faster for high notes (as on a piano), and a short release so no note ends in a click.
 HARMONICS = (1.0, 0.5, 0.25, 0.12, 0.06)
 ATTACK_SECONDS = 0.008
+NOTE_RELEASE_SECONDS = 0.25
 
 
 def synthesize(midi: pretty_midi.PrettyMIDI, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -200,7 +219,7 @@ def synthesize(midi: pretty_midi.PrettyMIDI, sample_rate: int = SAMPLE_RATE) -> 
         for note in instrument.notes:
             begin = int(note.start * sample_rate)
             held = max(1, int((note.end - note.start) * sample_rate))
-            t = np.arange(held + int(RELEASE_SECONDS * sample_rate)) / sample_rate
+            t = np.arange(held + int(NOTE_RELEASE_SECONDS * sample_rate)) / sample_rate
             frequency = 440.0 * 2 ** ((note.pitch - 69) / 12)
             tone = sum(
                 weight * np.sin(2 * np.pi * frequency * number * t)
@@ -208,7 +227,7 @@ def synthesize(midi: pretty_midi.PrettyMIDI, sample_rate: int = SAMPLE_RATE) -> 
                 if frequency * number < sample_rate / 2
             )
             envelope = np.minimum(t / ATTACK_SECONDS, 1.0) * np.exp(-t * (1.0 + frequency / 500.0))
-            release = np.clip(1.0 - (t - held / sample_rate) / RELEASE_SECONDS, 0.0, 1.0)
+            release = np.clip(1.0 - (t - held / sample_rate) / NOTE_RELEASE_SECONDS, 0.0, 1.0)
             piece = (note.velocity / 127.0) * tone * envelope * release
             end = min(len(audio), begin + len(piece))
             audio[begin:end] += piece[: end - begin]

@@ -10,7 +10,7 @@ import binascii
 import time
 
 from encore.composer.compose import ComposerBundle, CompositionError
-from encore.composer.midi import MidiError, midi_bytes, read_midi, render_wav, steps_to_midi
+from encore.composer.midi import MAX_RENDER_SECONDS, MidiError, midi_bytes, read_midi, render_wav, steps_to_midi
 from encore.serving import ServingError
 
 
@@ -41,21 +41,31 @@ def decode_primer(primer_midi: str, step_beats: float) -> list[list[int]]:
 def compose_answer(bundle: ComposerBundle, request: dict, time_budget_s: float) -> dict:
     """Compose what ``request`` asks (the fields of ``encore.api.ComposeRequest`` but ``model``).
 
-    Returns ``{"midi", "wav", "renderer", "settings", "seconds"}``, MIDI and WAV in base64."""
+    Returns ``{"midi", "wav", "renderer", "settings", "seconds"}``, MIDI and WAV in base64. The
+    music is written for ``program`` (a General MIDI instrument), by default the one the composer
+    records for the style, and rendered with it; with audio, music longer than
+    :data:`~encore.composer.midi.MAX_RENDER_SECONDS` is refused before it is composed."""
     began = time.perf_counter()
     request = dict(request)
     primer_midi, audio = request.pop("primer_midi", None), request.pop("audio", False)
+    program = request.pop("program", None)
     primer = decode_primer(primer_midi, bundle.step_beats) if primer_midi else None
     try:
-        composition = bundle.compose(**request, primer=primer, time_budget_s=time_budget_s)
+        composition = bundle.compose(
+            **request,
+            primer=primer,
+            time_budget_s=time_budget_s,
+            max_seconds=MAX_RENDER_SECONDS if audio else None,
+        )
     except CompositionError as error:
         kind = UnknownStyleError if error.field == "style" else CompositionRequestError
         raise kind(str(error), error.field) from None
     except TimeoutError as error:
         raise CompositionTimeout(f"{error} ({time_budget_s:g} s); ask for fewer bars", "bars") from None
-    settings = composition.settings
+    program = bundle.program(composition.settings["style"]) if program is None else program
+    settings = {**composition.settings, "program": program}
     meter = tuple(int(part) for part in settings["meter"].split("/"))
-    midi = steps_to_midi(composition.steps, settings["tempo"], bundle.step_beats, meter)
+    midi = steps_to_midi(composition.steps, settings["tempo"], bundle.step_beats, meter, program)
     answer = {"midi": base64.b64encode(midi_bytes(midi)).decode(), "wav": None, "renderer": None}
     if audio:
         wav, answer["renderer"] = render_wav(midi)
