@@ -101,8 +101,8 @@ def run(client: httpx.Client, args: argparse.Namespace) -> list[str]:
     for name, step in steps:
         try:
             step()
-        except Unexpected as error:
-            failures.append(f"{name}: {error}")
+        except (Unexpected, httpx.HTTPError) as error:
+            failures.append(f"{name}: {type(error).__name__}: {error}")
     return failures
 
 
@@ -112,7 +112,8 @@ def main() -> None:
     parser.add_argument("--wait", type=float, default=120, help="seconds to wait for the application")
     parser.add_argument("--out", default=None, help="folder for the composed .mid and .wav (default: no compose)")
     args = parser.parse_args()
-    with httpx.Client(base_url=args.url, timeout=30) as client:
+    # The first classification waits for librosa's compilation in its replica: most of a minute on a busy machine.
+    with httpx.Client(base_url=args.url, timeout=httpx.Timeout(120, connect=10)) as client:
         wait_until_healthy(client, args.wait)
         failures = run(client, args)
     if failures:

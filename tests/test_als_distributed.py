@@ -1,10 +1,12 @@
 """ALS on Ray Train workers: the same factors as one process, and resumption after a kill."""
 
+import json
+
 import numpy as np
 import scipy.sparse as sp
 
 from encore.models import ALS
-from encore.models.als_train import CHECKPOINT_FILE, fit_on_ray
+from encore.models.als_train import CHECKPOINT_FILE, RUN_SNAPSHOT_FILE, fit_on_ray
 
 from conftest import run_driver
 
@@ -31,6 +33,41 @@ def test_two_workers_compute_what_one_process_does(ray_local, tmp_path):
     # Checkpoints after every third sweep and after the last: sweeps 2 and 4 (0-based), not 3 and 4.
     saved = [np.load(path)["iteration"] for path in (tmp_path / "agree").glob(f"checkpoint_*/{CHECKPOINT_FILE}")]
     assert sorted(saved) == [2, 4]
+
+
+def test_a_run_killed_anywhere_resumes_to_what_an_uninterrupted_run_computes(ray_local, tmp_path):
+    """Every state a kill can leave in a run's storage, made on purpose instead of by racing a kill."""
+    user_items, params = plays(seed=3), {**PARAMS, "iterations": 4}
+    uninterrupted = ALS(**params).fit(user_items)
+    run = tmp_path / "run"
+
+    def resume() -> ALS:
+        return fit_on_ray(ALS(**params), user_items, num_workers=1, storage_path=str(tmp_path), name="run")
+
+    def assert_uninterrupted(model: ALS) -> None:
+        np.testing.assert_allclose(model.user_factors_, uninterrupted.user_factors_, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(model.item_factors_, uninterrupted.item_factors_, rtol=1e-5, atol=1e-7)
+
+    # Killed after the checkpoint of sweep 1 was registered, anywhere until the next one is (between
+    # checkpoints too): the storage holds what a run of two sweeps under the run's name leaves.
+    fit_on_ray(ALS(**{**params, "iterations": 2}), user_items, num_workers=1, storage_path=str(tmp_path), name="run")
+    # ... and killed while saving the next checkpoint: its folder was written, never registered. It holds
+    # other factors, so that resuming from it would show.
+    unregistered = run / "checkpoint_2099-12-31_23-59-59.999999"
+    unregistered.mkdir()
+    np.savez(unregistered / CHECKPOINT_FILE, users=uninterrupted.user_factors_ + 1,
+             items=uninterrupted.item_factors_ + 1, iteration=2)  # fmt: skip
+    assert_uninterrupted(resume())
+
+    # Killed during the final save: every sweep registered, the job resubmitted before it stored the model.
+    assert_uninterrupted(resume())
+
+    # Killed while Ray Train rewrote its record of the checkpoints: the record is cut short.
+    snapshot = run / RUN_SNAPSHOT_FILE
+    json.loads(snapshot.read_text())
+    snapshot.write_text(snapshot.read_text()[:50])
+    assert_uninterrupted(resume())
+    assert (run / f"{RUN_SNAPSHOT_FILE}.torn").exists() and json.loads(snapshot.read_text())
 
 
 def synthetic_dataset(path, n_users=3_000, n_items=1_500, per_user=30, seed=1):
@@ -66,8 +103,6 @@ def run_training_job(ray_local, dataset, store, storage, params, until_checkpoin
 
 
 def test_a_killed_job_resumes_from_its_last_checkpoint(ray_local, tmp_path):
-    import json
-
     from encore.interactions import InteractionDataset
     from encore.metrics import evaluate
     from encore.serving import RecommenderBundle
@@ -75,7 +110,7 @@ def test_a_killed_job_resumes_from_its_last_checkpoint(ray_local, tmp_path):
 
     synthetic_dataset(tmp_path / "dataset")
     dataset = InteractionDataset.load(tmp_path / "dataset")
-    params = {"factors": 16, "iterations": 6, "regularization": 1.0, "alpha": 1.0, "log_scaling": True}
+    params = {"factors": 16, "iterations": 4, "regularization": 1.0, "alpha": 1.0, "log_scaling": True}
     storage = tmp_path / "runs"
     run_training_job(ray_local, tmp_path / "dataset", tmp_path / "store", storage, json.dumps(params),
                      until_checkpoint=storage / "resumable-train")  # fmt: skip

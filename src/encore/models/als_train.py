@@ -6,11 +6,13 @@ GPU) so every worker holds the full factors for the next half-step. The rows are
 systems and every worker starts from the same seeded factors, so N workers compute what one does.
 Every ``checkpoint_every`` sweeps (default: each) are reported with a checkpoint of the factors; a run
 restarted under the same name and storage (a killed job resubmitted, or a worker group restarted
-after a failure) resumes from the last one.
+after a failure) resumes from the last one, and computes what an uninterrupted run does from any point
+where it was killed: a checkpoint holds the whole state of the sweeps it follows.
 
     model = fit_on_ray(ALS(factors=128), user_items, num_workers=2, storage_path="/abs/runs", name="als-1")
 """
 
+import json
 import logging
 import tempfile
 import time
@@ -24,11 +26,13 @@ import torch.distributed as dist
 from ray import train
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from encore import fs
 from encore.models.als import ALS, _Interactions, _least_squares_cg
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "factors.npz"
+RUN_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's registered checkpoints
 
 
 def _slices(n: int, parts: int) -> list[tuple[int, int]]:
@@ -85,6 +89,26 @@ def _train_loop(config: dict) -> None:
             train.report(metrics)
 
 
+def _set_aside_torn_snapshot(run_uri: str) -> None:
+    """Set aside a run's checkpoint record that a kill tore while Ray Train rewrote it.
+
+    Ray Train rewrites the record in place after every checkpoint; on a local disk a kill in the middle
+    leaves it empty or cut short, and Ray then refuses to start the run at all. Without the record the
+    run starts over from its first sweep, which computes what the interrupted run would have.
+    """
+    snapshot = fs.join(run_uri, RUN_SNAPSHOT_FILE)
+    if not fs.exists(snapshot):
+        return
+    try:
+        json.loads(fs.read_bytes(snapshot))
+        return
+    except ValueError:  # UnicodeDecodeError included
+        pass
+    filesystem, path = fs.resolve(snapshot)
+    filesystem.move(path, f"{path}.torn")
+    logger.warning("%s was cut short by a kill; set it aside as %s.torn: the run starts over", snapshot, snapshot)
+
+
 def fit_on_ray(
     model: ALS,
     user_items: sp.csr_matrix,
@@ -106,6 +130,7 @@ def fit_on_ray(
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be at least 1, not {checkpoint_every}")
     params = {**model.get_params(), "device": "cuda" if use_gpu else "cpu"}
+    _set_aside_torn_snapshot(fs.join(storage_path, name))
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={
