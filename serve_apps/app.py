@@ -68,15 +68,28 @@ class Recommender:
             expected_preprocessing=preprocessing(key_fingerprint(id_key())),
         )
 
-    async def info(self) -> dict:
-        return (await self.models.get(None))[1]
+    async def health(self) -> dict:
+        """The version the service's alias serves, and the versions refused behind an alias."""
+        return {"model": (await self.models.get(None))[1], "refused": list(self.models.refused.values())}
+
+    async def recommend(self, request: dict) -> dict:
+        """One request's answer. Its error is raised here, outside the batch: Serve hands an exception
+        raised inside a batch to every request in it."""
+        answer = await self._recommend_in_batch(request)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def recommend(self, requests: list[dict]) -> list[dict]:
+    async def _recommend_in_batch(self, requests: list[dict]) -> list[dict | Exception]:
         answers = []
         for r in requests:
-            bundle, info = await self.models.get(r["model"])
-            answers.append({**bundle.recommend(r["user_key"], r["n"], r["exclude_seen"], r["explain"]), "model": info})
+            try:
+                bundle, info = await self.models.get(r["model"])
+                answer = bundle.recommend(r["user_key"], r["n"], r["exclude_seen"], r["explain"])
+                answers.append({**answer, "model": info})
+            except Exception as error:  # this request's own error, whatever it is
+                answers.append(error)
         return answers
 
     async def recommend_for_history(self, item_ids: list[str], n: int, model: str | None) -> dict:
@@ -172,7 +185,7 @@ class EncoreAPI:
 
     @app.get("/healthz", response_model=Health)
     async def healthz(self) -> dict:
-        return {"status": "ok", "model": await self.recommender.info.remote()}
+        return {"status": "ok", **await self.recommender.health.remote()}
 
     @app.post("/v1/recommend", response_model=RecommendResponse)
     async def recommend(self, request: RecommendRequest) -> dict:

@@ -126,6 +126,9 @@ def ray_local(s3_endpoint, tmp_path_factory):
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keeps every Ray port on loopback
     # Ingest, training and the Serve replicas must pseudonymise with one key; workers inherit it.
     os.environ["ENCORE_ID_KEY"] = TEST_ID_KEY
+    # Ray starts its workers at niceness 15: beside any other busy process they would get a few percent of
+    # a core, and every test would wait on them. The suite's workers share the machine as equals.
+    os.environ["RAY_worker_niceness"] = "0"
     # Workers import `jobs` and `serve_apps` from the repository, wherever pytest was started.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     ray.init(

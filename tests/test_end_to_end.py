@@ -121,7 +121,8 @@ def api(pipeline_run):
 
 def test_healthz_names_the_served_version(api, pipeline_run):
     answer = api.get("/healthz").json()
-    assert answer == {"status": "ok", "model": {"kind": "popularity", "version": pipeline_run["result"]["version"]}}
+    model = {"kind": "popularity", "version": pipeline_run["result"]["version"]}
+    assert answer == {"status": "ok", "model": model, "refused": []}
 
 
 def test_known_user_gets_unseen_items(api, pipeline_run):
@@ -187,6 +188,50 @@ def test_new_production_version_is_picked_up_without_restart(api, pipeline_run):
         time.sleep(0.5)
     body = api.post("/v1/recommend", json={"user_id": "nobody-we-know", "n": 2}).json()
     assert body["model"]["version"] == new_version
+
+
+def test_one_clients_bad_request_never_fails_another_clients_request(api):
+    """Requests batched together: clients naming a model that does not exist, among clients asking as usual."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    secret = "nope-secret-model"
+
+    def client_session(bad: bool) -> list[tuple[int, str]]:
+        body = {"user_id": "attacker" if bad else "listener", "n": 3, **({"model": secret} if bad else {})}
+        with httpx.Client(base_url=api.base_url, timeout=60) as client:
+            return [(answer.status_code, answer.text) for answer in
+                    (client.post("/v1/recommend", json=body) for _ in range(25))]  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=7) as pool:
+        sessions = list(pool.map(client_session, [True, False, True, False, True, False, False]))
+    bad = [answer for session in sessions[0:5:2] for answer in session]
+    good = [answer for session in (sessions[1], sessions[3], *sessions[5:]) for answer in session]
+    assert all(status == 404 and "unknown_model" in text for status, text in bad)
+    assert all(status == 200 and secret not in text for status, text in good), [a for a in good if a[0] != 200][:3]
+
+
+def test_a_wrong_promote_leaves_the_service_answering(api, pipeline_run, tmp_path):
+    from encore.store import ModelStore
+
+    store = ModelStore(pipeline_run["root"] / "store")
+    serving = api.get("/healthz").json()["model"]
+    (tmp_path / "composer.json").write_text("{}")
+    composer = store.save(tmp_path, kind="composer", config={}, metrics={}, data_fingerprint="test",
+                          preprocessing={}, aliases=[]).version  # fmt: skip
+    store.set_alias("production", composer)
+    try:
+        deadline = time.monotonic() + 30
+        while not (health := api.get("/healthz").json()).get("refused"):
+            assert time.monotonic() < deadline, f"the refusal never showed: {health}"
+            time.sleep(0.5)
+        assert health["model"] == serving and health["refused"][0]["version"] == composer
+        assert str(pipeline_run["root"]) not in json.dumps(health)
+        for _ in range(5):
+            answer = api.post("/v1/recommend", json={"user_id": "someone", "n": 2})
+            assert answer.status_code == 200 and answer.json()["model"] == serving
+            time.sleep(0.3)
+    finally:
+        store.set_alias("production", serving["version"])
 
 
 def test_tune_search_selects_on_validation_and_stores_the_best(pipeline_run):

@@ -104,3 +104,51 @@ def test_a_damaged_new_version_leaves_the_loaded_one_serving(store, tmp_path):
     assert get(versions) == ("first", {"kind": "genre", "version": first})
     with pytest.raises(UnknownModelError, match="could not be loaded"):
         get(versions, second)
+
+
+@pytest.mark.parametrize("damage", ["another kind", "another key", "a missing file", "a loader that fails"])
+def test_whatever_lands_behind_the_alias_the_working_version_keeps_serving(store, tmp_path, caplog, damage):
+    folder = tmp_path / "working"
+    folder.mkdir()
+    (folder / "model.txt").write_text("first")
+    clock = Clock()
+    versions = VersionCache(
+        store,
+        "genre-production",
+        kinds={"genre"},
+        load=lambda loaded: (loaded.path / "model.txt").read_text().removesuffix("-loads") or 1 / 0,
+        poll_seconds=10,
+        expected_preprocessing={"key": "k1"},
+        clock=clock,
+    )
+    store.save(folder, kind="genre", config={}, metrics={}, data_fingerprint="d", preprocessing={"key": "k1"},
+               aliases=["genre-production"])  # fmt: skip
+    working = store.resolve("genre-production")
+    assert get(versions) == ("first", {"kind": "genre", "version": working})
+
+    bad_folder = tmp_path / "bad"
+    bad_folder.mkdir()
+    (bad_folder / "model.txt").write_text("" if damage == "a loader that fails" else "second")
+    bad = store.save(
+        bad_folder,
+        kind="composer" if damage == "another kind" else "genre",
+        config={},
+        metrics={},
+        data_fingerprint="d",
+        preprocessing={"key": "k2" if damage == "another key" else "k1"},
+        aliases=["genre-production"],
+    ).version
+    if damage == "a missing file":
+        (tmp_path / "store" / "versions" / bad / "model.txt").unlink()
+    with caplog.at_level("ERROR", logger="encore.serving"):
+        for now in (10, 11, 15, 20):  # two polls: the refusal is logged at each, not at every request
+            clock.now = now
+            assert get(versions) == ("first", {"kind": "genre", "version": working})
+    assert versions.refused["genre-production"]["version"] == bad
+    assert sum(bad in record.getMessage() for record in caplog.records) == 2
+    assert str(tmp_path) not in versions.refused["genre-production"]["reason"]
+
+    fixed = store.save(folder, kind="genre", config={}, metrics={}, data_fingerprint="d",
+                       preprocessing={"key": "k1"}, aliases=["genre-production"]).version  # fmt: skip
+    clock.now = 30
+    assert get(versions)[1]["version"] == fixed and not versions.refused

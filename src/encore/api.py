@@ -157,9 +157,18 @@ class TracksResponse(BaseModel):
     model: ModelInfo
 
 
+class RefusedVersion(BaseModel):
+    alias: str
+    version: str
+    reason: str
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     model: ModelInfo
+    refused: list[RefusedVersion] = Field(
+        description="versions an alias names that cannot be served: the version before keeps serving"
+    )
 
 
 class ErrorBody(BaseModel):

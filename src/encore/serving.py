@@ -23,7 +23,14 @@ import pyarrow.parquet as pq
 
 from encore.interactions import SCHEMA_VERSION, InteractionDataset
 from encore.models import NotSupportedError, Recommender, model_class
-from encore.store import LoadedVersion, ModelStore, StoreError, VersionNotFound
+from encore.store import (
+    ChecksumError,
+    LoadedVersion,
+    ModelStore,
+    PreprocessingMismatch,
+    StoreError,
+    VersionNotFound,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +78,10 @@ class VersionCache:
     kind (its newest version), and None means ``default_ref``. A name is re-resolved at most every
     ``poll_seconds``, so a moved alias is picked up without a restart, and the ``capacity`` most
     recently used versions stay loaded. Only versions of ``kinds`` are served. When a name cannot be
-    re-resolved, or its new version cannot be loaded (checksums, another pseudonymisation key), the
-    version it had keeps serving and the error is logged. ``clock`` (seconds, monotonic) times the
-    polls; a name never resolved is resolved on first use whatever it reads.
+    re-resolved, or its new version cannot be served (another kind, checksums, another pseudonymisation
+    key, a missing file, a loader that fails), the version it had keeps serving, the refusal is logged
+    once per poll and listed in ``refused`` until the name serves a new version. ``clock`` (seconds,
+    monotonic) times the polls; a name never resolved is resolved on first use whatever it reads.
     """
 
     def __init__(
@@ -94,6 +102,8 @@ class VersionCache:
         self._resolved: dict[str, tuple[str, float]] = {}
         self._serving: dict[str, str] = {}
         self._loaded: OrderedDict[str, tuple[Any, dict]] = OrderedDict()
+        # The versions refused for a name while an older one keeps serving it, for health checks.
+        self.refused: dict[str, dict] = {}
 
     def resolve(self, ref: str) -> str:
         """The version ``ref`` names now (blocking: reads the store)."""
@@ -136,27 +146,49 @@ class VersionCache:
         if resolved_at is None or self.clock() - resolved_at >= self.poll_seconds:
             try:
                 version = await asyncio.to_thread(self.resolve, ref)
-            except (StoreError, ServingError) as error:
+            except Exception as error:  # the store unreachable or its records unreadable
                 if version is None:
                     if isinstance(error, ServingError):
                         raise
-                    raise UnknownModelError(str(error), "model") from None
-                logger.error("keeping %s for %r: %s", version, ref, error)
+                    logger.error("%r cannot be resolved: %r", ref, error)
+                    message = f"model {ref!r} cannot be resolved: {_refusal_reason(error)}"
+                    raise UnknownModelError(message, "model") from None
+                logger.error("keeping %s for %r: %r", version, ref, error)
         if version in self._loaded:  # the common case: no thread hop
             self._loaded.move_to_end(version)
             self._serving[ref] = version
             return self._loaded[version]
         try:
             entry = await asyncio.to_thread(self.load, version)
-        except StoreError as error:
+        except Exception as error:  # wrong kind, checksums, another key, a missing file, a loader's own failure
             previous = self._serving.get(ref)
             if previous in self._loaded:
                 self._resolved[ref] = (previous, self.clock())  # try the new version again at the next poll
-                logger.error("keeping %s for %r: %s could not be loaded: %s", previous, ref, version, error)
+                self.refused[ref] = {"alias": ref, "version": version, "reason": _refusal_reason(error)}
+                logger.error("keeping %s for %r: %s cannot be served: %r", previous, ref, version, error)
                 return self._loaded[previous]
-            raise UnknownModelError(f"model {ref!r} ({version}) could not be loaded: {error}", "model") from None
+            logger.error("%r (%s) cannot be served: %r", ref, version, error)
+            raise UnknownModelError(
+                f"model {ref!r} ({version}) could not be loaded: {_refusal_reason(error)}", "model"
+            ) from None
+        self.refused.pop(ref, None)
         self._serving[ref] = version
         return entry
+
+
+def _refusal_reason(error: Exception) -> str:
+    """Why a version cannot be served, in words safe to answer: no store location, no loader internals."""
+    if isinstance(error, ServingError):
+        return error.message
+    reasons = {
+        PreprocessingMismatch: "it was built under other preprocessing (another pseudonymisation key or schema)",
+        ChecksumError: "its files fail their checksums or are missing",
+        StoreError: "the store could not provide it",
+    }
+    return next(
+        (reason for kind, reason in reasons.items() if isinstance(error, kind)),
+        "its files could not be loaded by this version of Encore",
+    )
 
 
 EXPLANATION_ITEMS = 3
