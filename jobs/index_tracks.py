@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 from encore import fs
 from encore.audio.schema import FEATURE_VERSION
 from encore.runtime import setup_logging, user_errors
+from encore.serving import serving_store
 from encore.soundalike import SoundalikeIndex, preprocessing
-from encore.store import ModelStore
 
 logger = logging.getLogger("encore.index_tracks")
 
@@ -49,7 +49,7 @@ def index_tracks(features_uri: str, store_uri: str, aliases: list[str], metric: 
     fingerprint = hashlib.sha256("\n".join(sorted(index.tracks_["sha256"])).encode()).hexdigest()
     with tempfile.TemporaryDirectory() as folder:
         index.save(folder)
-        manifest = ModelStore(store_uri).save(
+        manifest = serving_store(store_uri).save(
             folder,
             kind=KIND,
             config={"metric": metric, "features": features_uri},

@@ -21,8 +21,7 @@ from encore.interactions import InteractionDataset
 from encore.metrics import evaluate
 from encore.models import MODELS, fit_model, model_class
 from encore.runtime import init_ray, setup_logging, user_errors
-from encore.serving import RecommenderBundle, preprocessing
-from encore.store import ModelStore
+from encore.serving import RecommenderBundle, preprocessing, serving_store
 
 logger = logging.getLogger("encore.train")
 
@@ -96,7 +95,7 @@ def train(
         )
     with tempfile.TemporaryDirectory() as folder:
         bundle.save(folder)
-        manifest = ModelStore(store_uri).save(
+        manifest = serving_store(store_uri).save(
             folder,
             kind=kind,
             config={

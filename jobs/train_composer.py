@@ -41,7 +41,7 @@ from encore.composer.corpus import style_program
 from encore.composer.data import load_corpus
 from encore.composer.train import add_arguments, configs_from_arguments
 from encore.runtime import init_ray, setup_logging, user_errors
-from encore.store import ModelStore
+from encore.serving import serving_store
 
 logger = logging.getLogger("encore.train_composer")
 
@@ -177,7 +177,7 @@ def train_composer(
     )
     with tempfile.TemporaryDirectory() as folder:
         bundle.save(folder)
-        manifest = ModelStore(fs.absolute(store_uri)).save(
+        manifest = serving_store(fs.absolute(store_uri)).save(
             folder,
             kind="composer",
             config={

@@ -21,7 +21,7 @@ import ray
 from encore import fs, genre
 from encore.genre_tuning import fit_and_evaluate, random_folds
 from encore.runtime import init_ray, setup_logging, user_errors
-from encore.store import ModelStore
+from encore.serving import serving_store
 
 logger = logging.getLogger("encore.train_genre")
 
@@ -73,7 +73,7 @@ def train(
     split_files = [f"{splits_folder}/{genre.SPLIT_FILE.format(part)}" for part in genre.SPLITS]
     with tempfile.TemporaryDirectory() as folder:
         model.save(folder)
-        manifest = ModelStore(store_uri).save(
+        manifest = serving_store(store_uri).save(
             folder,
             kind=KIND,
             config={"params": params, "table": table_path, "split": SPLIT, "tuning": tuning},

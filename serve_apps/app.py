@@ -38,12 +38,9 @@ from encore.api import (
 )
 from encore.audio.warmup import warm_up_numba
 from encore.audio_serving import UPLOAD_BODY, classify_upload, read_upload, similar_to_track, similar_to_upload
-from encore.composer.compose import ComposerBundle
 from encore.composer.service import compose_answer
 from encore.ids import id_key, key_fingerprint, pseudonymize
-from encore.models import MODELS
-from encore.serving import RecommenderBundle, VersionCache, preprocessing
-from encore.soundalike import SoundalikeIndex
+from encore.serving import FAMILIES, VersionCache, preprocessing
 from encore.soundalike import preprocessing as soundalike_preprocessing
 from encore.store import ModelStore
 
@@ -61,8 +58,8 @@ class Recommender:
         self.models = VersionCache(
             ModelStore(store_uri),
             model_alias,
-            kinds=MODELS,
-            load=lambda loaded: RecommenderBundle.load(loaded.path, loaded.manifest.kind),
+            kinds=FAMILIES["recommender"].kinds,
+            load=FAMILIES["recommender"].load,
             poll_seconds=poll_seconds,
             capacity=MODELS_PER_REPLICA,
             expected_preprocessing=preprocessing(key_fingerprint(id_key())),
@@ -110,8 +107,8 @@ class Composer:
         self.models = VersionCache(
             ModelStore(store_uri),
             model_alias,
-            kinds={"composer"},
-            load=lambda loaded: ComposerBundle.load(loaded.path),
+            kinds=FAMILIES["composer"].kinds,
+            load=FAMILIES["composer"].load,
             poll_seconds=poll_seconds,
             capacity=2,
         )
@@ -132,8 +129,8 @@ class GenreClassifier:
         self.models = VersionCache(
             ModelStore(store_uri),
             model_alias,
-            kinds={"genre"},
-            load=lambda loaded: genre.GenreClassifier.load(loaded.path),
+            kinds=FAMILIES["genre"].kinds,
+            load=FAMILIES["genre"].load,
             poll_seconds=poll_seconds,
             capacity=2,
             expected_preprocessing=genre.preprocessing(),
@@ -151,8 +148,8 @@ class Soundalike:
         self.models = VersionCache(
             ModelStore(store_uri),
             model_alias,
-            kinds={"soundalike"},
-            load=lambda loaded: SoundalikeIndex.load(loaded.path),
+            kinds=FAMILIES["soundalike"].kinds,
+            load=FAMILIES["soundalike"].load,
             poll_seconds=poll_seconds,
             capacity=2,
             expected_preprocessing=soundalike_preprocessing(),

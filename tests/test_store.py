@@ -364,9 +364,12 @@ def test_alias_history_is_bounded_so_gc_can_free_space(store, source):
     assert rollbacks == 10
 
 
-def test_cli_lists_shows_promotes_and_rolls_back(store, source):
-    first = save(store, source, metrics={"ndcg@10": 0.123456, "recall@10": 0.5, "hidden": 1}).version
-    second = save(store, source).version
+def test_cli_lists_shows_promotes_and_rolls_back(store, tmp_path):
+    from test_promotion import save_recommender  # promote admits only versions the service can load
+
+    metrics = {"ndcg@10": 0.123456, "recall@10": 0.5, "hidden": 1}
+    first = save_recommender(store, tmp_path / "first", metrics=metrics, aliases=["latest"])
+    second = save_recommender(store, tmp_path / "second", aliases=["latest"])
 
     listing = cli("--uri", store.uri, "list")
     assert listing.returncode == 0, listing.stderr

@@ -22,12 +22,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from encore.interactions import SCHEMA_VERSION, InteractionDataset
-from encore.models import NotSupportedError, Recommender, model_class
+from encore.models import MODELS, NotSupportedError, Recommender, model_class
 from encore.store import (
     ChecksumError,
     LoadedVersion,
+    Manifest,
     ModelStore,
     PreprocessingMismatch,
+    PromotionRefused,
     StoreError,
     VersionNotFound,
 )
@@ -189,6 +191,97 @@ def _refusal_reason(error: Exception) -> str:
         (reason for kind, reason in reasons.items() if isinstance(error, kind)),
         "its files could not be loaded by this version of Encore",
     )
+
+
+@dataclass(frozen=True)
+class Family:
+    """Model kinds one deployment serves, and how its replicas load a version of them."""
+
+    name: str
+    kinds: frozenset[str]
+    load: Callable[[LoadedVersion], Any]
+
+
+def _load_recommender(loaded: LoadedVersion) -> "RecommenderBundle":
+    return RecommenderBundle.load(loaded.path, loaded.manifest.kind)
+
+
+def _load_composer(loaded: LoadedVersion):
+    from encore.composer.compose import ComposerBundle
+
+    return ComposerBundle.load(loaded.path)
+
+
+def _load_genre(loaded: LoadedVersion):
+    from encore.genre import GenreClassifier
+
+    return GenreClassifier.load(loaded.path)
+
+
+def _load_soundalike(loaded: LoadedVersion):
+    from encore.soundalike import SoundalikeIndex
+
+    return SoundalikeIndex.load(loaded.path)
+
+
+FAMILIES = {
+    family.name: family
+    for family in (
+        Family("recommender", frozenset(MODELS), _load_recommender),
+        Family("composer", frozenset({"composer"}), _load_composer),
+        Family("genre", frozenset({"genre"}), _load_genre),
+        Family("soundalike", frozenset({"soundalike"}), _load_soundalike),
+    )
+}
+
+
+def family_of(kind: str) -> Family | None:
+    return next((family for family in FAMILIES.values() if kind in family.kinds), None)
+
+
+def _alias_family(alias: str) -> Family | None:
+    """The family an alias is named for: ``production`` serves recommenders, ``composer-production`` composers."""
+    return FAMILIES["recommender"] if alias == "production" else FAMILIES.get(alias.split("-")[0])
+
+
+def admit_for_serving(store: ModelStore, manifest: Manifest, alias: str) -> None:
+    """Refuse to point ``alias`` at a version its consumers could not serve.
+
+    The version must be of the family the alias serves (the family of the version it names now, or
+    the one its name says), built under the same preprocessing as that version (pseudonymisation key,
+    schemas), and load as a replica loads it. A replica would refuse such a version anyway; refusing
+    the promote keeps the alias on one that every replica, new ones included, can serve.
+
+    Raises
+    ------
+    PromotionRefused
+        Saying why.
+    """
+    family = family_of(manifest.kind)
+    if family is None:
+        raise PromotionRefused(f"{manifest.version}: no deployment serves {manifest.kind!r} models")
+    try:
+        current = store.show(alias)
+    except VersionNotFound:
+        current = None
+    expected = family_of(current.kind) if current else _alias_family(alias)
+    if expected is not None and expected != family:
+        serving = f"serves {expected.name} models" + (f" ({current.version})" if current else "")
+        raise PromotionRefused(f"{alias!r} {serving}; {manifest.version} is a {manifest.kind} model")
+    if current is not None and current.preprocessing != manifest.preprocessing:
+        raise PromotionRefused(
+            f"{manifest.version} was built under other preprocessing than {current.version}, which {alias!r} "
+            f"serves now: {manifest.preprocessing} against {current.preprocessing}"
+        )
+    try:
+        family.load(store.load(manifest.version))
+    except Exception as error:
+        raise PromotionRefused(f"{manifest.version} does not load as a replica loads it: {error!r}") from error
+
+
+def serving_store(uri: str) -> ModelStore:
+    """The model store as jobs and the command line write to it: aliases move only to servable versions."""
+    return ModelStore(uri, admit=admit_for_serving)
 
 
 EXPLANATION_ITEMS = 3

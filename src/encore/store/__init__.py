@@ -5,7 +5,7 @@ rolls back and garbage-collects versions from the command line.
 """
 
 from encore.store.core import LoadedVersion, ModelStore
-from encore.store.errors import ChecksumError, PreprocessingMismatch, StoreError, VersionNotFound
+from encore.store.errors import ChecksumError, PreprocessingMismatch, PromotionRefused, StoreError, VersionNotFound
 from encore.store.manifest import Manifest
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Manifest",
     "ModelStore",
     "PreprocessingMismatch",
+    "PromotionRefused",
     "StoreError",
     "VersionNotFound",
 ]

@@ -87,8 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="re-hash every file of a version in the store")
     verify.add_argument("ref", help="version id or alias")
 
-    promote = commands.add_parser("promote", help="point an alias at a version")
-    promote.add_argument("ref", help="version id or alias")
+    promote = commands.add_parser(
+        "promote", help="point an alias at a version the Serve application can serve from it (refused otherwise)"
+    )
+    promote.add_argument("ref", help="version id, alias, or kind (its newest version)")
     promote.add_argument("--alias", default="production", help="alias to move (default: production)")
 
     rollback = commands.add_parser("rollback", help="point an alias back at its previous version")
@@ -111,7 +113,9 @@ def run(args: argparse.Namespace) -> str:
             manifest = store.verify(args.ref)
             return f"ok: {manifest.version} ({len(manifest.files)} files match the manifest)"
         case "promote":
-            return f"{args.alias} -> {store.promote(args.ref, alias=args.alias)}"
+            from encore.serving import serving_store  # the models' code: only promote needs it
+
+            return f"{args.alias} -> {serving_store(args.uri).promote(args.ref, alias=args.alias)}"
         case "rollback":
             return f"{args.alias} -> {store.rollback(alias=args.alias)}"
         case "gc":

@@ -41,6 +41,8 @@ _KIND = re.compile(r"[a-z0-9][a-z0-9_-]*")
 # Alias names and version ids become object keys: no slashes, no leading dot.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
+Admission = Callable[["ModelStore", Manifest, str], None]
+
 
 @dataclass(frozen=True)
 class LoadedVersion:
@@ -89,6 +91,10 @@ class ModelStore:
     ----------
     uri : str or os.PathLike, default "./artifacts"
         A local path (made absolute) or ``s3://bucket/prefix``.
+    admit : callable, optional
+        ``admit(store, manifest, alias)`` is called before an alias moves to a version and raises
+        :class:`PromotionRefused` to keep it where it is (``encore.serving.serving_store`` refuses
+        what the Serve application could not serve).
 
     Examples
     --------
@@ -99,8 +105,9 @@ class ModelStore:
     >>> loaded = store.load("production", expected_preprocessing={"id_key": "k1"})
     """
 
-    def __init__(self, uri: str | os.PathLike = "./artifacts"):
+    def __init__(self, uri: str | os.PathLike = "./artifacts", admit: Admission | None = None):
         self._backend = open_backend(uri)
+        self._admit = admit
 
     @property
     def uri(self) -> str:
@@ -163,6 +170,8 @@ class ModelStore:
         self._backend.write_bytes(self._version_key(version, MANIFEST_NAME), _to_json(manifest.to_dict()))
         logger.info("saved %s (%d files, %s) to %s", version, len(recorded), _human_size(manifest.total_size), self.uri)
         for alias in aliases:
+            self._check_admitted(manifest, alias)
+        for alias in aliases:
             self._point_alias(alias, version)
         return manifest
 
@@ -173,11 +182,20 @@ class ModelStore:
         moving the same alias at the same moment may lose one of the history entries.
         """
         self._check_alias_name(alias)
-        return self._point_alias(alias, self.resolve(ref))
+        manifest = self._manifest(ref)
+        self._check_admitted(manifest, alias)
+        return self._point_alias(alias, manifest.version)
 
     def promote(self, ref: str, alias: str = "production") -> str:
-        """Point ``alias`` (by default "production") at ``ref``; returns the version id."""
-        version = self.set_alias(alias, ref)
+        """Point ``alias`` (by default "production") at ``ref``, an alias, a version id or a kind (its
+        newest version); returns the version id."""
+        try:
+            version = self.set_alias(alias, ref)
+        except VersionNotFound:
+            newest = self.list(kind=ref) if _KIND.fullmatch(ref) else []
+            if not newest:
+                raise
+            version = self.set_alias(alias, newest[0].version)
         logger.info("promoted %s to %s", version, alias)
         return version
 
@@ -385,6 +403,10 @@ class ModelStore:
             if name.endswith(".json") and (record := self._read_alias(alias)) is not None:
                 records[alias] = record
         return records
+
+    def _check_admitted(self, manifest: Manifest, alias: str) -> None:
+        if self._admit is not None:
+            self._admit(self, manifest, alias)
 
     def _point_alias(self, alias: str, version: str) -> str:
         record = self._read_alias(alias)

@@ -15,3 +15,7 @@ class ChecksumError(StoreError):
 
 class PreprocessingMismatch(StoreError):
     """A version was built with preprocessing other than the caller expects."""
+
+
+class PromotionRefused(StoreError):
+    """An alias was not moved to a version its consumers could not serve."""
