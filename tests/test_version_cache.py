@@ -148,7 +148,14 @@ def test_whatever_lands_behind_the_alias_the_working_version_keeps_serving(store
     assert sum(bad in record.getMessage() for record in caplog.records) == 2
     assert str(tmp_path) not in versions.refused["genre-production"]["reason"]
 
+    store.set_alias("genre-production", working)  # rolled back to the version still loaded: nothing refused
+    clock.now = 30
+    assert get(versions)[1]["version"] == working and not versions.refused
+
+    store.set_alias("genre-production", bad)
+    clock.now = 40
+    assert get(versions)[1]["version"] == working and versions.refused
     fixed = store.save(folder, kind="genre", config={}, metrics={}, data_fingerprint="d",
                        preprocessing={"key": "k1"}, aliases=["genre-production"]).version  # fmt: skip
-    clock.now = 30
+    clock.now = 50
     assert get(versions)[1]["version"] == fixed and not versions.refused

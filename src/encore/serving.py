@@ -148,6 +148,8 @@ class VersionCache:
         if resolved_at is None or self.clock() - resolved_at >= self.poll_seconds:
             try:
                 version = await asyncio.to_thread(self.resolve, ref)
+                if self.refused.get(ref, {}).get("version") != version:  # the name moved on, to any version
+                    self.refused.pop(ref, None)
             except Exception as error:  # the store unreachable or its records unreadable
                 if version is None:
                     if isinstance(error, ServingError):
@@ -173,7 +175,6 @@ class VersionCache:
             raise UnknownModelError(
                 f"model {ref!r} ({version}) could not be loaded: {_refusal_reason(error)}", "model"
             ) from None
-        self.refused.pop(ref, None)
         self._serving[ref] = version
         return entry
 
