@@ -25,6 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from encore import genre
 from encore.api import (
     MAX_ITEMS,
+    UPLOAD_STATUSES,
     ClassifyResponse,
     ComposeRequest,
     ComposeResponse,
@@ -35,6 +36,7 @@ from encore.api import (
     SimilarResponse,
     TracksResponse,
     create_app,
+    error_statuses,
 )
 from encore.audio.warmup import warm_up_numba
 from encore.audio_serving import UPLOAD_BODY, classify_upload, read_upload, similar_to_track, similar_to_upload
@@ -180,11 +182,11 @@ class EncoreAPI:
         self.genres, self.soundalike, self.max_upload_bytes = genres, soundalike, max_upload_bytes
         self.key = id_key()
 
-    @app.get("/healthz", response_model=Health)
+    @app.get("/healthz", response_model=Health, responses=error_statuses(500, 503, authenticated=False))
     async def healthz(self) -> dict:
         return {"status": "ok", **await self.recommender.health.remote()}
 
-    @app.post("/v1/recommend", response_model=RecommendResponse)
+    @app.post("/v1/recommend", response_model=RecommendResponse, responses=error_statuses(400, 404))
     async def recommend(self, request: RecommendRequest) -> dict:
         """Top-n items for a user; a user the model has never seen gets the most popular items."""
         user_key = pseudonymize(request.user_id, self.key)
@@ -198,37 +200,47 @@ class EncoreAPI:
             }
         )
 
-    @app.post("/v1/recommend/history", response_model=RecommendResponse)
+    @app.post("/v1/recommend/history", response_model=RecommendResponse, responses=error_statuses(400, 404))
     async def recommend_for_history(self, request: HistoryRequest) -> dict:
         """Top-n items for a listener the model has never seen, from the items they played."""
         return await self.recommender.recommend_for_history.remote(request.items, request.n, request.model)
 
-    @app.get("/v1/items/{item_id}/similar", response_model=SimilarResponse)
+    @app.get("/v1/items/{item_id}/similar", response_model=SimilarResponse, responses=error_statuses(400, 404))
     async def similar_items(
         self, item_id: str, n: int = Query(10, ge=1, le=MAX_ITEMS), model: str | None = Query(None, max_length=200)
     ) -> dict:
         """Items most similar to ``item_id`` according to the model."""
         return await self.recommender.similar_items.remote(item_id, n, model)
 
-    @app.post("/v1/compose", response_model=ComposeResponse)
+    @app.post("/v1/compose", response_model=ComposeResponse, responses=error_statuses(404, 413))
     async def compose(self, request: ComposeRequest) -> dict:
         """New music in a style and key, optionally continuing a MIDI primer: MIDI, and WAV on request."""
         return await self.composer.compose.remote(request.model_dump())
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, openapi_extra=UPLOAD_BODY)
+    @app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        responses=error_statuses(404, *UPLOAD_STATUSES),
+        openapi_extra=UPLOAD_BODY,
+    )
     async def classify(self, request: Request, model: str | None = Query(None, max_length=200)) -> dict:
         """Genre probabilities of an uploaded audio file (multipart, field ``file``), for the whole track."""
         data = await read_upload(request, self.max_upload_bytes)
         return await self.genres.classify.remote(data, model)
 
-    @app.get("/v1/tracks/{track_id}/similar", response_model=TracksResponse)
+    @app.get("/v1/tracks/{track_id}/similar", response_model=TracksResponse, responses=error_statuses(404))
     async def similar_tracks(
         self, track_id: str, n: int = Query(10, ge=1, le=MAX_ITEMS), model: str | None = Query(None, max_length=200)
     ) -> dict:
         """Indexed tracks that sound most like ``track_id``, nearest first."""
         return await self.soundalike.similar_to_track.remote(track_id, n, model)
 
-    @app.post("/v1/similar", response_model=TracksResponse, openapi_extra=UPLOAD_BODY)
+    @app.post(
+        "/v1/similar",
+        response_model=TracksResponse,
+        responses=error_statuses(404, *UPLOAD_STATUSES),
+        openapi_extra=UPLOAD_BODY,
+    )
     async def similar_to_upload(
         self, request: Request, n: int = Query(10, ge=1, le=MAX_ITEMS), model: str | None = Query(None, max_length=200)
     ) -> dict:

@@ -177,6 +177,29 @@ def test_openapi_describes_the_api(api):
     assert api.get("/docs").status_code == 200
 
 
+@pytest.mark.parametrize(
+    "method, path, request_args, status",
+    [
+        ("post", "/v1/recommend", {"json": {"user_id": "x", "n": 0}}, 422),
+        ("post", "/v1/recommend", {"json": {"user_id": "x", "model": "als"}}, 404),
+        ("post", "/v1/recommend", {"json": {"user_id": f"{PLANTED_PREFIX}-0003", "explain": True}}, 400),
+        ("post", "/v1/recommend/history", {"json": {"items": ["no-such-track"]}}, 404),
+        ("get", "/v1/items/{item_id}/similar", {}, 400),
+        ("post", "/v1/classify", {"json": {"file": "x"}}, 415),
+        ("post", "/v1/similar", {"content": b"x" * 10, "headers": {"content-type": "multipart/form-data; b=1"}}, 400),
+        ("post", "/v1/compose", {"json": {"bars": 0}}, 422),
+        ("get", "/v1/tracks/{track_id}/similar", {"params": {"n": 0}}, 422),
+    ],
+)
+def test_openapi_lists_the_error_statuses_each_operation_answers(api, method, path, request_args, status):
+    url = path.format(item_id="track-0", track_id="0123456789abcdef")
+    answer = api.request(method.upper(), url, **request_args)
+    assert answer.status_code == status, answer.text
+    assert answer.json()["error"]["request_id"] == answer.headers["x-request-id"]
+    responses = api.get("/openapi.json").json()["paths"][path][method]["responses"]
+    assert str(status) in responses and "ErrorResponse" in json.dumps(responses[str(status)])
+
+
 def test_new_production_version_is_picked_up_without_restart(api, pipeline_run):
     from jobs.train import train
 
@@ -302,11 +325,54 @@ def test_history_recommendations_for_a_new_listener(api, pipeline_run):
     assert len(body["items"]) == 4 and not {item["item_id"] for item in body["items"]} & set(history)
     unknown = api.post("/v1/recommend/history", json={"items": ["track-0", "no-such-track"], "n": 4})
     assert unknown.status_code == 404
-    assert unknown.json()["error"] == {
-        "code": "unknown_item",
-        "field": "items",
-        "message": "unknown item id(s): 'no-such-track'",
-    }
+    error = unknown.json()["error"]
+    assert error["code"] == "unknown_item" and error["field"] == "items"
+    assert error["message"] == "unknown item ids, 1: 'no-such-track'"
+
+
+def test_errors_summarise_and_carry_a_request_id(api):
+    """A history of a thousand long unknown ids: the error counts them and shows a few, cut short."""
+    history = [f"no-such-track-{i:04d}-" + "x" * 180 for i in range(1000)]
+    answer = api.post("/v1/recommend/history", json={"items": history, "n": 4})
+    error = answer.json()["error"]
+    assert answer.status_code == 404 and error["field"] == "items" and "1000" in error["message"]
+    assert len(answer.content) < 1000 and "no-such-track-0999" not in answer.text
+    assert error["request_id"] and answer.headers["x-request-id"] == error["request_id"]
+    wrong_method = api.put("/v1/recommend", json={})
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_a_500_carries_a_request_id_that_finds_its_traceback_in_the_log(api, pipeline_run, ray_local, tmp_path):
+    """A version that loads but cannot answer (its item scores cut to one item) fails a known user's request."""
+    import shutil
+
+    from encore.store import ModelStore
+
+    store = ModelStore(pipeline_run["root"] / "store")
+    loaded = store.load("production")
+    folder = tmp_path / "broken"
+    shutil.copytree(loaded.path, folder, ignore=shutil.ignore_patterns("MANIFEST.json"))
+    with np.load(folder / "state.npz") as state:
+        arrays = dict(state)
+    arrays["item_scores_"] = arrays["item_scores_"][:1]
+    np.savez(folder / "state.npz", **arrays)
+    manifest = loaded.manifest
+    broken = store.save(folder, kind=manifest.kind, config=manifest.config, metrics={}, data_fingerprint="test",
+                        preprocessing=manifest.preprocessing, aliases=[]).version  # fmt: skip
+    user = f"{PLANTED_PREFIX}-0004"
+    answer = api.post("/v1/recommend", json={"user_id": user, "n": 3, "model": broken})
+    error = answer.json()["error"]
+    assert answer.status_code == 500 and error["code"] == "internal_error" and error["request_id"]
+    assert str(pipeline_run["root"]) not in answer.text and "Traceback" not in answer.text
+    session_logs = Path(ray_local._private.worker._global_node.get_session_dir_path()) / "logs"
+    deadline = time.monotonic() + 30
+    while not any(
+        error["request_id"] in text and "Traceback" in text
+        for text in (p.read_text(errors="replace") for p in session_logs.rglob("*") if p.is_file())
+    ):
+        assert time.monotonic() < deadline, "the request id of the 500 is in no log with a traceback"
+        time.sleep(1)
 
 
 def test_verbs_a_model_cannot_do_say_so(api):

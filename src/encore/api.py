@@ -5,17 +5,25 @@ request field where there is one. Messages never echo request values, so a user 
 malformed request cannot reach a log through an error.
 """
 
+import logging
+import re
+import uuid
 from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from encore.serving import ServingError
 
+logger = logging.getLogger(__name__)
+
 MAX_ITEMS = 100
+SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 MAX_HISTORY = 1000
@@ -175,14 +183,50 @@ class ErrorBody(BaseModel):
     code: str
     message: str
     field: str | None
+    request_id: str | None = Field(description="also in the X-Request-ID header and, for a 500, in the service log")
 
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message, "field": field}})
+# What each error status means for a client; every operation lists the ones it can answer.
+ERROR_STATUSES = {
+    400: "the model cannot do what was asked (not_supported), or the upload is empty or not multipart",
+    401: "no valid API key (header X-API-Key or Authorization: Bearer)",
+    403: "the key lacks the scope of this operation, or may not select the model asked for",
+    404: "unknown model, user item, track or route",
+    405: "the route does not take this method; the Allow header lists those it does",
+    408: "the upload did not arrive within its deadline",
+    411: "an upload without Content-Length",
+    413: "the upload, its audio or its MIDI primer is larger than the service's limits (the message says which)",
+    415: "not multipart/form-data, or not a known audio format",
+    422: "a field is invalid; `field` names it",
+    429: "this key's rate limit is spent; retry after Retry-After seconds",
+    500: "the service failed; quote request_id",
+    503: "the service is at capacity or the model is unavailable; retry after Retry-After seconds",
+}
+# Every operation: authentication, rate limits, validation, failures and shedding.
+COMMON_STATUSES = (401, 403, 422, 429, 500, 503)
+UPLOAD_STATUSES = (400, 408, 411, 413, 415)
+
+
+def error_statuses(*statuses: int, authenticated: bool = True) -> dict:
+    """The ``responses`` of an operation: ``statuses``, and the common ones where it takes an API key."""
+    listed = {*statuses, *(COMMON_STATUSES if authenticated else ())}
+    return {status: {"model": ErrorResponse, "description": ERROR_STATUSES[status]} for status in sorted(listed)}
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def error_response(
+    request: Request, status: int, code: str, message: str, field: str | None = None, headers: dict | None = None
+) -> JSONResponse:
+    request_id = _request_id(request)
+    body = {"error": {"code": code, "message": message, "field": field, "request_id": request_id}}
+    return JSONResponse(status_code=status, content=body, headers=headers)
 
 
 def _field_name(location: tuple) -> str | None:
@@ -199,20 +243,48 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         message = "request body is not valid JSON"
     elif first.get("type") == "extra_forbidden":
         message = "unknown field"
-    return error_response(422, "invalid_request", f"{field}: {message}" if field else message, field)
+    return error_response(request, 422, "invalid_request", f"{field}: {message}" if field else message, field)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 503: "unavailable"}
-    return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+    code = codes.get(exc.status_code, "http_error")
+    return error_response(request, exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
 async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
-    return error_response(exc.status, exc.code, exc.message, exc.field)
+    return error_response(request, exc.status, exc.code, exc.message, exc.field, headers=exc.headers)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(500, "internal_error", "the server failed to answer; see the service logs")
+    logger.error("request %s failed", _request_id(request), exc_info=exc)
+    return error_response(request, 500, "internal_error", "the server failed to answer; the log has this request_id")
+
+
+class RequestIds:
+    """Gives every request an id: a client quoting it finds the log lines of its request. Behind Serve's
+    proxy, the id is the proxy's (``X-Request-ID``, which it also logs and answers); an id that a client
+    chose is used only when it is short and plain, since it lands in log lines. Plain ASGI rather than a
+    Starlette ``BaseHTTPMiddleware``, which costs a task per request."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = Headers(scope=scope).get("x-request-id")
+        request_id = given if given and SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        if given is not None:  # the proxy answers the header itself
+            return await self.app(scope, receive, send)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("x-request-id", request_id)
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 def create_app() -> FastAPI:
@@ -220,13 +292,8 @@ def create_app() -> FastAPI:
         title="Encore",
         version="1",
         description="Music recommendation as a service. User ids are pseudonymised on arrival.",
-        responses={
-            400: {"model": ErrorResponse},
-            404: {"model": ErrorResponse},
-            422: {"model": ErrorResponse},
-            500: {"model": ErrorResponse},
-        },
     )
+    app.add_middleware(RequestIds)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ServingError, _serving_error)

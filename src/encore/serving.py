@@ -47,18 +47,26 @@ class ServingError(Exception):
 
     status = 400
     code = "bad_request"
+    headers: dict | None = None
 
     def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
         self.message, self.field = message, field
 
 
+def summarise_ids(ids: list[str], shown: int = 3, length: int = 40) -> str:
+    """A bounded description of request values: how many, and the first few cut short. An error that
+    echoed a thousand ids back would cost more to build and carry than the request that caused it."""
+    first = ", ".join(repr(i if len(i) <= length else i[:length] + "…") for i in ids[:shown])
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return f"{len(ids)}: {first}{more}"
+
+
 class UnknownItemError(ServingError):
     status, code = 404, "unknown_item"
 
     def __init__(self, item_ids: list[str], field: str = "items"):
-        self.item_ids = item_ids
-        super().__init__(f"unknown item id(s): {', '.join(repr(i) for i in item_ids)}", field)
+        super().__init__(f"unknown item ids, {summarise_ids(item_ids)}", field)
 
 
 class UnknownModelError(ServingError):
@@ -71,6 +79,7 @@ class UnsupportedError(ServingError):
 
 class ModelUnavailableError(ServingError):
     status, code = 503, "model_unavailable"
+    headers = {"Retry-After": "10"}
 
 
 class VersionCache:
