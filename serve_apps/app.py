@@ -19,7 +19,10 @@ from pathlib import Path
 
 import torch
 from fastapi import Query, Request
+from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve.config import BackpressureConfig
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from encore import genre
@@ -36,10 +39,18 @@ from encore.api import (
     SimilarResponse,
     TracksResponse,
     create_app,
+    error_response,
     error_statuses,
 )
 from encore.audio.warmup import warm_up_numba
-from encore.audio_serving import UPLOAD_BODY, classify_upload, read_upload, similar_to_track, similar_to_upload
+from encore.audio_serving import (
+    UPLOAD_BODY,
+    UploadSlots,
+    classify_upload,
+    read_upload,
+    similar_to_track,
+    similar_to_upload,
+)
 from encore.composer.service import compose_answer
 from encore.ids import id_key, key_fingerprint, pseudonymize
 from encore.serving import FAMILIES, VersionCache, preprocessing
@@ -52,9 +63,15 @@ MODELS_PER_REPLICA = 4
 app = create_app()
 
 
+@app.exception_handler(BackPressureError)
+async def _overloaded(request: Request, exc: BackPressureError) -> JSONResponse:
+    """A deployment behind the ingress has its queue full: shed the request now rather than queue it."""
+    return error_response(request, 503, "overloaded", "the service is at capacity", headers={"Retry-After": "1"})
+
+
 # Fractional CPUs: the whole application at its minimum replicas reserves less than one CPU, so a
 # 2-CPU node keeps a whole CPU for the 1-CPU tasks of jobs and Tune trials (tests/test_infra.py).
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_queued_requests=128)
 class Recommender:
     def __init__(self, store_uri: str, model_alias: str, poll_seconds: float):
         self.models = VersionCache(
@@ -102,7 +119,7 @@ class Recommender:
 
 # A composition keeps a core busy for up to its time budget: few at once per replica, and more replicas
 # (autoscaling in config.yaml) rather than a long queue.
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=2)
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=2, max_queued_requests=8)
 class Composer:
     def __init__(self, store_uri: str, model_alias: str, poll_seconds: float, time_budget_s: float):
         torch.set_num_threads(1)  # one core per composition: concurrent requests must not fight over threads
@@ -124,7 +141,7 @@ class Composer:
 
 
 # Uploads are decoded and analysed here, in a thread (seconds of CPU per track), never in the ingress.
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=4)
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=4, max_queued_requests=8)
 class GenreClassifier:
     def __init__(self, store_uri: str, model_alias: str, poll_seconds: float):
         warm_up_numba()  # librosa's compiled code, before the first upload rather than during it
@@ -143,7 +160,7 @@ class GenreClassifier:
         return {**await asyncio.to_thread(classify_upload, classifier, data), "model": info}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=8)
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=8, max_queued_requests=16)
 class Soundalike:
     def __init__(self, store_uri: str, model_alias: str, poll_seconds: float):
         warm_up_numba()
@@ -166,7 +183,14 @@ class Soundalike:
         return {**await asyncio.to_thread(similar_to_upload, index, data, n), "model": info}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.1})
+# The ingress awaits the other deployments and the clients' bodies; it does little work of its own, so
+# it takes many requests at once. Beyond its queue the proxy answers 503 with Retry-After at once.
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.1},
+    max_ongoing_requests=128,
+    max_queued_requests=256,
+    backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
+)
 @serve.ingress(app)
 class EncoreAPI:
     def __init__(
@@ -176,10 +200,12 @@ class EncoreAPI:
         genres: DeploymentHandle,
         soundalike: DeploymentHandle,
         max_upload_bytes: int,
+        max_concurrent_uploads: int,
     ):
         self.recommender = recommender
         self.composer = composer
         self.genres, self.soundalike, self.max_upload_bytes = genres, soundalike, max_upload_bytes
+        self.uploads = UploadSlots(max_concurrent_uploads)
         self.key = id_key()
 
     @app.get("/healthz", response_model=Health, responses=error_statuses(500, 503, authenticated=False))
@@ -225,7 +251,8 @@ class EncoreAPI:
     )
     async def classify(self, request: Request, model: str | None = Query(None, max_length=200)) -> dict:
         """Genre probabilities of an uploaded audio file (multipart, field ``file``), for the whole track."""
-        data = await read_upload(request, self.max_upload_bytes)
+        async with self.uploads:
+            data = await read_upload(request, self.max_upload_bytes)
         return await self.genres.classify.remote(data, model)
 
     @app.get("/v1/tracks/{track_id}/similar", response_model=TracksResponse, responses=error_statuses(404))
@@ -245,7 +272,8 @@ class EncoreAPI:
         self, request: Request, n: int = Query(10, ge=1, le=MAX_ITEMS), model: str | None = Query(None, max_length=200)
     ) -> dict:
         """Indexed tracks that sound most like an uploaded audio file (multipart, field ``file``), nearest first."""
-        data = await read_upload(request, self.max_upload_bytes)
+        async with self.uploads:
+            data = await read_upload(request, self.max_upload_bytes)
         return await self.soundalike.similar_to_upload.remote(data, n, model)
 
 
@@ -254,7 +282,8 @@ def app_builder(args: dict) -> serve.Application:
     repository's ``artifacts`` folder), ``model_alias`` (default ``production``), ``poll_seconds``,
     ``composer_alias`` (default ``composer-production``), ``compose_time_budget_s`` (default 20),
     ``genre_alias`` (default ``genre-production``), ``soundalike_alias`` (default
-    ``soundalike-production``), ``max_upload_mb`` (default 20)."""
+    ``soundalike-production``), ``max_upload_mb`` (default 20), ``max_concurrent_uploads`` (per ingress
+    replica, default 4)."""
     store_uri = args.get("store_uri") or os.environ.get("ENCORE_STORE_URI") or str(DEFAULT_STORE)
     recommender = Recommender.bind(
         store_uri, args.get("model_alias", "production"), float(args.get("poll_seconds", 10))
@@ -269,4 +298,5 @@ def app_builder(args: dict) -> serve.Application:
     genres = GenreClassifier.bind(store_uri, args.get("genre_alias", "genre-production"), poll_seconds)
     soundalike = Soundalike.bind(store_uri, args.get("soundalike_alias", "soundalike-production"), poll_seconds)
     max_upload_bytes = int(float(args.get("max_upload_mb", 20)) * 1_000_000)
-    return EncoreAPI.bind(recommender, composer, genres, soundalike, max_upload_bytes)
+    max_concurrent_uploads = int(args.get("max_concurrent_uploads", 4))
+    return EncoreAPI.bind(recommender, composer, genres, soundalike, max_upload_bytes, max_concurrent_uploads)

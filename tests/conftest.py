@@ -18,6 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_ID_KEY = "encore-test-suite-key"
+BODY_TIMEOUT_S = 12
 
 
 def run_driver(ray_local, module_args: list[str], until_checkpoint: Path | None = None) -> str | None:
@@ -129,6 +130,8 @@ def ray_local(s3_endpoint, tmp_path_factory):
     # Ray starts its workers at niceness 15: beside any other busy process they would get a few percent of
     # a core, and every test would wait on them. The suite's workers share the machine as equals.
     os.environ["RAY_worker_niceness"] = "0"
+    # The ingress's body deadline (30 s in service), short enough for a test to wait it out.
+    os.environ["ENCORE_BODY_TIMEOUT_S"] = str(BODY_TIMEOUT_S)
     # Workers import `jobs` and `serve_apps` from the repository, wherever pytest was started.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     ray.init(

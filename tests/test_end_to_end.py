@@ -6,6 +6,7 @@ every log line (ours and Ray's) for them.
 
 import json
 import logging
+import socket
 import time
 from pathlib import Path
 
@@ -255,6 +256,60 @@ def test_a_wrong_promote_leaves_the_service_answering(api, pipeline_run, tmp_pat
             time.sleep(0.3)
     finally:
         store.set_alias("production", serving["version"])
+
+
+def _stalled_upload(port: int) -> socket.socket:
+    """An upload that declares 100 kB, sends its part headers and then nothing more."""
+    head = (
+        "POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        'Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+    )
+    connection = socket.create_connection(("127.0.0.1", port), timeout=60)
+    connection.sendall(head.encode())
+    return connection
+
+
+def _answer(connection: socket.socket) -> tuple[int, dict, dict]:
+    """Status, headers and JSON body of the one answer on ``connection``."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _content_length(data):
+        chunk = connection.recv(65536)
+        assert chunk, f"connection closed without a whole answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+def _content_length(data: bytes) -> int:
+    head = data.partition(b"\r\n\r\n")[0].decode().lower()
+    return next((int(line.split(":")[1]) for line in head.split("\r\n") if line.startswith("content-length:")), 0)
+
+
+def test_slow_uploads_never_hold_up_other_requests(api):
+    """Six uploads that stall after their headers, against four upload slots: two are turned away at once,
+    recommendations answer while four hold their slots, and the four get 408 when the body deadline ends."""
+    from conftest import BODY_TIMEOUT_S
+
+    port = api.base_url.port
+    started = time.monotonic()
+    stalled = [_stalled_upload(port) for _ in range(6)]
+    try:
+        for _ in range(10):
+            answer = api.post("/v1/recommend", json={"user_id": "someone", "n": 2})
+            assert answer.status_code == 200
+        assert time.monotonic() - started < BODY_TIMEOUT_S / 2, "recommendations waited on the uploads"
+        answers = [_answer(connection) for connection in stalled]
+    finally:
+        for connection in stalled:
+            connection.close()
+    busy = [(headers, body) for status, headers, body in answers if status == 503]
+    timed_out = [body for status, _, body in answers if status == 408]
+    assert len(busy) == 2 and len(timed_out) == 4, [status for status, _, _ in answers]
+    assert all(headers["retry-after"] == "1" and body["error"]["code"] == "busy" for headers, body in busy)
+    assert all(body["error"] == {**body["error"], "code": "body_timeout", "field": "file"} for body in timed_out)
+    assert time.monotonic() - started >= BODY_TIMEOUT_S
 
 
 def test_tune_search_selects_on_validation_and_stores_the_best(pipeline_run):

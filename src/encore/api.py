@@ -5,7 +5,9 @@ request field where there is one. Messages never echo request values, so a user 
 malformed request cannot reach a log through an error.
 """
 
+import asyncio
 import logging
+import os
 import re
 import uuid
 from typing import Literal
@@ -23,6 +25,7 @@ from encore.serving import ServingError
 logger = logging.getLogger(__name__)
 
 MAX_ITEMS = 100
+BODY_TIMEOUT_S = 30.0
 SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -197,7 +200,7 @@ ERROR_STATUSES = {
     403: "the key lacks the scope of this operation, or may not select the model asked for",
     404: "unknown model, user item, track or route",
     405: "the route does not take this method; the Allow header lists those it does",
-    408: "the upload did not arrive within its deadline",
+    408: "the request body did not arrive within the service's deadline (ENCORE_BODY_TIMEOUT_S)",
     411: "an upload without Content-Length",
     413: "the upload, its audio or its MIDI primer is larger than the service's limits (the message says which)",
     415: "not multipart/form-data, or not a known audio format",
@@ -207,8 +210,8 @@ ERROR_STATUSES = {
     503: "the service is at capacity or the model is unavailable; retry after Retry-After seconds",
 }
 # Every operation: authentication, rate limits, validation, failures and shedding.
-COMMON_STATUSES = (401, 403, 422, 429, 500, 503)
-UPLOAD_STATUSES = (400, 408, 411, 413, 415)
+COMMON_STATUSES = (401, 403, 408, 422, 429, 500, 503)
+UPLOAD_STATUSES = (400, 411, 413, 415)
 
 
 def error_statuses(*statuses: int, authenticated: bool = True) -> dict:
@@ -247,7 +250,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 503: "unavailable"}
+    codes = {404: "not_found", 405: "method_not_allowed", 408: "body_timeout", 413: "too_large", 503: "unavailable"}
     code = codes.get(exc.status_code, "http_error")
     return error_response(request, exc.status_code, code, str(exc.detail), headers=exc.headers)
 
@@ -287,13 +290,45 @@ class RequestIds:
         await self.app(scope, receive, send_with_id)
 
 
+class BodyDeadline:
+    """A request's body must arrive within ``ENCORE_BODY_TIMEOUT_S`` seconds (default 30) of its first
+    read, or the request is answered 408: a client that sends a byte now and then holds a slot of the
+    ingress that long at most. Read when the ingress replica builds its middleware, so the setting
+    comes from the replica's environment."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+        self.seconds = float(os.environ.get("ENCORE_BODY_TIMEOUT_S", BODY_TIMEOUT_S))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        deadline = asyncio.get_running_loop().time() + self.seconds
+        body_done = False
+
+        async def receive_by_deadline() -> Message:
+            nonlocal body_done
+            if body_done:  # afterwards the app only listens for a disconnect, for as long as it answers
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise StarletteHTTPException(408, f"the body did not arrive within {self.seconds:g} s") from None
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, receive_by_deadline, send)
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="Encore",
         version="1",
         description="Music recommendation as a service. User ids are pseudonymised on arrival.",
     )
-    app.add_middleware(RequestIds)
+    app.add_middleware(BodyDeadline)
+    app.add_middleware(RequestIds)  # added last, so outermost: errors of the deadline carry the id too
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ServingError, _serving_error)

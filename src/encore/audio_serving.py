@@ -3,8 +3,9 @@
 The ingress only reads the upload's bytes, bounded by ``max_bytes`` (``read_upload``); decoding and
 feature computation happen in the genre and sound-alike replicas, in a thread, and refuse audio
 longer than ``MAX_TRACK_SECONDS`` (``decode_upload``). Every problem with an upload is an
-``UploadError`` naming the ``file`` field: 400 empty or malformed, 411 without a length, 413 too
-large or too long, 415 not multipart or not audio, 422 corrupt, truncated, silent or too short.
+``UploadError`` naming the ``file`` field: 400 empty or malformed, 408 not received within the
+body deadline, 411 without a length, 413 too large or too long, 415 not multipart or not audio, 422
+corrupt, truncated, silent or too short, 503 when the replica is already receiving its limit of uploads.
 """
 
 import pandas as pd
@@ -87,6 +88,32 @@ class MissingFile(UploadError):
     status, code = 422, "invalid_request"
 
 
+class UploadTimeout(UploadError):
+    status, code = 408, "body_timeout"
+
+
+class UploadsBusy(UploadError):
+    status, code = 503, "busy"
+    headers = {"Retry-After": "1"}
+
+
+class UploadSlots:
+    """At most ``limit`` uploads read at once by one ingress replica. One more is refused at once
+    (503 with Retry-After) rather than queued: uploads arrive at the client's pace, and however slow
+    they are, they must not hold the slots that recommendations need."""
+
+    def __init__(self, limit: int):
+        self.limit, self.reading = limit, 0
+
+    async def __aenter__(self) -> None:
+        if self.reading >= self.limit:
+            raise UploadsBusy(f"{self.limit} uploads are being received; retry in a second")
+        self.reading += 1
+
+    async def __aexit__(self, *exc_info) -> None:
+        self.reading -= 1
+
+
 class TrackNotFound(ServingError):
     status, code = 404, "unknown_track"
 
@@ -114,6 +141,8 @@ async def read_upload(request: Request, max_bytes: int = MAX_UPLOAD_BYTES) -> by
     try:
         form = await request.form(max_files=1, max_fields=8)
     except HTTPException as error:
+        if error.status_code == 408:
+            raise UploadTimeout(error.detail) from None
         raise InvalidMultipart(f"the multipart body cannot be parsed: {error.detail}") from None
     upload = form.get(UPLOAD_FIELD)
     if upload is None or isinstance(upload, str):
