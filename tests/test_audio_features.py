@@ -187,6 +187,101 @@ def test_unusable_audio_raises_with_its_reason(name):
     assert error.value.reason == reason and str(error.value).startswith(f"{reason}: ")
 
 
+def declaring_frames(flac: bytes, frames: int) -> bytes:
+    """A FLAC whose STREAMINFO declares ``frames`` frames: its last 36 bits before the MD5, after the block header."""
+    fields = int.from_bytes(flac[18:26], "big")
+    return flac[:18] + ((fields >> 36 << 36) | frames).to_bytes(8, "big") + flac[26:]
+
+
+def fail_if_decoded(monkeypatch):
+    monkeypatch.setattr(features, "read_mono", lambda *args: pytest.fail("decoded before the header's limits"))
+
+
+def long_silence(seconds: float, sr: int) -> bytes:
+    """``seconds`` of near silence at ``sr``, written by blocks: FLAC keeps a long track small."""
+    buffer = io.BytesIO()
+    with sf.SoundFile(buffer, "w", sr, 1, format="FLAC") as out:
+        for _ in range(int(seconds // 10)):
+            out.write(np.full(10 * sr, 0.01, np.float32))
+    return buffer.getvalue()
+
+
+def upload_error(data: bytes, **options):
+    from encore.audio_serving import UploadError, decode_upload
+
+    with pytest.raises(UploadError) as refused:
+        decode_upload(data, **options)
+    return refused.value
+
+
+def test_upload_declaring_two_hours_of_eight_channels_at_96_khz_is_refused_from_its_header(monkeypatch):
+    from encore.audio_serving import MAX_TRACK_SECONDS
+
+    eight = encoded(np.tile(tone(69, 1.0, sr=96_000)[:, None], 8), 96_000, "FLAC")
+    fail_if_decoded(monkeypatch)
+    refused = upload_error(declaring_frames(eight, 7_200 * 96_000))
+    assert (refused.status, refused.code, refused.field) == (422, "unsupported_audio", "file")
+    assert "8 channels; at most 2 are decoded" in refused.message
+    high_rate = encoded(tone(69, 1.0, sr=192_000), 192_000, "FLAC")
+    refused = upload_error(high_rate)
+    assert refused.code == "unsupported_audio" and "192,000 Hz; at most 96,000 Hz is decoded" in refused.message
+    stereo = encoded(np.stack([tone(69, 1.0, sr=44_100)] * 2, axis=1), 44_100, "FLAC")
+    refused = upload_error(declaring_frames(stereo, 7_200 * 44_100))
+    assert (refused.status, refused.code, refused.field) == (413, "too_long", "file")
+    assert f"7200 s of audio, at most {MAX_TRACK_SECONDS:.0f} s are analysed" in refused.message
+
+
+def test_upload_over_the_duration_is_refused_before_decoding(monkeypatch):
+    data = long_silence(610, 8_000)  # over 600 s at a low rate: a few kB of FLAC
+    assert len(data) < 100_000
+    fail_if_decoded(monkeypatch)
+    refused = upload_error(data)
+    assert (refused.status, refused.code, refused.field) == (413, "too_long", "file")
+    assert "610 s of audio, at most 600 s are analysed" in refused.message
+
+
+def test_channels_are_averaged_a_block_at_a_time(monkeypatch):
+    monkeypatch.setattr(features, "_BLOCK_SAMPLES", 1_000)
+    reads = []
+    read = sf.SoundFile.read
+    monkeypatch.setattr(
+        sf.SoundFile, "read", lambda self, frames, **kw: reads.append(frames) or read(self, frames, **kw)
+    )
+    left = tone(69, 1.0, 0.5)
+    audio = features.decode(encoded(np.stack([left, np.zeros_like(left)], axis=1)))
+    assert max(reads) == 500 and len(audio.samples) == SR  # 500 frames of 2 channels at a time, all of them
+    assert np.abs(audio.samples).max() == pytest.approx(0.25, abs=0.01)
+
+
+def test_similar_analyses_the_middle_excerpt_of_a_long_upload(monkeypatch):
+    from encore import audio_serving
+
+    decoded, analysed = [], []
+    read_mono = features.read_mono
+    monkeypatch.setattr(features, "read_mono", lambda audio, frames: decoded.append(frames) or read_mono(audio, frames))
+    monkeypatch.setattr(features, "gtzan_features", lambda y, sr: analysed.append(len(y)) or {})
+
+    class Index:
+        def similar_to_features(self, frame, n):
+            return []
+
+    # 100 s: a 440 Hz tone in the middle 30 s only, silence around it
+    y = np.zeros(100 * 8_000, np.float32)
+    y[35 * 8_000 : 65 * 8_000] = tone(69, 30.0, sr=8_000)
+    assert audio_serving.similar_to_upload(Index(), encoded(y, 8_000, "FLAC"), 5) == {"tracks": []}
+    assert decoded == [audio_serving.SIMILAR_EXCERPT_SECONDS * 8_000]  # only the excerpt was decoded
+    assert analysed == [30 * SR]
+    audio = audio_serving.decode_upload(encoded(y, 8_000, "FLAC"), excerpt=30.0)
+    rms = np.sqrt((audio.samples[: 29 * SR].reshape(29, SR) ** 2).mean(axis=1))
+    assert audio.duration == 30.0 and (rms > 0.15).all()  # every second of it is the tone, none the silence
+
+
+@pytest.mark.parametrize("name", ["random bytes", "text", "cut flac", "empty"])
+def test_garbage_uploads_get_a_clean_error_naming_the_file(name):
+    refused = upload_error(BAD_FILES[name][0])
+    assert 400 <= refused.status < 500 and refused.field == "file" and refused.message
+
+
 def segfault() -> None:
     os.kill(os.getpid(), signal.SIGSEGV)
 

@@ -6,8 +6,10 @@ import base64
 import io
 import json
 import math
+import time
 
 import boto3
+import mido
 import numpy as np
 import pretty_midi
 import pyarrow.parquet as pq
@@ -22,7 +24,13 @@ from encore.composer import midi as M
 from encore.composer.compose import BUNDLE_FILE, ComposerBundle, CompositionError
 from encore.composer.corpus import corpus_files, parse_corpus_file, style_program
 from encore.composer.data import load_corpus, read_pieces, split_of
-from encore.composer.service import CompositionRequestError, UnknownStyleError, compose_answer
+from encore.composer.service import (
+    PRIMER_LIMITS,
+    CompositionRequestError,
+    PrimerTooLarge,
+    UnknownStyleError,
+    compose_answer,
+)
 from encore.store import ModelStore
 
 # Held notes, a rest in the middle, a chord change under a held top voice, a lone low note at the end.
@@ -268,6 +276,101 @@ def test_music_too_long_to_render_is_refused_before_it_is_composed():
     with pytest.raises(CompositionRequestError, match="last 480 s; audio is rendered for at most 300 s") as refused:
         compose_answer(bundle, slow, time_budget_s=30)
     assert refused.value.field == "bars"
+
+
+def midi_file(tracks: list[list[mido.Message]], ticks_per_beat: int = 480) -> bytes:
+    file = mido.MidiFile(ticks_per_beat=ticks_per_beat)
+    file.tracks.extend(mido.MidiTrack(track) for track in tracks)
+    buffer = io.BytesIO()
+    file.save(file=buffer)
+    return buffer.getvalue()
+
+
+def stacked_notes(notes: int, beats: int) -> bytes:
+    """``notes`` notes all starting at beat 0 and held ``beats`` beats, on 60 pitches: the attack on the primer."""
+    on = [mido.Message("note_on", note=40 + i % 60, velocity=80, time=0) for i in range(notes)]
+    off = [mido.Message("note_off", note=40 + i % 60, time=beats * 480 if i == 0 else 0) for i in range(notes)]
+    return midi_file([on + off])
+
+
+def fail_if_read_as_music(monkeypatch):
+    """Make pretty_midi's reading and the step making fail: a limit must refuse the file before either."""
+    monkeypatch.setattr(M.pretty_midi, "PrettyMIDI", lambda *a, **k: pytest.fail("read as music before the limits"))
+    monkeypatch.setattr(M, "notes_to_steps", lambda *a, **k: pytest.fail("made steps before the limits"))
+
+
+def test_stacked_notes_primer_is_refused_from_the_scan_before_it_is_read(monkeypatch):
+    from encore.api import MAX_PRIMER_BYTES
+
+    bundle = tiny_bundle()  # 64 steps of half a beat
+    bundle.model.generate = lambda *args, **kwargs: pytest.fail("composed from a primer over the limits")
+    primer_midi = base64.b64encode(stacked_notes(9_000, 5_000)).decode()
+    assert len(primer_midi) <= MAX_PRIMER_BYTES  # the API admits it: 8.8 s of decoding before the limits
+    fail_if_read_as_music(monkeypatch)
+    with pytest.raises(
+        PrimerTooLarge, match=r"10,000 steps of 0.5 beats \(5000 beats\), over the limit of 63"
+    ) as refused:
+        compose_answer(bundle, {"primer_midi": primer_midi}, time_budget_s=30)
+    assert (refused.value.status, refused.value.code, refused.value.field) == (413, "too_large", "primer_midi")
+
+
+def test_stacked_notes_make_steps_in_time_linear_in_the_steps():
+    """A corpus file may be long: its stacked notes fill each pitch's steps once, not once a note (8.7 s before)."""
+    began = time.process_time()
+    piece = M.read_midi(stacked_notes(9_000, 5_000), 1.0)
+    assert time.process_time() - began < 2.0
+    assert len(piece.steps) == 5_000 and all(step == list(range(40, 100)) for step in piece.steps)
+
+
+def many_events(count: int) -> list[mido.Message]:
+    return [mido.Message("note_on", note=60, velocity=80 * (i % 2 == 0), time=1) for i in range(count)]
+
+
+OVER_THE_PRIMER_LIMITS = {
+    "tracks": ([many_events(2)] * 65, "65 tracks, over the limit of 64"),
+    "events": ([many_events(60_000)], "60,00[0-9] events, over the limit of 50,000"),
+    "notes": ([many_events(42_000)], "21,000 notes, over the limit of 20,000"),
+    "length": (
+        [many_events(1) + [mido.Message("note_off", note=60, time=300 * 480)]],
+        "601 steps of 0.5 beats .300 beats., over the limit of 511",
+    ),
+}
+
+
+@pytest.mark.parametrize("limit", OVER_THE_PRIMER_LIMITS)
+def test_primer_over_a_limit_is_refused_naming_the_field_and_the_limit(limit, monkeypatch):
+    tracks, message = OVER_THE_PRIMER_LIMITS[limit]
+    data = midi_file(tracks)
+    fail_if_read_as_music(monkeypatch)
+    with pytest.raises(PrimerTooLarge, match=message) as refused:
+        compose_answer(tiny_bundle(max_steps=512), {"primer_midi": base64.b64encode(data).decode()}, 30)
+    assert refused.value.field == "primer_midi" and refused.value.message.startswith("primer_midi: ")
+    assert PRIMER_LIMITS.tracks == 64 and PRIMER_LIMITS.events == 50_000 and PRIMER_LIMITS.notes == 20_000
+
+
+def test_midi_of_no_time_division_is_unreadable():
+    data = midi_file([many_events(2)], ticks_per_beat=0)
+    with pytest.raises(M.MidiError, match="time division is 0 ticks a beat"):
+        M.read_midi(data, name="zero.mid")
+
+
+def test_reading_the_primer_spends_the_time_budget(monkeypatch):
+    bundle = tiny_bundle()
+    read = M.read_midi
+
+    def slow_read(*args, **kwargs):
+        time.sleep(0.5)
+        return read(*args, **kwargs)
+
+    budgets = []
+    compose = bundle.compose
+    monkeypatch.setattr("encore.composer.service.read_midi", slow_read)
+    monkeypatch.setattr(
+        bundle, "compose", lambda **kwargs: budgets.append(kwargs["time_budget_s"]) or compose(**kwargs)
+    )
+    primer_midi = base64.b64encode(M.midi_bytes(M.steps_to_midi(PIECE, 100, 0.5))).decode()
+    compose_answer(bundle, {"primer_midi": primer_midi, "bars": 1}, time_budget_s=30)
+    assert budgets and budgets[0] <= 29.5
 
 
 def test_compose_request_bounds_the_instrument():

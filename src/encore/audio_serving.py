@@ -1,23 +1,35 @@
 """Audio uploads as served: reading them in the ingress, classifying and matching them in the replicas.
 
 The ingress only reads the upload's bytes, bounded by ``max_bytes`` (``read_upload``); decoding and
-feature computation happen in the genre and sound-alike replicas, in a thread, and refuse audio
-longer than ``MAX_TRACK_SECONDS`` (``decode_upload``). Every problem with an upload is an
-``UploadError`` naming the ``file`` field: 400 empty or malformed, 408 not received within the
-body deadline, 411 without a length, 413 too large or too long, 415 not multipart or not audio, 422
-corrupt, truncated, silent or too short, 503 when the replica is already receiving its limit of uploads.
+feature computation happen in the genre and sound-alike replicas, in a thread. Before a sample is
+decoded, the file's header is held to ``UPLOAD_LIMITS`` (``decode_upload``): at most
+``MAX_TRACK_SECONDS`` long, ``MAX_CHANNELS`` channels at ``MAX_SAMPLE_RATE``, so a small file that
+declares hours of many channels is refused in milliseconds, and the largest admitted decodes to a
+bounded array. Every problem with an upload is an ``UploadError`` naming the ``file`` field: 400 empty
+or malformed, 408 not received within the body deadline, 411 without a length, 413 too large or too
+long, 415 not multipart or not audio, 422 corrupt, truncated, silent, too short, or of more channels
+or a higher sample rate than decoded, 503 when the replica is already receiving its limit of uploads.
 """
 
 import pandas as pd
 from fastapi import Request
 from starlette.exceptions import HTTPException
 
-from encore.audio import AudioDecodeError
+from encore.audio import AudioDecodeError, AudioLimits
+from encore.audio.schema import WINDOW_SECONDS
 from encore.serving import ServingError
 from encore.soundalike import UnknownTrackError
 
 MAX_UPLOAD_BYTES = 20_000_000
 MAX_TRACK_SECONDS = 600.0  # 20 windows of 30 s: about 40 s of feature computation on one core
+# Audio is analysed as mono at 22,050 Hz: more channels are only averaged away, a higher rate only resampled
+# down. With these, the largest track decodes 115 M samples, a block at a time (the mono track: 230 MB).
+MAX_CHANNELS = 2
+MAX_SAMPLE_RATE = 96_000
+# A sound-alike query is the middle of the upload, as long as a track of the index (GTZAN's 30-s clips):
+# its features cost one window however long the upload.
+SIMILAR_EXCERPT_SECONDS = WINDOW_SECONDS
+UPLOAD_LIMITS = AudioLimits(seconds=MAX_TRACK_SECONDS, channels=MAX_CHANNELS, sample_rate=MAX_SAMPLE_RATE)
 UPLOAD_FIELD = "file"
 # Room for the multipart boundaries and part headers around the file itself.
 MULTIPART_OVERHEAD = 16_384
@@ -84,6 +96,10 @@ class InvalidAudio(UploadError):
     status, code = 422, "invalid_audio"
 
 
+class UnsupportedAudio(UploadError):
+    status, code = 422, "unsupported_audio"
+
+
 class MissingFile(UploadError):
     status, code = 422, "invalid_request"
 
@@ -126,7 +142,13 @@ class TrackNotFound(ServingError):
 
 
 # AudioDecodeError.reason -> the error answered; corrupt, truncated, silent and too short audio: InvalidAudio
-_DECODE_ERRORS = {"empty": EmptyUpload, "unsupported": NotAudio}
+_DECODE_ERRORS = {
+    "empty": EmptyUpload,
+    "unsupported": NotAudio,
+    "too_long": TooLong,
+    "too_many_channels": UnsupportedAudio,
+    "sample_rate_too_high": UnsupportedAudio,
+}
 
 
 async def read_upload(request: Request, max_bytes: int = MAX_UPLOAD_BYTES) -> bytes:
@@ -153,17 +175,15 @@ async def read_upload(request: Request, max_bytes: int = MAX_UPLOAD_BYTES) -> by
     return data
 
 
-def decode_upload(data: bytes, max_seconds: float = MAX_TRACK_SECONDS):
-    """Decoded audio of an upload (``encore.audio.features.DecodedAudio``); raises UploadError."""
+def decode_upload(data: bytes, excerpt: float | None = None):
+    """Decoded audio of an upload (``encore.audio.features.DecodedAudio``), the middle ``excerpt`` seconds
+    only if given; raises UploadError, before decoding for a file over the upload limits."""
     from encore.audio.features import decode  # librosa: in the replicas only
 
     try:
-        audio = decode(data)
+        return decode(data, limits=UPLOAD_LIMITS, excerpt=excerpt)
     except AudioDecodeError as error:
         raise _DECODE_ERRORS.get(error.reason, InvalidAudio)(f"the file is not usable audio: {error}") from None
-    if audio.duration > max_seconds:
-        raise TooLong(f"{audio.duration:.0f} s of audio, at most {max_seconds:.0f} s are analysed")
-    return audio
 
 
 def classify_upload(model, data: bytes) -> dict:
@@ -182,10 +202,11 @@ def classify_upload(model, data: bytes) -> dict:
 
 
 def similar_to_upload(index, data: bytes, n: int) -> dict:
-    """The indexed tracks nearest to an uploaded one, by the GTZAN features of the whole track."""
+    """The indexed tracks nearest to an uploaded one, by the GTZAN features of its middle
+    ``SIMILAR_EXCERPT_SECONDS`` (the whole upload if shorter): only those are decoded and analysed."""
     from encore.audio.features import gtzan_features
 
-    audio = decode_upload(data)
+    audio = decode_upload(data, excerpt=SIMILAR_EXCERPT_SECONDS)
     features = pd.DataFrame([gtzan_features(audio.samples, audio.sample_rate)])
     return {"tracks": index.similar_to_features(features, n)}
 

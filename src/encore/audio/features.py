@@ -6,6 +6,11 @@ every value of each feature matrix. Here the STFT and the log-mel spectrogram ar
 passed to those same calls, which gives the same numbers as the separate calls in less time (a test
 checks it). Tempo and beats come from ``librosa.beat.beat_track``.
 
+Decoding is bounded before it starts: the header's channels, sample rate and length are checked
+against :class:`AudioLimits` before any sample is decoded, libsndfile decodes no more frames than the
+header declares, and the channels are averaged block by block, so memory holds the mono track and
+one block, never every channel of the whole file. An excerpt asks for the frames it needs only.
+
 Everything here is a pure function of its inputs; the extraction job runs it in Ray Data workers.
 """
 
@@ -17,7 +22,7 @@ import librosa
 import numpy as np
 import soundfile as sf
 
-from encore.audio import AudioDecodeError
+from encore.audio import NO_LIMITS, AudioDecodeError, AudioLimits
 from encore.audio.schema import GTZAN_FEATURES, N_MFCC, PITCH_CLASSES, SAMPLE_RATE, SEGMENT_SECONDS, WINDOW_SECONDS
 
 MIN_SECONDS = 0.5  # below this, tempo and beats mean nothing and most features are one frame
@@ -33,6 +38,7 @@ _SHORT_CHUNK = re.compile(r"(?:data|Data Size|SSND)\s*:\s*(\d+) \(should be (\d+
 _STREAMING_SIZE = 0xFFFFFFFF  # "size unknown" in WAVs written to a pipe: not a truncation
 
 _SF_UNRECOGNISED, _SF_UNSUPPORTED_ENCODING = 1, 4
+_BLOCK_SAMPLES = 1 << 20  # decoded at once over all channels (4 MB of float32), then averaged to mono
 
 
 @dataclass(frozen=True)
@@ -85,33 +91,73 @@ def _truncation(info: str) -> str | None:
     return None
 
 
-def decode(data: bytes, sample_rate: int = SAMPLE_RATE) -> DecodedAudio:
+def check_header(audio: sf.SoundFile, limits: AudioLimits) -> None:
+    """Raise ``AudioDecodeError`` (``too_many_channels``, ``sample_rate_too_high``, ``too_long``) for a
+    header over ``limits``, giving the limit: nothing has been decoded yet."""
+    if audio.channels > limits.channels:
+        raise AudioDecodeError(
+            "too_many_channels", f"{audio.channels} channels; at most {limits.channels:g} are decoded (mix it down)"
+        )
+    if audio.samplerate > limits.sample_rate:
+        raise AudioDecodeError(
+            "sample_rate_too_high", f"{audio.samplerate:,} Hz; at most {limits.sample_rate:,.0f} Hz is decoded"
+        )
+    if audio.frames > limits.seconds * audio.samplerate:
+        seconds = audio.frames / audio.samplerate
+        raise AudioDecodeError("too_long", f"{seconds:.0f} s of audio, at most {limits.seconds:.0f} s are analysed")
+
+
+def excerpt_frames(frames: int, sample_rate: int, seconds: float | None) -> tuple[int, int]:
+    """The first frame and the number of frames of the middle ``seconds`` of ``frames``; all of them if shorter."""
+    wanted = frames if seconds is None else min(frames, int(seconds * sample_rate))
+    return (frames - wanted) // 2, wanted
+
+
+def read_mono(audio: sf.SoundFile, frames: int) -> np.ndarray:
+    """Up to ``frames`` frames from the current position, the channels averaged a block at a time."""
+    block = max(1, _BLOCK_SAMPLES // audio.channels)
+    parts = []
+    while frames > 0:
+        chunk = audio.read(min(block, frames), dtype="float32", always_2d=True)
+        if not len(chunk):
+            break
+        parts.append(chunk.mean(axis=1))
+        frames -= len(chunk)
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def decode(
+    data: bytes, sample_rate: int = SAMPLE_RATE, limits: AudioLimits = NO_LIMITS, excerpt: float | None = None
+) -> DecodedAudio:
     """Decode WAV, FLAC, OGG/Vorbis, MP3, AU (whatever libsndfile reads) to mono float32 at ``sample_rate``.
 
     Channels are averaged and the result resampled with librosa's default (soxr), as ``librosa.load``
-    does. Raises ``AudioDecodeError`` for empty, unrecognised, corrupt, truncated, silent or too
-    short audio.
+    does. With ``excerpt`` (seconds), only the middle ``excerpt`` seconds are decoded. Raises
+    ``AudioDecodeError`` for empty, unrecognised, corrupt, truncated, silent or too short audio, and,
+    before decoding, for a header over ``limits`` (see :func:`check_header`).
     """
     if not data:
         raise AudioDecodeError("empty", "the file has no bytes")
     try:
         with sf.SoundFile(io.BytesIO(data)) as audio:
-            declared = audio.frames
-            native_rate, channels, info = audio.samplerate, audio.channels, audio.extra_info
-            frames = audio.read(dtype="float32", always_2d=True)
+            check_header(audio, limits)
+            declared, native_rate, channels, info = audio.frames, audio.samplerate, audio.channels, audio.extra_info
+            first, wanted = excerpt_frames(declared, native_rate, excerpt)
+            if first:
+                audio.seek(first)
+            samples = read_mono(audio, wanted)
     except sf.LibsndfileError as error:
         raise _open_error(data, error) from None
     truncation = _truncation(info)
-    if truncation is None and len(frames) < declared:
-        truncation = f"the header declares {declared} frames, {len(frames)} could be decoded"
+    if truncation is None and len(samples) < wanted:
+        truncation = f"the header declares {declared} frames, decoding stopped at frame {first + len(samples)}"
     if truncation:
         raise AudioDecodeError("truncated", truncation)
-    if not np.isfinite(frames).all():
+    if not np.isfinite(samples).all():
         raise AudioDecodeError("corrupt", "samples that are not finite numbers")
-    duration = len(frames) / native_rate
+    duration = len(samples) / native_rate
     if duration < MIN_SECONDS:
         raise AudioDecodeError("too_short", f"{duration:.3f} s of audio, at least {MIN_SECONDS} s needed")
-    samples = frames.mean(axis=1)
     peak = float(np.abs(samples).max())
     if peak == 0.0:
         raise AudioDecodeError("silent", "every sample is zero")

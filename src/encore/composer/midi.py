@@ -7,6 +7,12 @@ over the file's resolution, so the tempo map does not matter) and a step holds t
 sound at its midpoint, plus any note that starts inside it, so short notes are never lost. The two
 directions are exact inverses for pieces: steps -> MIDI -> steps gives the same steps.
 
+Reading is bounded before any work that grows with the music: mido's parse of the raw messages (linear
+in the file's bytes) is counted against :class:`MidiLimits` (tracks, events, notes, length in steps)
+before pretty_midi builds notes or steps are made, so a small file cannot declare hours of stacked
+notes. A step's length in beats does not depend on the tempo, so the length is bounded in beats, not
+seconds; a render bounds seconds itself.
+
 Audio: :func:`render_wav` plays the MIDI's instrument (its General MIDI program) with FluidSynth
 and a General MIDI soundfont when the ``fluidsynth`` module (pyfluidsynth, over libfluidsynth) can
 be imported, and otherwise with a small additive synthesiser built in here, so that any machine
@@ -20,10 +26,12 @@ soundfont shipped inside pretty_midi. A render is bounded before any work: at mo
 import io
 import math
 import os
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import mido
 import numpy as np
 import pretty_midi
 import soundfile
@@ -50,6 +58,80 @@ MAX_MIDI_STEPS = 100_000  # a primer longer than this is not a primer
 
 class MidiError(DataError):
     """A MIDI file that cannot be read as a piece; the message names the file and what is wrong."""
+
+
+class MidiTooLarge(MidiError):
+    """A MIDI file over one of its :class:`MidiLimits`: refused from the scan, before it is read as music."""
+
+
+@dataclass(frozen=True)
+class MidiLimits:
+    """What one MIDI file may hold. A corpus file gets the defaults, well beyond any real piece (a symphony
+    in one file is some 100,000 events); a primer gets tighter ones (``encore.composer.service``).
+
+    pretty_midi's work grows with ``events`` and ``tracks``, sorting notes with ``notes``, and the
+    steps made with ``steps`` (times the 128 pitches a step can hold)."""
+
+    tracks: int = 256
+    events: int = 500_000
+    notes: int = 200_000
+    steps: int = MAX_MIDI_STEPS
+
+
+@dataclass(frozen=True)
+class MidiScan:
+    """What mido's parse of a file's messages says, before any note is built."""
+
+    tracks: int
+    events: int
+    notes: int  # note-ons with a velocity
+    ticks_per_beat: int
+    end_tick: int  # of the last note-off (or note-on of velocity 0): where the music ends
+
+
+def scan_midi(midi: mido.MidiFile) -> MidiScan:
+    """Count a parsed file's tracks, events and notes, and find where its last note ends (one pass, no notes built)."""
+    events = notes = end_tick = 0
+    for track in midi.tracks:
+        tick = 0
+        events += len(track)
+        for message in track:
+            tick += message.time
+            if message.type == "note_on" and message.velocity > 0:
+                notes += 1
+            elif message.type in ("note_on", "note_off"):
+                end_tick = max(end_tick, tick)
+    return MidiScan(len(midi.tracks), events, notes, midi.ticks_per_beat, end_tick)
+
+
+def check_limits(scan: MidiScan, limits: MidiLimits, step_beats: float, name: str) -> None:
+    """Raise :class:`MidiTooLarge`, naming the first limit the file is over and the limit."""
+    if scan.ticks_per_beat < 1:
+        raise MidiError(f"{name}: not a readable MIDI file (its time division is {scan.ticks_per_beat} ticks a beat)")
+    beats = scan.end_tick / scan.ticks_per_beat
+    over = [
+        (scan.tracks, limits.tracks, "tracks"),
+        (scan.events, limits.events, "events"),
+        (scan.notes, limits.notes, "notes"),
+        (math.ceil(beats / step_beats - 1e-9), limits.steps, f"steps of {step_beats:g} beats ({beats:.0f} beats)"),
+    ]
+    for count, limit, what in over:
+        if count > limit:
+            raise MidiTooLarge(f"{name}: {count:,} {what}, over the limit of {limit:,}")
+
+
+def parse_midi(source: str | os.PathLike | bytes, name: str) -> mido.MidiFile:
+    """mido's parse of a file's raw messages: linear in its bytes. Raises :class:`MidiError` naming the file."""
+    try:
+        if isinstance(source, bytes):
+            return mido.MidiFile(file=io.BytesIO(source))
+        return mido.MidiFile(str(source))
+    except FileNotFoundError:
+        raise MidiError(f"{name}: no such file") from None
+    except EOFError:
+        raise MidiError(f"{name}: not a readable MIDI file (it ends in the middle of a chunk: truncated?)") from None
+    except Exception as error:  # mido raises many types for damaged files; all mean the same here
+        raise MidiError(f"{name}: not a readable MIDI file ({type(error).__name__}: {error})") from None
 
 
 @dataclass(frozen=True)
@@ -98,21 +180,25 @@ def midi_bytes(midi: pretty_midi.PrettyMIDI) -> bytes:
     return buffer.getvalue()
 
 
-def read_midi(source: str | os.PathLike | bytes, step_beats: float = 1.0, name: str | None = None) -> MidiPiece:
+def read_midi(
+    source: str | os.PathLike | bytes,
+    step_beats: float = 1.0,
+    name: str | None = None,
+    limits: MidiLimits = MidiLimits(),
+) -> MidiPiece:
     """The piece in a MIDI file (a path, or the file's bytes with ``name`` for messages).
 
     Every non-drum track counts. Raises :class:`MidiError` naming the file when it is not MIDI,
-    is damaged, holds no notes, or is too long to be a piece."""
+    is damaged or holds no notes, and :class:`MidiTooLarge` when it is over ``limits``, found
+    from the scan of its messages before it is read as music."""
     name = name or (str(source) if not isinstance(source, bytes) else "MIDI data")
     if not step_beats > 0:
         raise ValueError(f"step_beats must be positive, not {step_beats}")
+    parsed = parse_midi(source, name)
+    check_limits(scan_midi(parsed), limits, step_beats, name)
     try:
-        midi = pretty_midi.PrettyMIDI(io.BytesIO(source) if isinstance(source, bytes) else str(source))
-    except FileNotFoundError:
-        raise MidiError(f"{name}: no such file") from None
-    except EOFError:
-        raise MidiError(f"{name}: not a readable MIDI file (it ends in the middle of a chunk: truncated?)") from None
-    except Exception as error:  # mido and pretty_midi raise many types for damaged files; all mean the same here
+        midi = pretty_midi.PrettyMIDI(mido_object=parsed)
+    except Exception as error:  # pretty_midi raises many types for damaged files; all mean the same here
         raise MidiError(f"{name}: not a readable MIDI file ({type(error).__name__}: {error})") from None
     notes = [
         (note.pitch, midi.time_to_tick(note.start) / midi.resolution, midi.time_to_tick(note.end) / midi.resolution)
@@ -122,9 +208,6 @@ def read_midi(source: str | os.PathLike | bytes, step_beats: float = 1.0, name: 
     ]
     if not notes:
         raise MidiError(f"{name}: holds no notes (drum tracks aside)")
-    end = max(note_end for _, _, note_end in notes)
-    if end / step_beats > MAX_MIDI_STEPS:
-        raise MidiError(f"{name}: {end:.0f} beats long, over {MAX_MIDI_STEPS} steps of {step_beats} beats")
     _, tempi = midi.get_tempo_changes()
     signatures = midi.time_signature_changes
     meter = (signatures[0].numerator, signatures[0].denominator) if signatures else None
@@ -135,20 +218,28 @@ def notes_to_steps(notes: Iterable[tuple[int, float, float]], step_beats: float)
     """Steps of ``step_beats`` from notes ``(pitch, start, end)`` in beats (quarter notes).
 
     A step holds the pitches sounding at its midpoint and those of notes that start inside it. The
-    piece starts at beat 0 and ends with the step holding the last note's end."""
+    piece starts at beat 0 and ends with the step holding the last note's end.
+
+    A note fills the steps from the one it starts in to the last whose midpoint it sounds at. The
+    spans of each pitch are merged before they fill steps, so the work is the notes plus the steps
+    each pitch sounds in, however many notes are stacked on one another."""
     notes = [(pitch, start, end) for pitch, start, end in notes if end > start]
     if not notes:
         return []
     eps = 1e-9  # tick arithmetic in floats: a note ending exactly on a step boundary must not leak into it
     n_steps = math.ceil(max(end for _, _, end in notes) / step_beats - eps)
-    steps = [set() for _ in range(n_steps)]
+    spans = defaultdict(list)  # pitch -> (first, last) step of each of its notes
     for pitch, start, end in notes:
         first = max(0, math.floor(start / step_beats + eps))
         last = math.ceil(end / step_beats - 0.5 - eps) - 1  # the last step whose midpoint is before the end
-        for index in range(first, max(first, last) + 1):
-            midpoint = (index + 0.5) * step_beats
-            if index == first or start <= midpoint < end:
+        spans[pitch].append((first, max(first, last)))
+    steps = [set() for _ in range(n_steps)]
+    for pitch, pitch_spans in spans.items():
+        filled = -1  # the steps up to this one hold the pitch already
+        for first, last in sorted(pitch_spans):
+            for index in range(max(first, filled + 1), last + 1):
                 steps[index].add(pitch)
+            filled = max(filled, last)
     return [sorted(step) for step in steps]
 
 

@@ -3,15 +3,34 @@
 :func:`compose_answer` is the blocking work of one ``POST /v1/compose``; the Serve replica runs it
 in a thread so its event loop stays free. Every failure the caller can fix becomes a
 :class:`~encore.serving.ServingError` naming the request field.
+
+The time budget counts from the start of the request: reading the primer spends it too, and what is
+left bounds sampling. Reading the primer is itself bounded before it starts (:data:`PRIMER_LIMITS`,
+and no more steps than the model covers), so the largest primer the API admits is refused in about a
+second of parsing rather than decoded for minutes.
 """
 
 import base64
 import binascii
+import dataclasses
 import time
 
 from encore.composer.compose import ComposerBundle, CompositionError
-from encore.composer.midi import MAX_RENDER_SECONDS, MidiError, midi_bytes, read_midi, render_wav, steps_to_midi
+from encore.composer.midi import (
+    MAX_RENDER_SECONDS,
+    MidiError,
+    MidiLimits,
+    MidiTooLarge,
+    midi_bytes,
+    read_midi,
+    render_wav,
+    steps_to_midi,
+)
 from encore.serving import ServingError
+
+# A primer is the opening of a piece the model continues: a few hundred steps of a few voices. These bound
+# pretty_midi's work to a fraction of a second; the length in steps is the model's own (see decode_primer).
+PRIMER_LIMITS = MidiLimits(tracks=64, events=50_000, notes=20_000)
 
 
 class CompositionRequestError(ServingError):
@@ -22,18 +41,26 @@ class UnknownStyleError(ServingError):
     status, code = 422, "unknown_style"
 
 
+class PrimerTooLarge(ServingError):
+    status, code = 413, "too_large"
+
+
 class CompositionTimeout(ServingError):
     status, code = 503, "generation_timeout"
 
 
-def decode_primer(primer_midi: str, step_beats: float) -> list[list[int]]:
-    """The steps of a base64 MIDI primer."""
+def decode_primer(primer_midi: str, step_beats: float, max_steps: int = PRIMER_LIMITS.steps) -> list[list[int]]:
+    """The steps of a base64 MIDI primer of fewer than ``max_steps`` steps (the model's length: the new
+    music needs a step at least), within :data:`PRIMER_LIMITS`; over a limit it is refused with a 413."""
     try:
         data = base64.b64decode(primer_midi, validate=True)
     except (binascii.Error, ValueError):
         raise CompositionRequestError("primer_midi: not valid base64", "primer_midi") from None
+    limits = dataclasses.replace(PRIMER_LIMITS, steps=max_steps - 1)
     try:
-        return read_midi(data, step_beats, name="primer_midi").steps
+        return read_midi(data, step_beats, name="primer_midi", limits=limits).steps
+    except MidiTooLarge as error:
+        raise PrimerTooLarge(str(error), "primer_midi") from None
     except MidiError as error:
         raise CompositionRequestError(str(error), "primer_midi") from None
 
@@ -49,12 +76,13 @@ def compose_answer(bundle: ComposerBundle, request: dict, time_budget_s: float) 
     request = dict(request)
     primer_midi, audio = request.pop("primer_midi", None), request.pop("audio", False)
     program = request.pop("program", None)
-    primer = decode_primer(primer_midi, bundle.step_beats) if primer_midi else None
+    max_steps = bundle.model.config.max_steps
+    primer = decode_primer(primer_midi, bundle.step_beats, max_steps) if primer_midi else None
     try:
         composition = bundle.compose(
             **request,
             primer=primer,
-            time_budget_s=time_budget_s,
+            time_budget_s=time_budget_s - (time.perf_counter() - began),
             max_seconds=MAX_RENDER_SECONDS if audio else None,
         )
     except CompositionError as error:
