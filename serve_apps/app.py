@@ -53,7 +53,7 @@ from encore.audio_serving import (
 )
 from encore.composer.service import compose_answer
 from encore.ids import id_key, key_fingerprint, pseudonymize
-from encore.serving import FAMILIES, VersionCache, preprocessing
+from encore.serving import FAMILIES, VersionCache, preprocessing, run_until_cancelled
 from encore.soundalike import preprocessing as soundalike_preprocessing
 from encore.store import ModelStore
 
@@ -136,7 +136,7 @@ class Composer:
     async def compose(self, request: dict) -> dict:
         bundle, info = await self.models.get(request.pop("model"))
         # Sampling is seconds of CPU: in a thread, so the replica's event loop keeps answering.
-        answer = await asyncio.to_thread(compose_answer, bundle, request, self.time_budget_s)
+        answer = await run_until_cancelled(compose_answer, bundle, request, self.time_budget_s)
         return {**answer, "model": info}
 
 
@@ -157,7 +157,7 @@ class GenreClassifier:
 
     async def classify(self, data: bytes, model: str | None) -> dict:
         classifier, info = await self.models.get(model)
-        return {**await asyncio.to_thread(classify_upload, classifier, data), "model": info}
+        return {**await run_until_cancelled(classify_upload, classifier, data), "model": info}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=8, max_queued_requests=16)

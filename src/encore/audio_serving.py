@@ -11,6 +11,8 @@ long, 415 not multipart or not audio, 422 corrupt, truncated, silent, too short,
 or a higher sample rate than decoded, 503 when the replica is already receiving its limit of uploads.
 """
 
+import threading
+
 import pandas as pd
 from fastapi import Request
 from starlette.exceptions import HTTPException
@@ -21,7 +23,9 @@ from encore.serving import ServingError
 from encore.soundalike import UnknownTrackError
 
 MAX_UPLOAD_BYTES = 20_000_000
-MAX_TRACK_SECONDS = 600.0  # 20 windows of 30 s: about 40 s of feature computation on one core
+MAX_TRACK_SECONDS = 600.0
+# A longer track is classified from this many 30-second windows spread over it: about 3 s of CPU each.
+MAX_CLASSIFY_WINDOWS = 6
 # Audio is analysed as mono at 22,050 Hz: more channels are only averaged away, a higher rate only resampled
 # down. With these, the largest track decodes 115 M samples, a block at a time (the mono track: 230 MB).
 MAX_CHANNELS = 2
@@ -186,12 +190,13 @@ def decode_upload(data: bytes, excerpt: float | None = None):
         raise _DECODE_ERRORS.get(error.reason, InvalidAudio)(f"the file is not usable audio: {error}") from None
 
 
-def classify_upload(model, data: bytes) -> dict:
-    """Genre probabilities of a whole uploaded track: the mean over its 30-second windows."""
+def classify_upload(model, data: bytes, cancelled: threading.Event | None = None) -> dict:
+    """Genre probabilities of a whole uploaded track: the mean over its 30-second windows, at most
+    ``MAX_CLASSIFY_WINDOWS`` of them spread over the track."""
     from encore.audio.features import window_features
 
     audio = decode_upload(data)
-    windows = pd.DataFrame(window_features(audio))
+    windows = pd.DataFrame(window_features(audio, max_windows=MAX_CLASSIFY_WINDOWS, cancelled=cancelled))
     genres = model.predict_track(windows)
     return {
         "genres": genres,

@@ -9,12 +9,13 @@ under another pseudonymisation key.
 
 import asyncio
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,7 @@ from encore.store import (
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def preprocessing(id_key_fingerprint: str) -> dict:
@@ -80,6 +82,18 @@ class UnsupportedError(ServingError):
 class ModelUnavailableError(ServingError):
     status, code = 503, "model_unavailable"
     headers = {"Retry-After": "10"}
+
+
+async def run_until_cancelled(work: Callable[..., T], *args, **kwargs) -> T:
+    """``work(*args, **kwargs, cancelled=event)`` in a thread, so the replica's event loop keeps answering.
+    Serve cancels a request whose client went away or timed out; a thread cannot be stopped from outside,
+    so ``cancelled`` is set and the work gives up at its next check rather than finishing for no one."""
+    cancelled = threading.Event()
+    try:
+        return await asyncio.to_thread(work, *args, **kwargs, cancelled=cancelled)
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise
 
 
 class VersionCache:

@@ -16,6 +16,7 @@ Everything here is a pure function of its inputs; the extraction job runs it in 
 
 import io
 import re
+import threading
 from dataclasses import dataclass
 
 import librosa
@@ -233,14 +234,28 @@ def segments(y: np.ndarray, sr: int, seconds: float = SEGMENT_SECONDS) -> list[n
     return [y[start : start + size] for start in range(0, len(y) - size + 1, size)]
 
 
-def window_features(audio: DecodedAudio, seconds: float = WINDOW_SECONDS) -> list[dict[str, float]]:
+def window_features(
+    audio: DecodedAudio,
+    seconds: float = WINDOW_SECONDS,
+    max_windows: int | None = None,
+    cancelled: threading.Event | None = None,
+) -> list[dict[str, float]]:
     """The GTZAN features of each consecutive whole window of ``seconds``; of the whole track if it is shorter.
 
     This is how a genre model trained on the 30-second table sees a track of any length; the
-    classification job gets the same windows from the extraction job's tables.
+    classification job gets the same windows from the extraction job's tables. With ``max_windows``,
+    a longer track is represented by that many windows spread evenly over it, which bounds the work
+    (seconds of CPU per window). Once ``cancelled`` is set it stops with :class:`TimeoutError`.
     """
     windows = segments(audio.samples, audio.sample_rate, seconds) or [audio.samples]
-    return [gtzan_features(window, audio.sample_rate) for window in windows]
+    if max_windows is not None and len(windows) > max_windows:
+        windows = [windows[i] for i in np.linspace(0, len(windows) - 1, max_windows).round().astype(int)]
+    features = []
+    for window in windows:
+        if cancelled is not None and cancelled.is_set():
+            raise TimeoutError(f"stopped after {len(features)} of {len(windows)} windows: cancelled")
+        features.append(gtzan_features(window, audio.sample_rate))
+    return features
 
 
 def analyze(audio: DecodedAudio, segment_seconds: float = SEGMENT_SECONDS) -> TrackAnalysis:

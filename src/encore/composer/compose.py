@@ -16,6 +16,7 @@ constraint and a time budget.
 import json
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,13 +100,15 @@ class ComposerBundle:
         constrain_to_key: bool = False,
         time_budget_s: float | None = None,
         max_seconds: float | None = None,
+        cancelled: threading.Event | None = None,
     ) -> Composition:
         """A new piece: ``primer`` (steps, optional) continued by ``bars`` bars.
 
         Raises :class:`CompositionError` naming the field for a style the model does not know, a
         malformed key or meter, a primer the model cannot read, a length beyond what the model
         covers, or a piece lasting over ``max_seconds`` at ``tempo`` (refused before sampling, so a
-        render's bound costs no work); :class:`TimeoutError` if sampling outruns ``time_budget_s``."""
+        render's bound costs no work); :class:`TimeoutError` if sampling outruns ``time_budget_s`` or is
+        ``cancelled``."""
         config = self.model.config
         style = style or self.default_style
         if style is not None and style not in self.styles:
@@ -163,6 +166,7 @@ class ComposerBundle:
             seed=seed,
             pitch_classes=key_pitch_classes(tonic, mode) if constrain_to_key else None,
             deadline=None if time_budget_s is None else time.monotonic() + time_budget_s,
+            cancelled=cancelled,
         )
         settings = {
             "style": style,

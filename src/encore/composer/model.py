@@ -25,6 +25,7 @@ autoregressive binary outputs).
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -309,6 +310,7 @@ class Composer(nn.Module):
         pitch_classes: Iterable[int] | None = None,
         use_cache: bool = True,
         deadline: float | None = None,
+        cancelled: threading.Event | None = None,
     ) -> list[int]:
         """Continue ``prompt`` (tokens as from ``tokens.encode``, starting with BOS) by ``max_steps``
         time steps; returns the prompt followed by the new tokens, ending with EOS_STEP.
@@ -318,7 +320,8 @@ class Composer(nn.Module):
         divided by ``temperature``, cut to the ``top_k`` likeliest tokens and then to the smallest
         set holding ``top_p`` of the mass. The same seed gives the same tokens. ``use_cache=False``
         recomputes the whole sequence for every token (for comparison only). Past ``deadline`` (a
-        ``time.monotonic()`` value) it raises :class:`TimeoutError`, so a caller can bound its wait."""
+        ``time.monotonic()`` value), or once ``cancelled`` is set, it raises :class:`TimeoutError`, so a
+        caller can bound its wait and stop work nobody waits for any more."""
         config = self.config
         if not prompt or prompt[0] != BOS or PAD in prompt or not all(0 <= t < config.vocab_size for t in prompt):
             raise ValueError("prompt must be a token list that starts with BOS and holds no PAD")
@@ -364,6 +367,8 @@ class Composer(nn.Module):
                         return out
                     if deadline is not None and time.monotonic() > deadline:
                         raise TimeoutError(f"sampling stopped after {finished} of {max_steps} steps: out of time")
+                    if cancelled is not None and cancelled.is_set():
+                        raise TimeoutError(f"sampling stopped after {finished} of {max_steps} steps: cancelled")
                 if cache is not None:
                     new = torch.tensor([[token]], device=self.device)
                     where = (torch.tensor([[step]], device=self.device), torch.tensor([[slot]], device=self.device))

@@ -13,6 +13,7 @@ second of parsing rather than decoded for minutes.
 import base64
 import binascii
 import dataclasses
+import threading
 import time
 
 from encore.composer.compose import ComposerBundle, CompositionError
@@ -65,7 +66,9 @@ def decode_primer(primer_midi: str, step_beats: float, max_steps: int = PRIMER_L
         raise CompositionRequestError(str(error), "primer_midi") from None
 
 
-def compose_answer(bundle: ComposerBundle, request: dict, time_budget_s: float) -> dict:
+def compose_answer(
+    bundle: ComposerBundle, request: dict, time_budget_s: float, cancelled: threading.Event | None = None
+) -> dict:
     """Compose what ``request`` asks (the fields of ``encore.api.ComposeRequest`` but ``model``).
 
     Returns ``{"midi", "wav", "renderer", "settings", "seconds"}``, MIDI and WAV in base64. The
@@ -84,6 +87,7 @@ def compose_answer(bundle: ComposerBundle, request: dict, time_budget_s: float) 
             primer=primer,
             time_budget_s=time_budget_s - (time.perf_counter() - began),
             max_seconds=MAX_RENDER_SECONDS if audio else None,
+            cancelled=cancelled,
         )
     except CompositionError as error:
         kind = UnknownStyleError if error.field == "style" else CompositionRequestError
