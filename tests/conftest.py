@@ -4,6 +4,7 @@ Both run on 127.0.0.1 on ports of their own, so the suite works beside a running
 cluster and never stops it.
 """
 
+import contextlib
 import os
 import shutil
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -62,14 +64,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory):
-    """Start moto's S3 server as a separate process and point boto3 and pyarrow at it.
+@contextlib.contextmanager
+def moto_server(log: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """moto's S3 server as a process of its own on a free loopback port: yields the process and its endpoint.
 
-    The AWS variables are set before any Ray instance starts: Ray's workers inherit them.
+    A test that stops its server (SIGSTOP) starts one of its own with this: the session's stays up for the rest.
     """
     port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [
@@ -82,26 +83,37 @@ def s3_endpoint(tmp_path_factory):
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_EC2_METADATA_DISABLED="true",
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto server did not start: {log.read_text()}") from None
-            time.sleep(0.2)
-    yield endpoint
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server did not start: {log.read_text()}") from None
+                time.sleep(0.2)
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """Start moto's S3 server as a separate process and point boto3 and pyarrow at it.
+
+    The AWS variables are set before any Ray instance starts: Ray's workers inherit them.
+    """
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as (_, endpoint):
+        os.environ.update(
+            AWS_ENDPOINT_URL=endpoint,
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_EC2_METADATA_DISABLED="true",
+        )
+        yield endpoint
 
 
 @pytest.fixture

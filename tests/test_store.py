@@ -24,6 +24,7 @@ from encore.store import (
     VersionNotFound,
     core,
 )
+from encore.store.backends import s3_client_config
 
 MODEL_FILES = {
     "weights.bin": bytes(range(256)) * 40,
@@ -412,3 +413,15 @@ def test_cli_reports_errors_without_traceback(tmp_path, source):
         assert result.stderr.startswith("error: ") and message in result.stderr
         assert "Traceback" not in result.stderr
     assert cli("gc", "--keep", "0", "--dry-run", env=env).stdout.strip() == "nothing to remove"
+
+
+def test_s3_requests_give_up_after_the_timeouts_and_attempts_the_environment_sets(monkeypatch):
+    for name in ("ENCORE_S3_CONNECT_TIMEOUT", "ENCORE_S3_MAX_ATTEMPTS", "ENCORE_S3_RETRY_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ENCORE_S3_READ_TIMEOUT", "2.5")
+    config = s3_client_config()
+    assert (config.connect_timeout, config.read_timeout) == (3.0, 2.5)  # not boto3's 60 s
+    assert config.retries == {"mode": "standard", "max_attempts": 3}
+    monkeypatch.setenv("ENCORE_S3_MAX_ATTEMPTS", "many")
+    with pytest.raises(ValueError, match="ENCORE_S3_MAX_ATTEMPTS='many'"):
+        s3_client_config()

@@ -1,12 +1,20 @@
 """VersionCache: how a deployment finds, loads, reloads and keeps model versions (no cluster)."""
 
 import asyncio
+import contextlib
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
+import boto3
 import pytest
 
 from encore.serving import ModelUnavailableError, UnknownModelError, VersionCache
 from encore.store import ModelStore
+
+from conftest import moto_server
 
 
 def save(store: ModelStore, tmp_path: Path, kind: str, text: str, aliases=("latest",)) -> str:
@@ -33,7 +41,8 @@ class Clock:
         return self.now
 
 
-def cache(store: ModelStore, poll_seconds: float = 0.0, clock=None) -> VersionCache:
+def cache(store: ModelStore, poll_seconds: float = 0.0, clock=None, **options) -> VersionCache:
+    """A cache of genre models whose requests wait for each refresh to end, so a test sees every outcome."""
     return VersionCache(
         store,
         "genre-production",
@@ -42,6 +51,7 @@ def cache(store: ModelStore, poll_seconds: float = 0.0, clock=None) -> VersionCa
         poll_seconds=poll_seconds,
         capacity=2,
         clock=clock or Clock(),
+        **{"refresh_wait_seconds": None, **options},
     )
 
 
@@ -120,6 +130,7 @@ def test_whatever_lands_behind_the_alias_the_working_version_keeps_serving(store
         poll_seconds=10,
         expected_preprocessing={"key": "k1"},
         clock=clock,
+        refresh_wait_seconds=None,  # each request sees the outcome of the refresh it started
     )
     store.save(folder, kind="genre", config={}, metrics={}, data_fingerprint="d", preprocessing={"key": "k1"},
                aliases=["genre-production"])  # fmt: skip
@@ -159,3 +170,143 @@ def test_whatever_lands_behind_the_alias_the_working_version_keeps_serving(store
                        preprocessing={"key": "k1"}, aliases=["genre-production"]).version  # fmt: skip
     clock.now = 50
     assert get(versions)[1]["version"] == fixed and not versions.refused
+
+
+@pytest.fixture
+def stoppable_store(tmp_path, monkeypatch):
+    """A store on a moto S3 server of this test's own, which it may stop: the session's server keeps answering.
+
+    boto3 gives up on a stopped server after about 3 s (1 s timeouts, 2 attempts); versions load into
+    a cache folder of the test's own. Yields the server's process and the store.
+    """
+    with moto_server(tmp_path / "moto.log") as (server, endpoint):
+        for name, value in {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "ENCORE_S3_CONNECT_TIMEOUT": "1",
+            "ENCORE_S3_READ_TIMEOUT": "1",
+            "ENCORE_S3_MAX_ATTEMPTS": "2",
+            "ENCORE_CACHE_DIR": str(tmp_path / "cache"),
+        }.items():
+            monkeypatch.setenv(name, value)
+        boto3.session.Session().client("s3").create_bucket(Bucket="outage")
+        yield server, ModelStore("s3://outage/models")
+
+
+@contextlib.contextmanager
+def stopped(server):
+    """The server stopped (SIGSTOP): it holds every connection and answers nothing until it continues."""
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+
+
+class Resolutions:
+    """Counts the store's resolutions of names: one per refresh a cache starts."""
+
+    def __init__(self, store: ModelStore, monkeypatch):
+        self.started = 0
+        self._counted = threading.Condition()
+        resolve = store.resolve
+
+        def counted(ref: str) -> str:
+            with self._counted:
+                self.started += 1
+                self._counted.notify_all()
+            return resolve(ref)
+
+        monkeypatch.setattr(store, "resolve", counted)
+
+    def at_least(self, count: int) -> int:
+        """The count once it reaches ``count``: a refresh runs in the cache's own thread, which may
+        start after the request that asked for it has answered."""
+        with self._counted:
+            self._counted.wait_for(lambda: self.started >= count, timeout=30)
+            return self.started
+
+
+def many_gets(versions: VersionCache, count: int, ref: str | None = None) -> list[tuple[object, float]]:
+    """``count`` concurrent requests: each one's answer (or error) and its latency in seconds."""
+
+    async def timed():
+        started = time.perf_counter()
+        try:
+            answer = await versions.get(ref)
+        except Exception as error:
+            answer = error
+        return answer, time.perf_counter() - started
+
+    async def all_of_them():
+        return await asyncio.gather(*(timed() for _ in range(count)))
+
+    return asyncio.run(all_of_them())
+
+
+def get_after_refresh(versions: VersionCache, ref: str | None = None) -> tuple[str, dict]:
+    """A request that waits for the refresh in flight to end, however long: the test then knows its outcome."""
+    bound, versions.refresh_wait_seconds = versions.refresh_wait_seconds, None
+    try:
+        return get(versions, ref)
+    finally:
+        versions.refresh_wait_seconds = bound
+
+
+def test_a_store_outage_leaves_loaded_models_answering_at_their_usual_speed(stoppable_store, tmp_path, monkeypatch):
+    server, store = stoppable_store
+    first = save(store, tmp_path, "genre", "first", aliases=("genre-production",))
+    clock = Clock()
+    # As served, a request for a loaded name never waits for its refresh.
+    versions = cache(
+        store, poll_seconds=10, clock=clock, backoff_seconds=30, max_backoff_seconds=60, refresh_wait_seconds=0
+    )
+    assert get(versions)[1]["version"] == first
+    second = save(store, tmp_path, "genre", "second", aliases=("genre-production",))  # found at a later poll
+    resolutions = Resolutions(store, monkeypatch)
+
+    def answers_promptly(expected_resolutions: int) -> None:
+        answers = many_gets(versions, 50)
+        assert all(answer == ("first", {"kind": "genre", "version": first}) for answer, _ in answers), answers[0]
+        assert max(latency for _, latency in answers) < 1.0
+        assert resolutions.at_least(expected_resolutions) == expected_resolutions
+
+    with stopped(server):
+        clock.now = 10  # a poll is due: one refresh starts, and hangs on the stopped server
+        answers_promptly(1)
+        answers_promptly(1)  # still in flight: no second one
+        assert get_after_refresh(versions)[0] == "first"  # it failed at 10: back-off of 30 s
+        clock.now = 39.9
+        answers_promptly(1)
+        clock.now = 40
+        answers_promptly(2)
+        assert get_after_refresh(versions)[0] == "first"  # failed again at 40: back-off doubled, 60 s
+        clock.now = 99.9
+        answers_promptly(2)
+    clock.now = 100
+    get(versions)
+    assert get_after_refresh(versions) == ("second", {"kind": "genre", "version": second})
+    assert resolutions.started == 3 and not versions.refused
+
+
+def test_a_name_never_resolved_is_promptly_unavailable_while_the_store_is_down(stoppable_store, tmp_path, monkeypatch):
+    server, store = stoppable_store
+    save(store, tmp_path, "genre", "first", aliases=("genre-production", "latest"))
+    clock = Clock()
+    versions = cache(store, poll_seconds=10, clock=clock)
+    resolutions = Resolutions(store, monkeypatch)
+    with stopped(server):
+        answers = many_gets(versions, 20)  # one resolution for all of them, bounded by boto3's timeouts
+        assert all(isinstance(answer, ModelUnavailableError) for answer, _ in answers), answers[0]
+        assert max(latency for _, latency in answers) < 15.0
+        assert resolutions.started == 1
+        clock.now = 5  # backing off: the store is not asked, the answer comes at once
+        answers = many_gets(versions, 20) + many_gets(versions, 20, "latest")
+        assert all(isinstance(answer, ModelUnavailableError) for answer, _ in answers), answers[0]
+        assert max(latency for _, latency in answers) < 1.0
+        assert resolutions.started == 1
+    clock.now = 60
+    assert get(versions)[0] == get(versions, "latest")[0] == "first"

@@ -9,10 +9,12 @@ under another pseudonymisation key.
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -96,18 +98,54 @@ async def run_until_cancelled(work: Callable[..., T], *args, **kwargs) -> T:
         raise
 
 
+@dataclass
+class _Name:
+    """What a VersionCache knows of one name between two looks at the store."""
+
+    version: str | None = None  # the version it serves, once one was loaded for it
+    next_refresh: float = -math.inf  # the clock reading from which the store may be asked again
+    failures: int = 0  # refreshes failed in a row, for the back-off
+    error: ServingError | None = None  # the answer while it has nothing to serve, until its next refresh
+    refresh: Future | None = None  # the one refresh in flight, shared by every request for the name
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What a refresh found: the version a name names now and its loaded model, or why it has none."""
+
+    version: str | None  # None: the name could not be resolved
+    entry: tuple[Any, dict] | None
+    error: Exception | None
+    at: float  # the clock when it ended
+
+
 class VersionCache:
     """The model versions one deployment serves, found in the store by alias, version id or kind.
 
     ``get(ref)`` answers ``(model, {"kind", "version"})``; ``ref`` is an alias, a version id, or a
-    kind (its newest version), and None means ``default_ref``. A name is re-resolved at most every
-    ``poll_seconds``, so a moved alias is picked up without a restart, and the ``capacity`` most
-    recently used versions stay loaded. Only versions of ``kinds`` are served. When a name cannot be
-    re-resolved, or its new version cannot be served (another kind, checksums, another pseudonymisation
-    key, a missing file, a loader that fails), the version it had keeps serving, the refusal is logged
-    once per poll and listed in ``refused`` until the name serves a new version. ``clock`` (seconds,
-    monotonic) times the polls; a name never resolved is resolved on first use whatever it reads.
+    kind (its newest version), and None means ``default_ref``. A name is refreshed (re-resolved, and
+    what it names loaded) at most every ``poll_seconds``, so a moved alias is picked up without a
+    restart, and the ``capacity`` most recently used versions stay loaded. Only versions of ``kinds`` are
+    served. When a name cannot be refreshed, or its new version cannot be served (another kind,
+    checksums, another pseudonymisation key, a missing file, a loader that fails), the version it had
+    keeps serving, the refusal is logged once per attempt and listed in ``refused`` until the name serves
+    a version again.
+
+    A store that is slow or down must not slow the requests. The store is read in threads of the cache's
+    own, never on the event loop, and a name has one refresh in flight at a time, whatever number of
+    requests ask for it. A request for a name that serves a version waits for its refresh at most
+    ``refresh_wait_seconds`` (0: never, it is answered with the version loaded; None: until the refresh
+    ends); a request for a name that serves nothing waits for the refresh. A refresh that fails is
+    timestamped and not tried again before a back-off: ``backoff_seconds``, doubled at each failure in a
+    row up to ``max_backoff_seconds``, never less than ``poll_seconds``; a name the store answers it does
+    not have is asked again at the next poll. While the store cannot be reached, a name that serves
+    nothing is answered ModelUnavailableError (503) at once instead of waiting on it: the S3 backend's
+    timeouts and retries (``ENCORE_S3_*``, see :mod:`encore.store.backends`) bound how long the first
+    request that finds the outage waits. ``clock`` (seconds, monotonic) times the polls and back-offs; a
+    name never resolved is resolved on first use whatever it reads.
     """
+
+    NAMES_LIMIT = 1024  # names remembered, the least recently asked forgotten: clients' made-up names stay few
 
     def __init__(
         self,
@@ -119,21 +157,29 @@ class VersionCache:
         capacity: int = 4,
         expected_preprocessing: dict | None = None,
         clock: Callable[[], float] = time.monotonic,
+        refresh_wait_seconds: float | None = 0.0,
+        backoff_seconds: float = 1.0,
+        max_backoff_seconds: float = 60.0,
     ):
         self.store, self.default_ref, self.kinds = store, default_ref, frozenset(kinds)
         self.poll_seconds, self.capacity, self.clock = poll_seconds, capacity, clock
         self.expected_preprocessing = expected_preprocessing
+        self.refresh_wait_seconds = refresh_wait_seconds
+        self.backoff_seconds, self.max_backoff_seconds = backoff_seconds, max_backoff_seconds
         self._load_model = load
-        self._resolved: dict[str, tuple[str, float]] = {}
-        self._serving: dict[str, str] = {}
-        self._loaded: OrderedDict[str, tuple[Any, dict]] = OrderedDict()
+        self._names: OrderedDict[str, _Name] = OrderedDict()
+        self._loaded: OrderedDict[str, tuple[Any, dict]] = OrderedDict()  # changed on the event loop only
+        # Threads of its own: a refresh outlives the request that started it, and the event loop it ran on.
+        self._refreshes = ThreadPoolExecutor(thread_name_prefix="encore-refresh")
+        # The store's own back-off, while it cannot be reached: names that serve nothing do not wait on it.
+        self._store_failures, self._store_retry_at = 0, -math.inf
         # The versions refused for a name while an older one keeps serving it, for health checks.
         self.refused: dict[str, dict] = {}
 
     def resolve(self, ref: str) -> str:
         """The version ``ref`` names now (blocking: reads the store)."""
         try:
-            version = self.store.resolve(ref)
+            return self.store.resolve(ref)
         except VersionNotFound:
             newest = self.store.list(kind=ref) if ref in self.kinds else []
             if not newest:
@@ -143,15 +189,10 @@ class VersionCache:
                     ) from None
                 message = f"no model {ref!r}: not an alias, version or kind in the store"
                 raise UnknownModelError(message, "model") from None
-            version = newest[0].version
-        self._resolved[ref] = (version, self.clock())
-        return version
+            return newest[0].version
 
     def load(self, version: str) -> tuple[Any, dict]:
-        """The loaded model of ``version`` (blocking: reads the store, verifies the checksums)."""
-        if version in self._loaded:
-            self._loaded.move_to_end(version)
-            return self._loaded[version]
+        """The model of ``version``, loaded (blocking: reads the store, verifies the checksums)."""
         started = time.perf_counter()
         kind = self.store.show(version).kind
         if kind not in self.kinds:
@@ -159,47 +200,122 @@ class VersionCache:
             raise UnknownModelError(f"{version} is a {kind} model; this endpoint serves {served}", "model")
         loaded = self.store.load(version, expected_preprocessing=self.expected_preprocessing)
         entry = (self._load_model(loaded), {"kind": loaded.manifest.kind, "version": loaded.manifest.version})
-        self._loaded[version] = entry
-        while len(self._loaded) > self.capacity:
-            self._loaded.popitem(last=False)
         logger.info("loaded %s in %.0f ms", version, 1000 * (time.perf_counter() - started))
         return entry
 
     async def get(self, ref: str | None = None) -> tuple[Any, dict]:
         ref = ref or self.default_ref
-        version, resolved_at = self._resolved.get(ref, (None, None))
-        if resolved_at is None or self.clock() - resolved_at >= self.poll_seconds:
-            try:
-                version = await asyncio.to_thread(self.resolve, ref)
-                if self.refused.get(ref, {}).get("version") != version:  # the name moved on, to any version
-                    self.refused.pop(ref, None)
-            except Exception as error:  # the store unreachable or its records unreadable
-                if version is None:
-                    if isinstance(error, ServingError):
-                        raise
-                    logger.error("%r cannot be resolved: %r", ref, error)
-                    message = f"model {ref!r} cannot be resolved: {_refusal_reason(error)}"
-                    raise UnknownModelError(message, "model") from None
-                logger.error("keeping %s for %r: %r", version, ref, error)
-        if version in self._loaded:  # the common case: no thread hop
-            self._loaded.move_to_end(version)
-            self._serving[ref] = version
-            return self._loaded[version]
-        try:
-            entry = await asyncio.to_thread(self.load, version)
-        except Exception as error:  # wrong kind, checksums, another key, a missing file, a loader's own failure
-            previous = self._serving.get(ref)
-            if previous in self._loaded:
-                self._resolved[ref] = (previous, self.clock())  # try the new version again at the next poll
-                self.refused[ref] = {"alias": ref, "version": version, "reason": _refusal_reason(error)}
-                logger.error("keeping %s for %r: %s cannot be served: %r", previous, ref, version, error)
-                return self._loaded[previous]
-            logger.error("%r (%s) cannot be served: %r", ref, version, error)
-            raise UnknownModelError(
-                f"model {ref!r} ({version}) could not be loaded: {_refusal_reason(error)}", "model"
-            ) from None
-        self._serving[ref] = version
+        name = self._name(ref)
+        if name.refresh is None and self._due(name):
+            if not self._servable(name) and self._store_is_down():
+                raise ModelUnavailableError(f"model {ref!r} cannot be resolved: the store cannot be reached", "model")
+            name.refresh = self._refreshes.submit(self._refresh, ref)
+        if name.refresh is not None:
+            await _wait(name.refresh, self.refresh_wait_seconds if self._servable(name) else None)
+            self._take_in(ref, name)
+        entry = self._loaded.get(name.version)
+        if entry is None:
+            error = name.error or ModelUnavailableError(f"model {ref!r} is not loaded now, ask again", "model")
+            raise error.with_traceback(None)  # raised again at each request: no traceback piling up
+        self._loaded.move_to_end(name.version)
         return entry
+
+    def _name(self, ref: str) -> _Name:
+        """What is known of ``ref``, remembered as recently asked."""
+        name = self._names.setdefault(ref, _Name())
+        self._names.move_to_end(ref)
+        while len(self._names) > self.NAMES_LIMIT:
+            self._names.popitem(last=False)  # a refresh of it in flight ends unheard
+        return name
+
+    def _servable(self, name: _Name) -> bool:
+        return name.version in self._loaded
+
+    def _due(self, name: _Name) -> bool:
+        """Whether to refresh ``name`` now: its poll or back-off is over, or its version was unloaded."""
+        return self.clock() >= name.next_refresh or (name.failures == 0 and not self._servable(name))
+
+    def _store_is_down(self) -> bool:
+        return self.clock() < self._store_retry_at
+
+    def _refresh(self, ref: str) -> _Outcome:
+        """Resolve ``ref`` and load what it names (blocking, in a refresh thread); never raises."""
+        version = None
+        try:
+            version = self.resolve(ref)
+            entry = self._loaded.get(version) or self.load(version)
+        except Exception as error:  # told the request, on the event loop
+            return _Outcome(version, None, error, self.clock())
+        return _Outcome(version, entry, None, self.clock())
+
+    def _take_in(self, ref: str, name: _Name) -> None:
+        """Apply the outcome of the refresh of ``name`` once it ended, unless a request did (on the event loop)."""
+        if name.refresh is None or not name.refresh.done():
+            return
+        outcome = name.refresh.result()
+        name.refresh = None
+        if outcome.error is None:
+            self._keep(outcome.version, outcome.entry)
+            name.version, name.failures, name.error = outcome.version, 0, None
+            name.next_refresh = outcome.at + self.poll_seconds
+            self._store_failures, self._store_retry_at = 0, -math.inf
+            self.refused.pop(ref, None)
+        elif self._servable(name):
+            self._failed(name, outcome)
+            self._keep_serving(ref, name, outcome)
+        else:
+            self._failed(name, outcome)
+            name.error = _unavailable(ref, outcome)
+            if outcome.version is not None:
+                logger.error("%r (%s) cannot be served: %r", ref, outcome.version, outcome.error)
+            elif not isinstance(outcome.error, ServingError):  # a name the store has not is no error of ours
+                logger.error("%r cannot be resolved: %r", ref, outcome.error)
+
+    def _failed(self, name: _Name, outcome: _Outcome) -> None:
+        """Time the next refresh of ``name``: at the next poll after the store's answer, else after a back-off."""
+        name.failures += 1
+        if isinstance(outcome.error, ServingError):
+            name.next_refresh = outcome.at + self.poll_seconds
+            return
+        name.next_refresh = outcome.at + self._backoff(name.failures)
+        if outcome.version is None:  # the store could not be read: it backs off too
+            self._store_failures += 1
+            self._store_retry_at = outcome.at + self._backoff(self._store_failures)
+
+    def _backoff(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` in a row: doubling up to a cap, never less than a poll."""
+        return max(self.poll_seconds, min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (failures - 1)))
+
+    def _keep(self, version: str, entry: tuple[Any, dict]) -> None:
+        """Keep ``entry`` loaded as the most recently used, unloading the least recently used beyond capacity."""
+        self._loaded[version] = entry
+        self._loaded.move_to_end(version)
+        while len(self._loaded) > self.capacity:
+            self._loaded.popitem(last=False)
+
+    def _keep_serving(self, ref: str, name: _Name, outcome: _Outcome) -> None:
+        """The name's version serves on after a failed refresh; a version it cannot serve is listed as refused."""
+        if outcome.version is None:
+            logger.error("keeping %s for %r: %r", name.version, ref, outcome.error)
+            return
+        self.refused[ref] = {"alias": ref, "version": outcome.version, "reason": _refusal_reason(outcome.error)}
+        logger.error("keeping %s for %r: %s cannot be served: %r", name.version, ref, outcome.version, outcome.error)
+
+
+async def _wait(refresh: Future, seconds: float | None) -> None:
+    """Wait for ``refresh`` to end, at most ``seconds`` (None: however long); it runs on either way."""
+    if seconds != 0 and not refresh.done():
+        await asyncio.wait([asyncio.wrap_future(refresh)], timeout=seconds)
+
+
+def _unavailable(ref: str, outcome: _Outcome) -> ServingError:
+    """The answer for ``ref`` while it has nothing to serve after ``outcome``."""
+    if outcome.version is None:
+        if isinstance(outcome.error, ServingError):  # the store has no such name
+            return outcome.error
+        return ModelUnavailableError(f"model {ref!r} cannot be resolved: {_refusal_reason(outcome.error)}", "model")
+    reason = _refusal_reason(outcome.error)
+    return UnknownModelError(f"model {ref!r} ({outcome.version}) could not be loaded: {reason}", "model")
 
 
 def _refusal_reason(error: Exception) -> str:

@@ -3,6 +3,19 @@
 Both backends address objects by ``/``-separated keys relative to the store root and offer
 the same few operations, so :class:`~encore.store.ModelStore` owns the layout and the
 rules while a backend only moves bytes.
+
+S3 requests give up after timeouts and retries of our own rather than boto3's defaults (60 s to
+connect, 60 s per read, legacy retries: minutes against a server that stopped answering), so a
+serving process finds an outage within seconds. The environment may set them:
+
+``ENCORE_S3_CONNECT_TIMEOUT``
+    Seconds to open a connection (default 3).
+``ENCORE_S3_READ_TIMEOUT``
+    Seconds to wait for each read of an answer, not for a whole download (default 5).
+``ENCORE_S3_MAX_ATTEMPTS``
+    Attempts of one request, the first included (default 3).
+``ENCORE_S3_RETRY_MODE``
+    botocore's retry mode (default ``standard``: retries transient errors, backing off with jitter).
 """
 
 import contextlib
@@ -17,6 +30,7 @@ from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import boto3
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from encore.store.errors import StoreError
@@ -143,11 +157,35 @@ class LocalBackend:
         shutil.rmtree(self.path(prefix), ignore_errors=True)
 
 
+def _setting(name: str, default, parse: type):
+    """The environment's ``name`` parsed, or ``default`` if it is unset or empty."""
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        return parse(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a valid {parse.__name__}") from None
+
+
+def s3_client_config() -> Config:
+    """boto3's timeouts and retries for the store, from the environment (see the module docstring)."""
+    return Config(
+        connect_timeout=_setting("ENCORE_S3_CONNECT_TIMEOUT", 3.0, float),
+        read_timeout=_setting("ENCORE_S3_READ_TIMEOUT", 5.0, float),
+        retries={
+            "mode": _setting("ENCORE_S3_RETRY_MODE", "standard", str),
+            "max_attempts": _setting("ENCORE_S3_MAX_ATTEMPTS", 3, int),
+        },
+    )
+
+
 class S3Backend:
     """A store under ``s3://bucket/prefix``.
 
     The endpoint and credentials come from the usual AWS configuration, including
-    ``AWS_ENDPOINT_URL``, so any S3-compatible server works.
+    ``AWS_ENDPOINT_URL``, so any S3-compatible server works; timeouts and retries from
+    ``ENCORE_S3_*`` (see the module docstring), read when the backend is made.
     """
 
     def __init__(self, uri: str):
@@ -158,7 +196,7 @@ class S3Backend:
         self.prefix = parts.path.strip("/")
         self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         # A session of our own: boto3's default session is not safe to share between threads.
-        self._client = boto3.session.Session().client("s3")
+        self._client = boto3.session.Session().client("s3", config=s3_client_config())
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
