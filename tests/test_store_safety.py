@@ -4,9 +4,12 @@ Each attack is carried out for real: the store's objects are written directly, a
 access to the bucket or folder could write them, against a local folder and the moto S3 server.
 """
 
+import concurrent.futures
 import hashlib
 import json
+import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import boto3
@@ -238,3 +241,97 @@ def test_save_refuses_file_names_the_store_would_refuse_to_load(store, tmp_path)
     with pytest.raises(ValueError, match="maps"):
         save(store, source)
     assert store.list() == []
+
+
+# ---- readers sharing the cache -------------------------------------------------------
+
+WAIT_SECONDS = 60
+
+
+def _signal(sync: Path, event: str, reader: int) -> None:
+    (sync / f"{event}-{reader}").touch()
+
+
+def _wait_for(sync: Path, event: str, readers) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not all((sync / f"{event}-{reader}").exists() for reader in readers):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"readers {list(readers)} never signalled {event}")
+        time.sleep(0.01)
+
+
+def racing_reader(uri: str, version: str, reader: int, readers: int, sync: str) -> dict:
+    """Load ``version`` as reader ``reader`` of ``readers`` in one fixed interleaving, then report what it got.
+
+    Every reader looks in the empty cache before any of them downloads; then they download one after
+    the other, each once the previous one has its copy in hand. So each later reader finds a copy
+    placed after it looked, while the earlier readers hold theirs open, as they would to load a model.
+    """
+    sync = Path(sync)
+    store = ModelStore(uri)
+    download = store._backend.fetch
+    gated = []
+
+    def fetch_in_turn(key, target):
+        if target is not None and not gated:
+            gated.append(key)
+            _signal(sync, "looked", reader)
+            _wait_for(sync, "looked", range(readers))
+            _wait_for(sync, "loaded", range(reader))
+        return download(key, target)
+
+    store._backend.fetch = fetch_in_turn
+    loaded = store.load(version)
+    held = os.open(loaded.path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        identity = os.fstat(held).st_ino
+        _signal(sync, "loaded", reader)
+        _wait_for(sync, "loaded", range(readers))
+        return {
+            "listed": sorted(os.listdir(held)),
+            "still_there": loaded.path.is_dir() and os.stat(loaded.path).st_ino == identity,
+            "files": {relative: (loaded.path / relative).read_bytes() for relative in loaded.manifest.files},
+        }
+    finally:
+        os.close(held)
+
+
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_readers_racing_into_an_empty_cache_keep_their_copies(s3_store, source, tmp_path, pool):
+    version = save(s3_store, source).version
+    readers = 3
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    if pool == "threads":
+        executor = concurrent.futures.ThreadPoolExecutor(readers)
+    else:
+        executor = concurrent.futures.ProcessPoolExecutor(readers, mp_context=multiprocessing.get_context("spawn"))
+    with executor:
+        jobs = [executor.submit(racing_reader, s3_store.uri, version, i, readers, str(sync)) for i in range(readers)]
+        reports = [job.result(timeout=2 * WAIT_SECONDS) for job in jobs]
+
+    for report in reports:
+        assert report["listed"] == ["MANIFEST.json", "maps", "scaler.txt", "weights.bin"]
+        assert report["still_there"]
+        assert report["files"] == MODEL_FILES
+
+
+def test_repairing_a_damaged_copy_leaves_the_copy_a_reader_holds(s3_store, source):
+    version = save(s3_store, source).version
+    first = s3_store.load(version)
+    held = os.open(first.path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        identity = os.fstat(held).st_ino
+        listed = sorted(os.listdir(held))
+        (first.path / "scaler.txt").write_bytes(b"damaged")  # the copy goes bad while its reader uses it
+
+        second = ModelStore(s3_store.uri).load(version)  # another replica finds the damage and repairs it
+
+        assert sorted(os.listdir(held)) == listed == ["MANIFEST.json", "maps", "scaler.txt", "weights.bin"]
+        assert os.stat(first.path).st_ino == identity
+        assert (first.path / "scaler.txt").read_bytes() == b"damaged"
+    finally:
+        os.close(held)
+    assert second.path != first.path
+    assert {relative: (second.path / relative).read_bytes() for relative in MODEL_FILES} == MODEL_FILES
+    assert ModelStore(s3_store.uri).load(version).path == second.path

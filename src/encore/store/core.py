@@ -50,6 +50,8 @@ _VERSION = re.compile(r"(?P<kind>[a-z0-9][a-z0-9_-]*)-\d{8}T\d{6}\.\d{6}Z-[0-9a-
 # characters, no lone surrogates (no file system encoding can write them).
 _SEGMENT = re.compile(r"[^/\\\x00-\x1f\x7f\ud800-\udfff]+")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# Layout of the cache folder: a new one starts afresh beside copies it could not replace atomically.
+_CACHE_LAYOUT = "v2"
 
 Admission = Callable[["ModelStore", Manifest, str], None]
 
@@ -319,7 +321,8 @@ class ModelStore:
 
         A local store's version folder is verified in place and returned. An S3 version is
         downloaded to the cache folder (``$ENCORE_CACHE_DIR`` or ``~/.cache/encore/store``),
-        verified there, and a cached copy is reused only while it still verifies.
+        verified there, and a cached copy is reused only while it still verifies. The store never
+        changes or removes a cached copy it has handed out, so processes can share the cache.
 
         Parameters
         ----------
@@ -470,37 +473,92 @@ class ModelStore:
         self._backend.write_bytes(f"aliases/{alias}.json", _to_json(record))
 
     def _cached_copy(self, manifest: Manifest) -> Path:
-        """A verified local copy of a remote version, downloaded unless a good one is cached."""
-        cache_root = Path(os.environ.get("ENCORE_CACHE_DIR") or Path.home() / ".cache" / "encore" / "store")
-        cache = cache_root.expanduser() / hashlib.sha256(self.uri.encode()).hexdigest()[:16]
-        target = cache / manifest.version
-        if target.is_dir():
-            try:
-                _check_files(manifest, lambda relative: file_digest(target / relative))
-                return target
-            except ChecksumError as exc:
-                logger.warning("cached copy is damaged, downloading again: %s", exc)
+        """A verified local copy of a remote version, downloaded unless a good one is cached.
 
-        # Download beside the target and move it into place once verified, so the cache
-        # never holds a partial copy under the version's name.
-        staging = cache / f".{manifest.version}.{uuid.uuid4().hex}.partial"
-        staging.mkdir(parents=True)
+        Processes on one node share the cache (Serve replicas) and may load the same version at the
+        same moment, while others are still reading the copy they loaded: so a copy, once complete,
+        is never changed, moved or deleted. Each copy is downloaded into a folder of its own with a
+        unique name, ``.<version>.<random>``, verified there, and only then published by pointing
+        the link ``<version>`` at it, which one atomic call does (creating the link, or replacing
+        it with a rename). A reader that finds a copy already published keeps that one and deletes
+        its own, which nobody else has seen. A published copy that fails verification is replaced
+        by moving the link, never repaired in place or removed: a reader may hold it, and every
+        other way loses. Removing it first leaves its readers with missing files; repairing it in
+        place shows them files changing under them; renaming it breaks the paths they were given.
+        The damaged copy stays on disk, logged, for whoever clears the cache once its readers are
+        gone. ``load`` returns the copy's own folder, not the link, so a reader keeps the very files
+        it verified even when the link moves on.
+        """
+        cache = self._cache_folder()
+        link = inside(cache, manifest.version, "the cache")
+        published = _published_copy(cache, link, manifest)
+        if published is not None:
+            return published
+        fresh = self._download(manifest, cache)
+        try:
+            os.symlink(fresh.name, link)
+            return fresh
+        except FileExistsError:
+            pass  # published by another reader while this one downloaded, or a damaged copy
+        published = _published_copy(cache, link, manifest)
+        if published is not None:
+            shutil.rmtree(fresh)
+            return published
+        _replace_link(link, fresh.name)
+        return fresh
+
+    def _cache_folder(self) -> Path:
+        """This store's folder in the cache, ``$ENCORE_CACHE_DIR`` or ``~/.cache/encore/store``."""
+        cache_root = Path(os.environ.get("ENCORE_CACHE_DIR") or Path.home() / ".cache" / "encore" / "store")
+        cache = cache_root.expanduser().resolve() / _CACHE_LAYOUT / hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+        cache.mkdir(parents=True, exist_ok=True)
+        return cache
+
+    def _download(self, manifest: Manifest, cache: Path) -> Path:
+        """A new folder in ``cache`` holding the version's files, verified; nobody else knows its name."""
+        folder = inside(cache, f".{manifest.version}.{uuid.uuid4().hex}", "the cache")
+        folder.mkdir()
+        where = f"version {manifest.version}"
         try:
             _check_files(
                 manifest,
-                lambda relative: self._backend.fetch(self._version_key(manifest.version, relative), staging / relative),
+                lambda relative: self._backend.fetch(
+                    self._version_key(manifest.version, relative), inside(folder, relative, where)
+                ),
             )
-            (staging / MANIFEST_NAME).write_bytes(_to_json(manifest.to_dict()))
-            shutil.rmtree(target, ignore_errors=True)
-            try:
-                os.replace(staging, target)
-            except OSError:
-                # Another process moved its own verified copy in first; that one will do.
-                if not target.is_dir():
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
+            (folder / MANIFEST_NAME).write_bytes(_to_json(manifest.to_dict()))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return folder
+
+
+def _published_copy(cache: Path, link: Path, manifest: Manifest) -> Path | None:
+    """The copy ``link`` points at if it is one of this cache's copies of the version and verifies, else None."""
+    try:
+        name = os.readlink(link)
+    except OSError:  # no link yet, or something else the store did not make: replaced like a damaged copy
+        return None
+    if not re.fullmatch(rf"\.{re.escape(manifest.version)}\.[0-9a-f]{{32}}", name):
+        return None
+    copy = cache / name
+    try:
+        _check_files(manifest, lambda relative: file_digest(inside(copy, relative, f"version {manifest.version}")))
+    except StoreError as exc:  # a file changed, missing, or turned into a link leading out
+        logger.warning("cached copy %s is damaged (left for readers that may hold it): %s", copy, exc)
+        return None
+    return copy
+
+
+def _replace_link(link: Path, target: str) -> None:
+    """Point ``link`` at ``target`` in one atomic rename: readers see the old target or the new, never no link."""
+    temporary = link.with_name(f".{link.name}.{uuid.uuid4().hex}.link")
+    os.symlink(target, temporary)
+    try:
+        os.replace(temporary, link)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _to_json(data: dict) -> bytes:
