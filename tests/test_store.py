@@ -251,11 +251,14 @@ def test_damaged_cached_copy_is_downloaded_again(s3_bucket, source, tmp_path, mo
     save(store, source)
     cached = store.load().path
     assert cached.is_relative_to(tmp_path / "cache")
+    assert store.load().path == cached  # a good copy is reused
     (cached / "weights.bin").write_bytes(b"stale")
 
-    reloaded = store.load()
-    assert reloaded.path == cached
-    assert (cached / "weights.bin").read_bytes() == MODEL_FILES["weights.bin"]
+    reloaded = store.load().path
+    assert reloaded != cached and reloaded.is_relative_to(tmp_path / "cache")
+    assert (reloaded / "weights.bin").read_bytes() == MODEL_FILES["weights.bin"]
+    assert (cached / "weights.bin").read_bytes() == b"stale"  # left for readers that may still hold it
+    assert store.load().path == reloaded
 
 
 def test_preprocessing_mismatch_is_refused(store, source):

@@ -56,6 +56,34 @@ def copy_hashing(source: BinaryIO, sink: BinaryIO | None = None) -> FileDigest:
     return FileDigest(digest.hexdigest(), size)
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """``repr`` of a value read from a store, cut to ``limit`` characters.
+
+    Names in a store may be hostile: a message quoting one must neither carry megabytes into logs
+    and error pages nor let it pass for something else, hence repr (quotes, escaped control characters).
+    """
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def inside(root: Path, relative: str, where: str) -> Path:
+    """``root / relative``, once sure it resolves inside ``root`` (no '..', absolute path or link leads out).
+
+    Raises
+    ------
+    StoreError
+        Naming ``relative`` (shortened) and ``where``, never ``root``: the message may reach clients.
+    """
+    path = root / relative
+    try:
+        resolved = path.resolve()
+    except ValueError:  # a NUL byte: no file has such a name
+        resolved = None
+    if resolved is None or not resolved.is_relative_to(root.resolve()):
+        raise StoreError(f"{shown(relative)} is not a path inside {where}")
+    return path
+
+
 def file_digest(path: Path) -> FileDigest | None:
     """Digest of a local file, or None if it does not exist."""
     try:
@@ -88,14 +116,19 @@ class _HashingReader:
 
 
 class LocalBackend:
-    """A store rooted at a local folder."""
+    """A store rooted at a local folder.
+
+    Every key is checked to resolve inside the folder before it is read, written or deleted, so
+    neither a hostile name nor a link planted in the folder reaches anything else on the machine.
+    The folder must therefore hold its files itself: link the root elsewhere, not folders inside it.
+    """
 
     def __init__(self, root: Path):
         self.root = root.expanduser().resolve()
         self.uri = str(self.root)
 
     def path(self, key: str) -> Path:
-        return self.root / key
+        return inside(self.root, key, f"store {self.uri}")
 
     def write_file(self, key: str, source: Path) -> FileDigest:
         target = self.path(key)

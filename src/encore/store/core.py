@@ -8,6 +8,10 @@ Layout, the same in a local folder and under an S3 prefix::
 
 A version's files are written first and its manifest last, and only versions with a
 manifest are visible, so a writer that dies half-way leaves nothing a reader can pick up.
+
+Whoever can write to the store must not be able to harm its readers' machines: every name read
+back (version ids, alias targets, file names) is checked before it becomes part of a local path,
+and every local path written or deleted is checked to stay inside the store or the cache.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from encore.store.backends import FileDigest, LocalBackend, file_digest, open_backend
+from encore.store.backends import FileDigest, LocalBackend, file_digest, inside, open_backend, shown
 from encore.store.errors import ChecksumError, PreprocessingMismatch, StoreError, VersionNotFound
 from encore.store.manifest import Manifest, code_version
 
@@ -40,6 +44,14 @@ ALIAS_HISTORY_LIMIT = 10
 _KIND = re.compile(r"[a-z0-9][a-z0-9_-]*")
 # Alias names and version ids become object keys: no slashes, no leading dot.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# What save names a version; the only names a version read back may have.
+_VERSION = re.compile(r"(?P<kind>[a-z0-9][a-z0-9_-]*)-\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{12}")
+# One segment of a file's path in a version: no separators ('\\' is one elsewhere), no control
+# characters, no lone surrogates (no file system encoding can write them).
+_SEGMENT = re.compile(r"[^/\\\x00-\x1f\x7f\ud800-\udfff]+")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# Layout of the cache folder: a new one starts afresh beside copies it could not replace atomically.
+_CACHE_LAYOUT = "v2"
 
 Admission = Callable[["ModelStore", Manifest, str], None]
 
@@ -76,12 +88,23 @@ def _source_files(source: Path) -> list[tuple[str, Path]]:
         raise ValueError(f"{source} holds no files")
     if any(relative == MANIFEST_NAME for relative, _ in files):
         raise ValueError(f"{source} contains a {MANIFEST_NAME}, a name the store reserves")
+    # Loading refuses such names in a manifest; saving them would store a version nobody can load.
+    unsafe = [relative for relative, _ in files if not _is_safe_relative(relative)]
+    if unsafe:
+        raise ValueError(f"{source} holds files whose names the store refuses: {', '.join(map(shown, unsafe))}")
     return files
 
 
-def _is_safe_relative(relative: str) -> bool:
-    """Whether a manifest path stays inside its version folder (no absolute paths, no '..')."""
-    return all(part not in ("", ".", "..") for part in relative.split("/"))
+def _is_safe_relative(relative: object) -> bool:
+    """Whether a manifest's file name is a plain relative path that stays inside its version folder.
+
+    No absolute paths, no '.', '..' or empty segments, no backslashes, no control characters, no
+    segment longer than a file name can be: the name becomes a local path on every reader.
+    """
+    return isinstance(relative, str) and all(
+        _SEGMENT.fullmatch(part) and part not in (".", "..") and len(part.encode()) <= 255
+        for part in relative.split("/")
+    )
 
 
 class ModelStore:
@@ -225,11 +248,12 @@ class ModelStore:
         Removed are complete versions older than the newest ``keep`` of their kind that no
         alias points at, now or in its history, and incomplete versions (no manifest) whose
         newest file is at least ``grace_seconds`` old; the grace period spares writers that
-        are still uploading.
+        are still uploading. Entries under ``versions/`` that are not version ids are left alone:
+        no store wrote them.
         """
         if keep < 0:
             raise ValueError(f"keep must be >= 0, got {keep}")
-        present = self._backend.children("versions")
+        present = self._version_ids()
         complete = self.list()
         pinned = {
             version for record in self._alias_records().values() for version in (record["version"], *record["history"])
@@ -279,7 +303,7 @@ class ModelStore:
     def list(self, kind: str | None = None) -> list[Manifest]:
         """Manifests of the complete versions, of one ``kind`` if given, newest first."""
         manifests = []
-        for version in self._backend.children("versions"):
+        for version in self._version_ids():
             # Ids start with their kind; reading only plausible manifests saves requests on S3.
             if kind is not None and not version.startswith(f"{kind}-"):
                 continue
@@ -297,7 +321,8 @@ class ModelStore:
 
         A local store's version folder is verified in place and returned. An S3 version is
         downloaded to the cache folder (``$ENCORE_CACHE_DIR`` or ``~/.cache/encore/store``),
-        verified there, and a cached copy is reused only while it still verifies.
+        verified there, and a cached copy is reused only while it still verifies. The store never
+        changes or removes a cached copy it has handed out, so processes can share the cache.
 
         Parameters
         ----------
@@ -314,12 +339,15 @@ class ModelStore:
             If the version's preprocessing differs from ``expected_preprocessing``.
         ChecksumError
             If a file is missing, truncated or altered.
+        StoreError
+            If the version's manifest or an alias on the way names something a reader must not use.
         """
         manifest = self._manifest(ref)
         _check_preprocessing(manifest, expected_preprocessing or {})
         if isinstance(self._backend, LocalBackend):
             path = self._backend.path(f"versions/{manifest.version}")
-            _check_files(manifest, lambda relative: file_digest(path / relative))
+            where = f"version {manifest.version}"
+            _check_files(manifest, lambda relative: file_digest(inside(path, relative, where)))
         else:
             path = self._cached_copy(manifest)
         logger.info("loaded %s from %s", manifest.version, self.uri)
@@ -349,25 +377,37 @@ class ModelStore:
         if not _NAME.fullmatch(alias):
             raise ValueError(f"invalid alias name {alias!r}: use letters, digits, '_', '-' and '.'")
 
+    def _version_ids(self) -> list[str]:
+        """Names under ``versions/`` that are version ids; nothing else there is a version."""
+        return [name for name in self._backend.children("versions") if _VERSION.fullmatch(name)]
+
     def _read_manifest(self, version: str) -> Manifest | None:
-        """The manifest of ``version``, None if it has none (incomplete or absent)."""
+        """The manifest of ``version`` (a version id), None if it has none (incomplete or absent).
+
+        Raises
+        ------
+        StoreError
+            If it is unreadable or names anything a reader must not trust (see :func:`_manifest_problems`).
+        """
         raw = self._backend.read_bytes(self._version_key(version, MANIFEST_NAME))
         if raw is None:
             return None
         try:
             manifest = Manifest.from_dict(json.loads(raw))
         except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"manifest of {version} in {self.uri} is unreadable: {exc!r}") from exc
-        unsafe = [relative for relative in manifest.files if not _is_safe_relative(relative)]
-        if unsafe:
-            raise StoreError(f"manifest of {version} in {self.uri} lists paths outside the version: {unsafe}")
+            raise StoreError(f"manifest of {version} in {self.uri} is unreadable: {shown(exc)}") from exc
+        problems = _manifest_problems(manifest, version)
+        if problems:
+            raise StoreError(f"manifest of {version} in {self.uri} is refused: " + "; ".join(problems))
         return manifest
 
     def _manifest(self, ref: str) -> Manifest:
         if not _NAME.fullmatch(ref):
-            raise VersionNotFound(f"no version or alias named {ref!r} in {self.uri}")
+            raise VersionNotFound(f"no version or alias named {shown(ref)} in {self.uri}")
         record = self._read_alias(ref)
         version = ref if record is None else record["version"]
+        if not _VERSION.fullmatch(version):
+            raise VersionNotFound(f"no version or alias named {shown(ref)} in {self.uri}")
         manifest = self._read_manifest(version)
         if manifest is not None:
             return manifest
@@ -378,9 +418,16 @@ class ModelStore:
             )
         if record is not None:
             raise VersionNotFound(f"alias {ref!r} points at {version}, which is not in {self.uri}")
-        raise VersionNotFound(f"no version or alias named {ref!r} in {self.uri}")
+        raise VersionNotFound(f"no version or alias named {shown(ref)} in {self.uri}")
 
     def _read_alias(self, alias: str) -> dict | None:
+        """The record of ``alias``, None if there is none.
+
+        Raises
+        ------
+        StoreError
+            If it is unreadable or names, as its target or in its history, something not a version id.
+        """
         if not _NAME.fullmatch(alias):
             return None
         raw = self._backend.read_bytes(f"aliases/{alias}.json")
@@ -388,13 +435,15 @@ class ModelStore:
             return None
         try:
             record = json.loads(raw)
-            return {
-                "version": record["version"],
-                "history": list(record["history"]),
-                "updated_at": record["updated_at"],
-            }
+            record = {"version": record["version"], "history": record["history"], "updated_at": record["updated_at"]}
         except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"alias {alias!r} in {self.uri} is unreadable: {exc!r}") from exc
+            raise StoreError(f"alias {shown(alias)} in {self.uri} is unreadable: {shown(exc)}") from exc
+        if not isinstance(record["history"], list):
+            raise StoreError(f"alias {shown(alias)} in {self.uri} is unreadable: its history is not a list")
+        for version in (record["version"], *record["history"]):
+            if not isinstance(version, str) or not _VERSION.fullmatch(version):
+                raise StoreError(f"alias {shown(alias)} in {self.uri} names {shown(version)}, not a version id")
+        return record
 
     def _alias_records(self) -> dict[str, dict]:
         records = {}
@@ -424,37 +473,92 @@ class ModelStore:
         self._backend.write_bytes(f"aliases/{alias}.json", _to_json(record))
 
     def _cached_copy(self, manifest: Manifest) -> Path:
-        """A verified local copy of a remote version, downloaded unless a good one is cached."""
-        cache_root = Path(os.environ.get("ENCORE_CACHE_DIR") or Path.home() / ".cache" / "encore" / "store")
-        cache = cache_root.expanduser() / hashlib.sha256(self.uri.encode()).hexdigest()[:16]
-        target = cache / manifest.version
-        if target.is_dir():
-            try:
-                _check_files(manifest, lambda relative: file_digest(target / relative))
-                return target
-            except ChecksumError as exc:
-                logger.warning("cached copy is damaged, downloading again: %s", exc)
+        """A verified local copy of a remote version, downloaded unless a good one is cached.
 
-        # Download beside the target and move it into place once verified, so the cache
-        # never holds a partial copy under the version's name.
-        staging = cache / f".{manifest.version}.{uuid.uuid4().hex}.partial"
-        staging.mkdir(parents=True)
+        Processes on one node share the cache (Serve replicas) and may load the same version at the
+        same moment, while others are still reading the copy they loaded: so a copy, once complete,
+        is never changed, moved or deleted. Each copy is downloaded into a folder of its own with a
+        unique name, ``.<version>.<random>``, verified there, and only then published by pointing
+        the link ``<version>`` at it, which one atomic call does (creating the link, or replacing
+        it with a rename). A reader that finds a copy already published keeps that one and deletes
+        its own, which nobody else has seen. A published copy that fails verification is replaced
+        by moving the link, never repaired in place or removed: a reader may hold it, and every
+        other way loses. Removing it first leaves its readers with missing files; repairing it in
+        place shows them files changing under them; renaming it breaks the paths they were given.
+        The damaged copy stays on disk, logged, for whoever clears the cache once its readers are
+        gone. ``load`` returns the copy's own folder, not the link, so a reader keeps the very files
+        it verified even when the link moves on.
+        """
+        cache = self._cache_folder()
+        link = inside(cache, manifest.version, "the cache")
+        published = _published_copy(cache, link, manifest)
+        if published is not None:
+            return published
+        fresh = self._download(manifest, cache)
+        try:
+            os.symlink(fresh.name, link)
+            return fresh
+        except FileExistsError:
+            pass  # published by another reader while this one downloaded, or a damaged copy
+        published = _published_copy(cache, link, manifest)
+        if published is not None:
+            shutil.rmtree(fresh)
+            return published
+        _replace_link(link, fresh.name)
+        return fresh
+
+    def _cache_folder(self) -> Path:
+        """This store's folder in the cache, ``$ENCORE_CACHE_DIR`` or ``~/.cache/encore/store``."""
+        cache_root = Path(os.environ.get("ENCORE_CACHE_DIR") or Path.home() / ".cache" / "encore" / "store")
+        cache = cache_root.expanduser().resolve() / _CACHE_LAYOUT / hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+        cache.mkdir(parents=True, exist_ok=True)
+        return cache
+
+    def _download(self, manifest: Manifest, cache: Path) -> Path:
+        """A new folder in ``cache`` holding the version's files, verified; nobody else knows its name."""
+        folder = inside(cache, f".{manifest.version}.{uuid.uuid4().hex}", "the cache")
+        folder.mkdir()
+        where = f"version {manifest.version}"
         try:
             _check_files(
                 manifest,
-                lambda relative: self._backend.fetch(self._version_key(manifest.version, relative), staging / relative),
+                lambda relative: self._backend.fetch(
+                    self._version_key(manifest.version, relative), inside(folder, relative, where)
+                ),
             )
-            (staging / MANIFEST_NAME).write_bytes(_to_json(manifest.to_dict()))
-            shutil.rmtree(target, ignore_errors=True)
-            try:
-                os.replace(staging, target)
-            except OSError:
-                # Another process moved its own verified copy in first; that one will do.
-                if not target.is_dir():
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
+            (folder / MANIFEST_NAME).write_bytes(_to_json(manifest.to_dict()))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return folder
+
+
+def _published_copy(cache: Path, link: Path, manifest: Manifest) -> Path | None:
+    """The copy ``link`` points at if it is one of this cache's copies of the version and verifies, else None."""
+    try:
+        name = os.readlink(link)
+    except OSError:  # no link yet, or something else the store did not make: replaced like a damaged copy
+        return None
+    if not re.fullmatch(rf"\.{re.escape(manifest.version)}\.[0-9a-f]{{32}}", name):
+        return None
+    copy = cache / name
+    try:
+        _check_files(manifest, lambda relative: file_digest(inside(copy, relative, f"version {manifest.version}")))
+    except StoreError as exc:  # a file changed, missing, or turned into a link leading out
+        logger.warning("cached copy %s is damaged (left for readers that may hold it): %s", copy, exc)
+        return None
+    return copy
+
+
+def _replace_link(link: Path, target: str) -> None:
+    """Point ``link`` at ``target`` in one atomic rename: readers see the old target or the new, never no link."""
+    temporary = link.with_name(f".{link.name}.{uuid.uuid4().hex}.link")
+    os.symlink(target, temporary)
+    try:
+        os.replace(temporary, link)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _to_json(data: dict) -> bytes:
@@ -474,6 +578,41 @@ def _check_files(manifest: Manifest, digest_of: Callable[[str], FileDigest | Non
             problems.append(f"{relative} has sha256 {found.sha256}, the manifest says {expected['sha256']}")
     if problems:
         raise ChecksumError(f"version {manifest.version} failed verification: " + "; ".join(problems))
+
+
+def _manifest_problems(manifest: Manifest, version: str) -> list[str]:
+    """What makes a manifest read from ``versions/<version>/`` untrustworthy, in words; empty if nothing.
+
+    It must name the folder it was read from: one copied or forged there could otherwise make a
+    reader fetch, cache or hand out the files of any other folder. Its kind must be the one its id
+    starts with, which is what listing by kind relies on. Its file names become local paths on every
+    reader, so each must be a safe relative path (and not the manifest's own name), with a digest.
+    """
+    problems = []
+    if manifest.version != version:
+        problems.append(f"it names itself {shown(manifest.version)}")
+    if manifest.kind != _VERSION.fullmatch(version)["kind"]:
+        problems.append(f"its kind {shown(manifest.kind)} is not the one its id starts with")
+    if not isinstance(manifest.files, dict):
+        return [*problems, "its file list is not a mapping"]
+    unsafe = [relative for relative in manifest.files if relative == MANIFEST_NAME or not _is_safe_relative(relative)]
+    if unsafe:
+        listed = ", ".join(shown(relative) for relative in unsafe[:3])
+        problems.append(f"it lists {len(unsafe)} file name(s) no reader may use: {listed}")
+    if not all(_is_file_entry(entry) for entry in manifest.files.values()):
+        problems.append("a file lacks a valid sha256 or size")
+    return problems
+
+
+def _is_file_entry(entry: object) -> bool:
+    """Whether a manifest's record of a file is ``{"sha256": 64 hex digits, "size": bytes}``."""
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("sha256"), str)
+        and _SHA256.fullmatch(entry["sha256"]) is not None
+        and type(entry.get("size")) is int
+        and entry["size"] >= 0
+    )
 
 
 def _check_preprocessing(manifest: Manifest, expected: dict) -> None:
