@@ -16,16 +16,19 @@ for the service's own alias, the replica keeps serving the version it has.
 import asyncio
 import os
 from pathlib import Path
+from typing import Annotated, Any
 
 import torch
-from fastapi import Query, Request
+from fastapi import Depends, Query, Request, Security
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from encore import genre
+from encore.access import Access, Client
 from encore.api import (
     MAX_ITEMS,
     UPLOAD_STATUSES,
@@ -58,9 +61,31 @@ from encore.soundalike import preprocessing as soundalike_preprocessing
 from encore.store import ModelStore
 
 DEFAULT_STORE = Path(__file__).resolve().parents[1] / "artifacts"
+DEFAULT_KEYS_FILE = DEFAULT_STORE / "api_keys.json"
 MODELS_PER_REPLICA = 4
 
-app = create_app()
+app = create_app(own_body_limits=["/v1/classify", "/v1/similar"])  # uploads: read_upload bounds them
+API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="a key from `python -m encore.access`")
+BEARER = HTTPBearer(auto_error=False, description="the same key as a bearer token")
+
+
+def requires(scope: str) -> Any:
+    """The client a request's API key names, admitted to ``scope`` and within its rate (401, 403, 429).
+    Checked before the body is validated, so a caller without a key learns nothing of the API."""
+
+    async def admitted(
+        key: Annotated[str | None, Security(API_KEY_HEADER)],
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+    ) -> Client:
+        access = serve.get_replica_context().servable_object.access
+        return access.admit(key or (bearer.credentials if bearer else None), scope)
+
+    return Depends(admitted)
+
+
+RecommendClient = Annotated[Client, requires("recommend")]
+ComposeClient = Annotated[Client, requires("compose")]
+ClassifyClient = Annotated[Client, requires("classify")]
 
 
 @app.exception_handler(BackPressureError)
@@ -201,20 +226,24 @@ class EncoreAPI:
         soundalike: DeploymentHandle,
         max_upload_bytes: int,
         max_concurrent_uploads: int,
+        api_keys_file: str,
+        served_aliases: list[str],
     ):
         self.recommender = recommender
         self.composer = composer
         self.genres, self.soundalike, self.max_upload_bytes = genres, soundalike, max_upload_bytes
         self.uploads = UploadSlots(max_concurrent_uploads)
         self.key = id_key()
+        self.access = Access(api_keys_file, served_aliases)
 
     @app.get("/healthz", response_model=Health, responses=error_statuses(500, 503, authenticated=False))
     async def healthz(self) -> dict:
         return {"status": "ok", **await self.recommender.health.remote()}
 
     @app.post("/v1/recommend", response_model=RecommendResponse, responses=error_statuses(400, 404))
-    async def recommend(self, request: RecommendRequest) -> dict:
+    async def recommend(self, request: RecommendRequest, client: RecommendClient) -> dict:
         """Top-n items for a user; a user the model has never seen gets the most popular items."""
+        self.access.check_model(client, request.model)
         user_key = pseudonymize(request.user_id, self.key)
         return await self.recommender.recommend.remote(
             {
@@ -227,20 +256,27 @@ class EncoreAPI:
         )
 
     @app.post("/v1/recommend/history", response_model=RecommendResponse, responses=error_statuses(400, 404))
-    async def recommend_for_history(self, request: HistoryRequest) -> dict:
+    async def recommend_for_history(self, request: HistoryRequest, client: RecommendClient) -> dict:
         """Top-n items for a listener the model has never seen, from the items they played."""
+        self.access.check_model(client, request.model)
         return await self.recommender.recommend_for_history.remote(request.items, request.n, request.model)
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarResponse, responses=error_statuses(400, 404))
     async def similar_items(
-        self, item_id: str, n: int = Query(10, ge=1, le=MAX_ITEMS), model: str | None = Query(None, max_length=200)
+        self,
+        item_id: str,
+        client: RecommendClient,
+        n: int = Query(10, ge=1, le=MAX_ITEMS),
+        model: str | None = Query(None, max_length=200),
     ) -> dict:
         """Items most similar to ``item_id`` according to the model."""
+        self.access.check_model(client, model)
         return await self.recommender.similar_items.remote(item_id, n, model)
 
-    @app.post("/v1/compose", response_model=ComposeResponse, responses=error_statuses(404, 413))
-    async def compose(self, request: ComposeRequest) -> dict:
+    @app.post("/v1/compose", response_model=ComposeResponse, responses=error_statuses(404))
+    async def compose(self, request: ComposeRequest, client: ComposeClient) -> dict:
         """New music in a style and key, optionally continuing a MIDI primer: MIDI, and WAV on request."""
+        self.access.check_model(client, request.model)
         return await self.composer.compose.remote(request.model_dump())
 
     @app.post(
@@ -249,17 +285,25 @@ class EncoreAPI:
         responses=error_statuses(404, *UPLOAD_STATUSES),
         openapi_extra=UPLOAD_BODY,
     )
-    async def classify(self, request: Request, model: str | None = Query(None, max_length=200)) -> dict:
+    async def classify(
+        self, request: Request, client: ClassifyClient, model: str | None = Query(None, max_length=200)
+    ) -> dict:
         """Genre probabilities of an uploaded audio file (multipart, field ``file``), for the whole track."""
+        self.access.check_model(client, model)
         async with self.uploads:
             data = await read_upload(request, self.max_upload_bytes)
         return await self.genres.classify.remote(data, model)
 
     @app.get("/v1/tracks/{track_id}/similar", response_model=TracksResponse, responses=error_statuses(404))
     async def similar_tracks(
-        self, track_id: str, n: int = Query(10, ge=1, le=MAX_ITEMS), model: str | None = Query(None, max_length=200)
+        self,
+        track_id: str,
+        client: ClassifyClient,
+        n: int = Query(10, ge=1, le=MAX_ITEMS),
+        model: str | None = Query(None, max_length=200),
     ) -> dict:
         """Indexed tracks that sound most like ``track_id``, nearest first."""
+        self.access.check_model(client, model)
         return await self.soundalike.similar_to_track.remote(track_id, n, model)
 
     @app.post(
@@ -269,9 +313,14 @@ class EncoreAPI:
         openapi_extra=UPLOAD_BODY,
     )
     async def similar_to_upload(
-        self, request: Request, n: int = Query(10, ge=1, le=MAX_ITEMS), model: str | None = Query(None, max_length=200)
+        self,
+        request: Request,
+        client: ClassifyClient,
+        n: int = Query(10, ge=1, le=MAX_ITEMS),
+        model: str | None = Query(None, max_length=200),
     ) -> dict:
         """Indexed tracks that sound most like an uploaded audio file (multipart, field ``file``), nearest first."""
+        self.access.check_model(client, model)
         async with self.uploads:
             data = await read_upload(request, self.max_upload_bytes)
         return await self.soundalike.similar_to_upload.remote(data, n, model)
@@ -283,20 +332,28 @@ def app_builder(args: dict) -> serve.Application:
     ``composer_alias`` (default ``composer-production``), ``compose_time_budget_s`` (default 20),
     ``genre_alias`` (default ``genre-production``), ``soundalike_alias`` (default
     ``soundalike-production``), ``max_upload_mb`` (default 20), ``max_concurrent_uploads`` (per ingress
-    replica, default 4)."""
+    replica, default 4), ``api_keys_file`` (default ``$ENCORE_API_KEYS_FILE`` or ``api_keys.json`` in
+    the repository's ``artifacts`` folder)."""
     store_uri = args.get("store_uri") or os.environ.get("ENCORE_STORE_URI") or str(DEFAULT_STORE)
-    recommender = Recommender.bind(
-        store_uri, args.get("model_alias", "production"), float(args.get("poll_seconds", 10))
-    )
-    composer = Composer.bind(
-        store_uri,
-        args.get("composer_alias", "composer-production"),
-        float(args.get("poll_seconds", 10)),
-        float(args.get("compose_time_budget_s", 20)),
-    )
     poll_seconds = float(args.get("poll_seconds", 10))
-    genres = GenreClassifier.bind(store_uri, args.get("genre_alias", "genre-production"), poll_seconds)
-    soundalike = Soundalike.bind(store_uri, args.get("soundalike_alias", "soundalike-production"), poll_seconds)
-    max_upload_bytes = int(float(args.get("max_upload_mb", 20)) * 1_000_000)
-    max_concurrent_uploads = int(args.get("max_concurrent_uploads", 4))
-    return EncoreAPI.bind(recommender, composer, genres, soundalike, max_upload_bytes, max_concurrent_uploads)
+    aliases = {
+        family: args.get(f"{family}_alias", default)
+        for family, default in [
+            ("model", "production"),
+            ("composer", "composer-production"),
+            ("genre", "genre-production"),
+            ("soundalike", "soundalike-production"),
+        ]
+    }
+    compose_time_budget_s = float(args.get("compose_time_budget_s", 20))
+    api_keys_file = args.get("api_keys_file") or os.environ.get("ENCORE_API_KEYS_FILE") or str(DEFAULT_KEYS_FILE)
+    return EncoreAPI.bind(
+        Recommender.bind(store_uri, aliases["model"], poll_seconds),
+        Composer.bind(store_uri, aliases["composer"], poll_seconds, compose_time_budget_s),
+        GenreClassifier.bind(store_uri, aliases["genre"], poll_seconds),
+        Soundalike.bind(store_uri, aliases["soundalike"], poll_seconds),
+        max_upload_bytes=int(float(args.get("max_upload_mb", 20)) * 1_000_000),
+        max_concurrent_uploads=int(args.get("max_concurrent_uploads", 4)),
+        api_keys_file=api_keys_file,
+        served_aliases=sorted(aliases.values()),
+    )

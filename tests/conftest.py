@@ -157,3 +157,20 @@ def ray_local(s3_endpoint, tmp_path_factory):
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def api_keys(tmp_path_factory) -> dict:
+    """A key file for the Serve applications of the tests: ``file``, and a key per client by name:
+    ``suite`` may do anything, the others are what the access tests try."""
+    from encore.access import SCOPES, create_key
+
+    path = tmp_path_factory.mktemp("access") / "api_keys.json"
+    keys = {
+        "suite": create_key(path, "suite", SCOPES, rate="1000/second"),
+        "listener-app": create_key(path, "listener-app", ["recommend"], rate="1000/second"),
+        "audio-app": create_key(path, "audio-app", ["classify"], rate="1000/second"),
+        "metered": create_key(path, "metered", ["recommend"], rate="3/minute"),
+        "revoked": create_key(path, "revoked", ["recommend"], rate="1000/second"),
+    }
+    return {"file": str(path), **keys}

@@ -296,7 +296,7 @@ def test_classify_refuses_a_model_of_another_kind(stored, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def api(stored):
+def api(stored, api_keys):
     import httpx
     from ray import serve
 
@@ -307,8 +307,11 @@ def api(stored):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # 0.3 MB: the samples fit, a planted 400 kB upload does not.
-    serve.run(app_builder({"store_uri": str(stored["store"]), "poll_seconds": 1, "max_upload_mb": 0.3}), name="encore")
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+    args = {"store_uri": str(stored["store"]), "poll_seconds": 1, "max_upload_mb": 0.3}
+    args["api_keys_file"] = api_keys["file"]
+    serve.run(app_builder(args), name="encore")
+    headers = {"X-API-Key": api_keys["suite"]}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=headers) as client:
         yield client
     serve.shutdown()
 

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import uuid
+from collections.abc import Collection
 from typing import Literal
 
 from fastapi import FastAPI, Request
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 MAX_ITEMS = 100
 BODY_TIMEOUT_S = 30.0
+# A JSON request's body: the largest valid one is a composition with its primer (MAX_PRIMER_BYTES).
+MAX_JSON_BODY_BYTES = 1_000_000
 SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -202,7 +205,7 @@ ERROR_STATUSES = {
     405: "the route does not take this method; the Allow header lists those it does",
     408: "the request body did not arrive within the service's deadline (ENCORE_BODY_TIMEOUT_S)",
     411: "an upload without Content-Length",
-    413: "the upload, its audio or its MIDI primer is larger than the service's limits (the message says which)",
+    413: "the body, an upload, its audio or a MIDI primer is over the service's limits (the message says which)",
     415: "not multipart/form-data, or not a known audio format",
     422: "a field is invalid; `field` names it",
     429: "this key's rate limit is spent; retry after Retry-After seconds",
@@ -210,8 +213,8 @@ ERROR_STATUSES = {
     503: "the service is at capacity or the model is unavailable; retry after Retry-After seconds",
 }
 # Every operation: authentication, rate limits, validation, failures and shedding.
-COMMON_STATUSES = (401, 403, 408, 422, 429, 500, 503)
-UPLOAD_STATUSES = (400, 411, 413, 415)
+COMMON_STATUSES = (401, 403, 408, 413, 422, 429, 500, 503)
+UPLOAD_STATUSES = (400, 411, 415)
 
 
 def error_statuses(*statuses: int, authenticated: bool = True) -> dict:
@@ -290,24 +293,26 @@ class RequestIds:
         await self.app(scope, receive, send_with_id)
 
 
-class BodyDeadline:
+class BodyBounds:
     """A request's body must arrive within ``ENCORE_BODY_TIMEOUT_S`` seconds (default 30) of its first
     read, or the request is answered 408: a client that sends a byte now and then holds a slot of the
-    ingress that long at most. Read when the ingress replica builds its middleware, so the setting
-    comes from the replica's environment."""
+    ingress that long at most. And it may hold at most ``max_bytes`` (413), except on the routes in
+    ``own_limits``, which bound their bodies themselves (uploads, by their declared length). The
+    deadline is read when the ingress replica builds its middleware, from the replica's environment."""
 
-    def __init__(self, app: ASGIApp):
-        self.app = app
+    def __init__(self, app: ASGIApp, max_bytes: int, own_limits: Collection[str] = ()):
+        self.app, self.max_bytes, self.own_limits = app, max_bytes, frozenset(own_limits)
         self.seconds = float(os.environ.get("ENCORE_BODY_TIMEOUT_S", BODY_TIMEOUT_S))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         deadline = asyncio.get_running_loop().time() + self.seconds
-        body_done = False
+        max_bytes = None if scope["path"] in self.own_limits else self.max_bytes
+        received, body_done = 0, False
 
-        async def receive_by_deadline() -> Message:
-            nonlocal body_done
+        async def bounded_receive() -> Message:
+            nonlocal received, body_done
             if body_done:  # afterwards the app only listens for a disconnect, for as long as it answers
                 return await receive()
             try:
@@ -315,19 +320,24 @@ class BodyDeadline:
                     message = await receive()
             except TimeoutError:
                 raise StarletteHTTPException(408, f"the body did not arrive within {self.seconds:g} s") from None
+            received += len(message.get("body", b""))
+            if max_bytes is not None and received > max_bytes:
+                raise StarletteHTTPException(413, f"request bodies are limited to {max_bytes:,} bytes")
             body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
-        await self.app(scope, receive_by_deadline, send)
+        await self.app(scope, bounded_receive, send)
 
 
-def create_app() -> FastAPI:
+def create_app(own_body_limits: Collection[str] = ()) -> FastAPI:
+    """The API's FastAPI app: error shapes, request ids and body bounds; ``own_body_limits`` are the
+    paths whose routes bound their bodies themselves."""
     app = FastAPI(
         title="Encore",
         version="1",
         description="Music recommendation as a service. User ids are pseudonymised on arrival.",
     )
-    app.add_middleware(BodyDeadline)
+    app.add_middleware(BodyBounds, max_bytes=MAX_JSON_BODY_BYTES, own_limits=own_body_limits)
     app.add_middleware(RequestIds)  # added last, so outermost: errors of the deadline carry the id too
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
