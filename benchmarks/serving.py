@@ -84,11 +84,11 @@ def reference_app(store: str):
     return app
 
 
-def wait_for(url: str, seconds: float = 120) -> None:
+def wait_for(url: str, seconds: float = 120, headers: dict | None = None) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            if httpx.post(f"{url}/v1/recommend", json={"user_id": "2", "n": 1}).status_code == 200:
+            if httpx.post(f"{url}/v1/recommend", json={"user_id": "2", "n": 1}, headers=headers).status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -96,9 +96,9 @@ def wait_for(url: str, seconds: float = 120) -> None:
     raise SystemExit(f"error: {url} did not answer within {seconds:.0f} s")
 
 
-def measure(url: str, requests: int, clients: int) -> dict:
+def measure(url: str, requests: int, clients: int, headers: dict | None = None) -> dict:
     bodies = [{"user_id": str(2 + i % 2000), "n": 10} for i in range(requests)]
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, timeout=30, headers=headers) as client:
         for body in bodies[:20]:  # warm-up
             client.post("/v1/recommend", json=body).raise_for_status()
         latencies = []
@@ -108,7 +108,7 @@ def measure(url: str, requests: int, clients: int) -> dict:
             latencies.append(1000 * (time.perf_counter() - started))
 
     def worker(chunk):
-        with httpx.Client(base_url=url, timeout=30) as own:
+        with httpx.Client(base_url=url, timeout=30, headers=headers) as own:
             for body in chunk:
                 own.post("/v1/recommend", json=body).raise_for_status()
 
@@ -154,6 +154,7 @@ def main() -> None:
 
         from ray import serve
 
+        from encore.access import create_key
         from encore.runtime import init_ray
         from serve_apps.app import app_builder
 
@@ -162,10 +163,12 @@ def main() -> None:
         init_ray()
         serve_port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
-        serve.run(app_builder({"store_uri": str(store)}), name="encore")
-        wait_for(f"http://127.0.0.1:{serve_port}")
+        keys_file = Path(store) / "api_keys.json"
+        headers = {"X-API-Key": create_key(keys_file, "benchmark", ["recommend"], rate="1000000/second")}
+        serve.run(app_builder({"store_uri": str(store), "api_keys_file": str(keys_file)}), name="encore")
+        wait_for(f"http://127.0.0.1:{serve_port}", headers=headers)
         startup = time.perf_counter() - started
-        encore = measure(f"http://127.0.0.1:{serve_port}", args.requests, args.clients)
+        encore = measure(f"http://127.0.0.1:{serve_port}", args.requests, args.clients, headers)
         serve.shutdown()
 
     print(

@@ -58,6 +58,17 @@ COMPOSER_JOB_ID="$(grep -oE "raysubmit_[A-Za-z0-9]+" "$JOB_LOG" | head -1)"
 echo "== Deploying the Serve application (serve_apps/config.yaml)"
 serve deploy serve_apps/config.yaml
 
+# The service asks every client for an API key. The demo's own, with every scope, is kept beside the
+# store (readable by you only) so that a second run reuses it; the file of keys holds only their hashes.
+KEYS_FILE="$STORE/api_keys.json"
+DEMO_KEY_FILE="$STORE/demo_api_key"
+if [[ ! -s "$DEMO_KEY_FILE" ]]; then
+  (umask 077; python -m encore.access --file "$KEYS_FILE" create --name demo \
+    --scopes recommend,classify,compose,admin --rate 100/second >"$DEMO_KEY_FILE")
+  echo "== Created the demo's API key in $DEMO_KEY_FILE (its hash in $KEYS_FILE)"
+fi
+export ENCORE_API_KEY="$(cat "$DEMO_KEY_FILE")"
+
 python scripts/demo_requests.py --url http://127.0.0.1:8000 --wait 180 --out "${TMPDIR:-/tmp}/encore-demo"
 
 cat <<INFO
@@ -67,6 +78,10 @@ cat <<INFO
   Pipeline    http://127.0.0.1:8265/#/jobs/${JOB_ID}
   Composer    http://127.0.0.1:8265/#/jobs/${COMPOSER_JOB_ID}
   API docs    http://127.0.0.1:8000/docs   (OpenAPI: http://127.0.0.1:8000/openapi.json)
+  API key     $ENCORE_API_KEY
+              curl -H "X-API-Key: \$(cat $DEMO_KEY_FILE)" -H 'content-type: application/json' \\
+                -d '{"user_id": "2", "n": 5}' http://127.0.0.1:8000/v1/recommend
+  More keys   python -m encore.access --file "$KEYS_FILE" create --name my-app --scopes recommend
   Models      python -m encore.store --uri "$STORE" list
   Stop        make stop
 INFO

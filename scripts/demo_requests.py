@@ -4,6 +4,7 @@ when one does not get the answer it expects (CI runs this after `make demo`)."""
 import argparse
 import base64
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -111,9 +112,13 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--wait", type=float, default=120, help="seconds to wait for the application")
     parser.add_argument("--out", default=None, help="folder for the composed .mid and .wav (default: no compose)")
+    parser.add_argument("--api-key", default=os.environ.get("ENCORE_API_KEY"), help="default: $ENCORE_API_KEY")
     args = parser.parse_args()
+    if not args.api_key:
+        sys.exit("error: the service needs an API key: pass --api-key or set ENCORE_API_KEY")
     # The first classification waits for librosa's compilation in its replica: most of a minute on a busy machine.
-    with httpx.Client(base_url=args.url, timeout=httpx.Timeout(120, connect=10)) as client:
+    headers = {"X-API-Key": args.api_key}
+    with httpx.Client(base_url=args.url, timeout=httpx.Timeout(120, connect=10), headers=headers) as client:
         wait_until_healthy(client, args.wait)
         failures = run(client, args)
     if failures:
