@@ -9,8 +9,8 @@
 Attacks 1-3 run against ``serve_apps.app:app_builder`` over a store built in a temporary folder
 (popularity as ``production``, a tiny composer as ``composer-production``, a tiny genre model as
 ``genre-production``); attack 4 needs no Ray. The "before" column quotes issue 14's figures for the
-old code; this run measures only the "now" column. Requests carry ``X-API-Key: $ENCORE_API_KEY``
-when that variable is set.
+old code; this run measures only the "now" column. The application's key file holds one admin key,
+created by the run, which every request carries.
 
     python -m benchmarks.service_safety [--only batch uploads primer outage] [--outage-seconds 30]
 """
@@ -127,6 +127,7 @@ def start_app(store: Path, temp: Path, body_timeout_s: float) -> str:
     import ray
     from ray import serve
 
+    from encore.access import SCOPES, create_key
     from serve_apps.app import app_builder
 
     os.environ.pop("RAY_ADDRESS", None)
@@ -145,7 +146,10 @@ def start_app(store: Path, temp: Path, body_timeout_s: float) -> str:
     )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(app_builder({"store_uri": str(store), "poll_seconds": 1}), name="encore")
+    # An admin key, so that attack 1's made-up model reaches the batched replica rather than a 403 at the door.
+    keys_file = temp / "api_keys.json"
+    os.environ["ENCORE_API_KEY"] = create_key(keys_file, "benchmark", SCOPES, rate="1000000/second")
+    serve.run(app_builder({"store_uri": str(store), "poll_seconds": 1, "api_keys_file": str(keys_file)}), name="encore")
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while httpx.post(f"{url}/v1/recommend", json={"user_id": "2", "n": 1}, headers=api_headers()).status_code != 200:
