@@ -27,6 +27,9 @@ CFN_TEMPLATE = REPO / "infra" / "s3" / "bucket.yaml"
 DOCKERFILE = REPO / "infra" / "docker" / "Dockerfile"
 IMAGE = "ghcr.io/encore-music/encore"
 NAMESPACE = "encore"
+JOB_ACCOUNT = "encore-ray"  # read-write store access (NodeAccessPolicy)
+SERVE_ACCOUNT = "encore-serve"  # read-only store access (ServeReadPolicy)
+API_KEYS_SECRET, API_KEYS_ITEM = "encore-api-keys", "api_keys.json"
 FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -251,10 +254,58 @@ def test_references_point_at_defined_objects():
                         assert ref["key"] in secrets[(ns, ref["name"])]["stringData"], ref
 
 
-def test_service_account_uses_irsa():
-    (account,) = of_kind("ServiceAccount")
-    arn = account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
-    assert re.fullmatch(r"arn:aws:iam::\d{12}:role/[\w+=,.@-]+", arn), arn
+def test_service_accounts_use_irsa():
+    accounts = {a["metadata"]["name"]: a for a in of_kind("ServiceAccount")}
+    assert set(accounts) == {JOB_ACCOUNT, SERVE_ACCOUNT}
+    arns = {name: a["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] for name, a in accounts.items()}
+    for arn in arns.values():
+        assert re.fullmatch(r"arn:aws:iam::\d{12}:role/[\w+=,.@-]+", arn), arn
+    assert arns[JOB_ACCOUNT] != arns[SERVE_ACCOUNT], "serving must not share the read-write role of jobs"
+    # the role the CloudFormation stack creates for serving
+    (serve_role,) = [
+        r
+        for r in load_cfn(CFN_TEMPLATE)["Resources"].values()
+        if r["Type"] == "AWS::IAM::Role" and r["Properties"]["RoleName"].startswith("encore-serve")
+    ]
+    assert arns[SERVE_ACCOUNT].rsplit("/", 1)[1] == serve_role["Properties"]["RoleName"]
+
+
+def test_serving_runs_as_the_read_only_account_and_jobs_as_the_read_write_one():
+    for kind, account in (("RayService", SERVE_ACCOUNT), ("RayJob", JOB_ACCOUNT), ("RayCluster", JOB_ACCOUNT)):
+        docs = of_kind(kind)
+        assert docs, kind
+        for doc in docs:
+            for template in pod_templates(cluster_spec(doc)):
+                assert template["spec"]["serviceAccountName"] == account, (kind, doc["metadata"]["name"])
+
+
+def test_serving_pods_read_api_keys_from_the_mounted_secret():
+    (secret,) = [s for s in of_kind("Secret") if s["metadata"]["name"] == API_KEYS_SECRET]
+    assert API_KEYS_ITEM in secret["stringData"]
+    for doc in of_kind("RayService"):
+        for template in pod_templates(cluster_spec(doc)):
+            volumes = {
+                v["name"]: v["secret"]
+                for v in template["spec"].get("volumes", [])
+                if v.get("secret", {}).get("secretName") == API_KEYS_SECRET
+            }
+            assert volumes, f"{doc['metadata']['name']}: no volume of Secret {API_KEYS_SECRET}"
+            for container in template["spec"]["containers"]:
+                env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                keys_file = env.get("ENCORE_API_KEYS_FILE")
+                assert keys_file, f"{container['name']}: no ENCORE_API_KEYS_FILE"
+                float(env.get("ENCORE_BODY_TIMEOUT_S", "30"))
+                mounts = [m for m in container.get("volumeMounts", []) if m["name"] in volumes]
+                assert mounts, f"{container['name']}: the API keys volume is not mounted"
+                for mount in mounts:
+                    assert mount.get("readOnly") is True, mount
+                    # kubelet never updates a subPath mount: revoked keys would stay valid
+                    assert "subPath" not in mount, mount
+                (mount,) = [m for m in mounts if keys_file.startswith(m["mountPath"].rstrip("/") + "/")]
+                relative = keys_file[len(mount["mountPath"].rstrip("/")) + 1 :]
+                items = volumes[mount["name"]].get("items")
+                files = {i["path"]: i["key"] for i in items} if items else {API_KEYS_ITEM: API_KEYS_ITEM}
+                assert files.get(relative) == API_KEYS_ITEM, f"{keys_file} is not key {API_KEYS_ITEM} of the Secret"
 
 
 def test_no_real_secret_is_committed():
@@ -452,7 +503,8 @@ def test_bucket_is_versioned_private_encrypted_and_expires_old_versions(template
 
 def test_node_policy_grants_read_write_and_is_an_output(template):
     resources = template["Resources"]
-    (name,) = [n for n, r in resources.items() if r["Type"] == "AWS::IAM::ManagedPolicy"]
+    name = "NodeAccessPolicy"
+    assert resources[name]["Type"] == "AWS::IAM::ManagedPolicy"
     statements = resources[name]["Properties"]["PolicyDocument"]["Statement"]
     actions = {a for s in statements if s["Effect"] == "Allow" for a in s["Action"]}
     assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket"} <= actions
@@ -461,6 +513,82 @@ def test_node_policy_grants_read_write_and_is_an_output(template):
     outputs = template["Outputs"]
     assert {"Ref": name} in [o["Value"] for o in outputs.values()]
     assert {"BucketName", "ModelStoreUri"} <= outputs.keys()
+
+
+READ_ONLY_S3_ACTIONS = {"s3:GetObject", "s3:ListBucket"}
+
+
+def sub_text(value) -> str:
+    """The text of a !Sub (or a literal), ${...} left in; a !Ref as ${Name}."""
+    if isinstance(value, dict) and set(value) == {"Ref"}:
+        return "${" + value["Ref"] + "}"
+    if isinstance(value, dict) and set(value) == {"Fn::Sub"}:
+        return value["Fn::Sub"]
+    if isinstance(value, dict) and set(value) == {"Fn::GetAtt"}:
+        return "${" + ".".join(value["Fn::GetAtt"]) + "}"
+    assert isinstance(value, str), value
+    return value
+
+
+def as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def test_serve_policy_only_reads_the_model_store(template):
+    resources = template["Resources"]
+    policy = resources["ServeReadPolicy"]
+    assert policy["Type"] == "AWS::IAM::ManagedPolicy"
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert all(s["Effect"] == "Allow" for s in statements)
+    actions = {a for s in statements for a in as_list(s["Action"])}
+    assert actions == READ_ONLY_S3_ACTIONS, actions
+    assert not any(word in a for a in actions for word in ("Put", "Delete", "*", "Abort", "Restore"))
+    for s in statements:
+        assert "NotAction" not in s and "NotResource" not in s, s
+        resources_ = {sub_text(r) for r in as_list(s["Resource"])}
+        if "s3:ListBucket" in as_list(s["Action"]):
+            assert as_list(s["Action"]) == ["s3:ListBucket"], s
+            assert resources_ == {"${ModelBucket.Arn}"}, s
+            (operator,) = s["Condition"]
+            assert operator in {"StringLike", "StringEquals"}, operator
+            prefixes = {sub_text(p) for p in as_list(s["Condition"][operator]["s3:prefix"])}
+            assert prefixes == {"${ModelPrefix}", "${ModelPrefix}/*"}, prefixes
+        else:
+            assert resources_ == {"${ModelBucket.Arn}/${ModelPrefix}", "${ModelBucket.Arn}/${ModelPrefix}/*"}, s
+    # jobs keep write access
+    node_actions = {
+        a
+        for s in resources["NodeAccessPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        for a in as_list(s["Action"])
+    }
+    assert {"s3:PutObject", "s3:DeleteObject"} <= node_actions
+    assert {"Ref": "ServeReadPolicy"} in [o["Value"] for o in template["Outputs"].values()]
+
+
+def test_serve_role_is_assumed_only_by_the_serve_service_account(template):
+    role = template["Resources"]["ServeRole"]
+    assert role["Type"] == "AWS::IAM::Role"
+    assert role["Properties"]["ManagedPolicyArns"] == [{"Ref": "ServeReadPolicy"}]
+    assert "Policies" not in role["Properties"]
+    condition = role.get("Condition")
+    if condition:  # created only when the OIDC provider is given
+        parameter = template["Conditions"][condition]["Fn::Not"][0]["Fn::Equals"][0]["Ref"]
+        assert template["Parameters"][parameter]["Default"] == ""
+    trust = sub_text(role["Properties"]["AssumeRolePolicyDocument"])
+    provider = "oidc.eks.us-west-2.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
+    values = {"EksOidcProvider": provider, "AWS::Partition": "aws", "AWS::AccountId": "123456789012"}
+    trust = json.loads(re.sub(r"\$\{([^}]+)\}", lambda m: values[m.group(1)], trust))
+    (statement,) = trust["Statement"]
+    assert statement["Effect"] == "Allow" and statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    assert statement["Principal"] == {"Federated": f"arn:aws:iam::123456789012:oidc-provider/{provider}"}
+    assert statement["Condition"]["StringEquals"] == {
+        f"{provider}:sub": f"system:serviceaccount:{NAMESPACE}:{SERVE_ACCOUNT}",
+        f"{provider}:aud": "sts.amazonaws.com",
+    }
+    outputs = {
+        o["Value"].get("Fn::GetAtt", [None])[0] for o in template["Outputs"].values() if isinstance(o["Value"], dict)
+    }
+    assert "ServeRole" in outputs
 
 
 def test_template_passes_cfn_lint():
