@@ -625,6 +625,22 @@ def test_compose_answers_midi_and_audio_over_http(api, pipeline_run):
         assert answer.json()["error"]["field"] == field, (bad, answer.text)
 
 
+def test_a_primer_that_would_cost_too_much_to_read_is_refused(api):
+    """9,000 notes held 5,000 beats: 54 kB of MIDI that took 8.8 s to read, refused from a scan of its
+    messages (a composer was published by the compose test above)."""
+    import base64
+
+    from test_composer_io import stacked_notes
+
+    primer_midi = base64.b64encode(stacked_notes(9_000, 5_000)).decode()
+    deadline = time.monotonic() + 30
+    while (answer := api.post("/v1/compose", json={"primer_midi": primer_midi})).status_code == 503:
+        assert time.monotonic() < deadline, answer.text  # until the replica finds its alias
+        time.sleep(0.5)
+    error = answer.json()["error"]
+    assert (answer.status_code, error["code"], error["field"]) == (413, "too_large", "primer_midi"), answer.text
+
+
 # Last in the module: it checks every file and log line the tests above produced.
 def _strings_in_parquet(path: Path) -> str:
     return json.dumps(pq.read_table(path).to_pylist(), default=str)

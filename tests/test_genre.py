@@ -354,6 +354,20 @@ def test_bad_uploads_get_clear_errors(api, data, status, code):
         assert error["message"].startswith("the file is not usable audio: truncated: ")
 
 
+def test_audio_that_would_cost_too_much_to_decode_is_refused_from_its_header(api):
+    """Small files declaring two hours of stereo, or eight channels: refused before a sample is decoded."""
+    from test_audio_features import declaring_frames, encoded, tone
+
+    stereo = encoded(np.stack([tone(69, 1.0, sr=44_100)] * 2, axis=1), 44_100, "FLAC")
+    eight = encoded(np.tile(tone(69, 0.5, sr=8_000)[:, None], 8), 8_000, "FLAC")
+    for data, status, code in [(declaring_frames(stereo, 7_200 * 44_100), 413, "too_long"),
+                               (eight, 422, "unsupported_audio")]:  # fmt: skip
+        for path in ("/v1/classify", "/v1/similar"):
+            response = upload(api, path, data)
+            error = response.json()["error"]
+            assert (response.status_code, error["code"], error["field"]) == (status, code, "file"), response.text
+
+
 def test_uploads_must_be_multipart_with_a_file(api):
     response = api.post("/v1/classify", json={"file": "x"})
     assert response.status_code == 415 and response.json()["error"]["code"] == "unsupported_media_type"
