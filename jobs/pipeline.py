@@ -1,7 +1,8 @@
 """The end-to-end pipeline: ingest interactions, train and evaluate a recommender, store it,
 and promote it to the alias the Serve application answers from.
 
-    python -m jobs.pipeline --input data/lastfm-hetrec2k --dataset artifacts/datasets/lastfm --store artifacts
+    python -m jobs.pipeline --input data/lastfm-hetrec2k --dataset artifacts/datasets/lastfm --store artifacts \
+        --model-config configs/hetrec-hybrid.json
 
 Under ``ray job submit --working-dir .`` the job runs in an unpacked copy of the repository, so
 give absolute paths (or s3:// URIs): the Serve application reads the same store.
@@ -10,6 +11,7 @@ give absolute paths (or s3:// URIs): the Serve application reads the same store.
 import argparse
 import json
 import logging
+from pathlib import Path
 
 from encore.models import MODELS
 from encore.runtime import init_ray, setup_logging, user_errors
@@ -27,6 +29,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--store", default="./artifacts", help="model store folder or s3:// prefix")
     parser.add_argument("--model", default="popularity", choices=sorted(MODELS))
     parser.add_argument("--params", default="{}", help="model hyperparameters as JSON")
+    parser.add_argument(
+        "--model-config",
+        help="JSON file of the model's kind and params (as configs/hetrec-hybrid.json); replaces --model, --params",
+    )
     parser.add_argument("--promote-to", default="production", help="alias to point at the new version")
     parser.add_argument(
         "--genre",
@@ -36,11 +42,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--genre-alias", default="genre-production", help="alias for the genre classifier")
     add_split_arguments(parser)
     args = parser.parse_args(argv)
+    kind, params = args.model, json.loads(args.params)
+    if args.model_config:
+        config = json.loads(Path(args.model_config).read_text())
+        kind, params = config["kind"], config["params"]
     setup_logging()
     init_ray()
     with user_errors():
         summary = ingest(args.input, args.dataset, split_config(args))
-        version = train(args.dataset, args.model, json.loads(args.params), args.store, ["latest", args.promote_to])
+        version = train(args.dataset, kind, params, args.store, ["latest", args.promote_to])
         genre_version = train_genre(args.store, {}, ["genre-latest", args.genre_alias]) if args.genre else None
     logger.info("pipeline done: %s serves as %r from %s", version, args.promote_to, args.store)
     if genre_version:

@@ -13,9 +13,14 @@ import httpx
 
 # (method, path, body, expected HTTP status, what to notice)
 REQUESTS = [
-    ("GET", "/healthz", None, 200, "every deployment and the version each serves"),
-    ("POST", "/v1/recommend", {"user_id": "2", "n": 5}, 200, "a listener of the dataset: their own top 5"),
-    ("POST", "/v1/recommend", {"user_id": "someone-new", "n": 3}, 200, "an unknown listener: the fallback answers"),
+    ("GET", "/healthz", None, 200, "the recommender version production serves: the hybrid validation chose"),
+    ("POST", "/v1/recommend", {"user_id": "2", "n": 5, "explain": True}, 200,
+     "a listener of the dataset: their own top 5, each 'because' of artists they played"),
+    ("POST", "/v1/recommend/history", {"items": ["81", "53", "64"], "n": 5}, 200,
+     "a new listener who played Portishead, Air and Röyksopp: recommendations folded in from those alone"),
+    ("GET", "/v1/items/238/similar?n=5", None, 200, "the artists most like Massive Attack"),
+    ("POST", "/v1/recommend", {"user_id": "someone-new", "n": 3}, 200,
+     "an unknown listener: the most popular artists, marked as the fallback"),
     ("POST", "/v1/recommend", {"user_id": "2", "n": 0}, 422, "a bad request: a JSON error naming the field"),
     ("POST", "/v1/compose", {"style": "bach", "key": "A major", "bars": 2, "temperature": 9}, 422,
      "an out-of-range setting is refused before any work"),
@@ -84,6 +89,23 @@ def classify(client: httpx.Client, clip: Path, seconds: float) -> None:
     print(json.dumps(check(response, 200), indent=2))
 
 
+def sound_alike(client: httpx.Client, clip: Path, seconds: float) -> None:
+    """Upload a bundled clip to /v1/similar, then ask for the tracks like the nearest indexed one."""
+    files = {"file": (clip.name, clip.read_bytes(), "audio/wav")}
+    response = post_when_published(client, "/v1/similar", seconds, files=files, params={"n": 3})
+    print(f"\n$ POST {client.base_url}/v1/similar?n=3  (multipart: file={clip.relative_to(REPO)})")
+    print("# the indexed instrument clips that sound most like a saxophone phrase, nearest first")
+    print(f"HTTP {response.status_code}")
+    nearest = check(response, 200)
+    print(json.dumps(nearest, indent=2))
+    track = nearest["tracks"][0]
+    response = client.get(f"/v1/tracks/{track['track_id']}/similar", params={"n": 3})
+    print(f"\n$ GET {client.base_url}/v1/tracks/{track['track_id']}/similar?n=3")
+    print(f"# the indexed clips that sound most like {track['name']}")
+    print(f"HTTP {response.status_code}")
+    print(json.dumps(check(response, 200), indent=2))
+
+
 def run(client: httpx.Client, args: argparse.Namespace) -> list[str]:
     """Every request in turn; the failures, described."""
     failures = []
@@ -96,7 +118,10 @@ def run(client: httpx.Client, args: argparse.Namespace) -> list[str]:
             check(response, expected)
         except Unexpected as error:
             failures.append(f"{method} {path}: {error}")
-    steps = [("POST /v1/classify", lambda: classify(client, CLIP, args.wait))]
+    steps = [
+        ("POST /v1/classify", lambda: classify(client, CLIP, args.wait)),
+        ("POST /v1/similar", lambda: sound_alike(client, CLIP, args.wait)),
+    ]
     if args.out:
         steps.append(("POST /v1/compose", lambda: compose(client, Path(args.out), args.wait)))
     for name, step in steps:
