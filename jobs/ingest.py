@@ -4,8 +4,10 @@ Reads (user, item, weight[, timestamp]) rows from CSV/TSV or Parquet files at a 
 ``s3://`` URI, or a Last.fm HetRec 2011 folder (``user_artists.dat`` with artist names and
 tags). Files are parsed and validated row by row inside Ray Data workers; user ids are
 pseudonymised there, before anything else sees them. Rejected rows go to ``rejects.csv`` with
-their source, line and reason. The dataset (dense id maps, a seeded per-user
-train/validation/test split and a fingerprint) is written as Parquet.
+their source, line, reason and pseudonymised user key (empty where the user field could not be
+located); no part of a rejected record is copied, as malformed input can put a raw id anywhere.
+The dataset (dense id maps, a seeded per-user train/validation/test split and a fingerprint) is
+written as Parquet.
 
 For a catalogue whose items are audio files, ``--audio-features`` names the output of an extraction
 run (``jobs.extract_features``): each track becomes item ``<file name without suffix>`` with one
@@ -93,7 +95,7 @@ def ingest(input_uri: str, output_uri: str, split: SplitConfig, audio_features: 
         .map_batches(_parse_batch, fn_kwargs=parse_options, batch_size=1, batch_format="pandas")
         .to_pandas()
     )
-    rejects = parsed[parsed["reason"] != ""][["source", "line", "reason", "record"]]
+    rejects = parsed[parsed["reason"] != ""][["source", "line", "reason", "user"]].rename(columns={"user": "user_key"})
     good = parsed[parsed["reason"] == ""]
     pairs = merge_duplicates(good)
 

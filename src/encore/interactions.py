@@ -3,10 +3,14 @@ the ingested dataset on disk or S3.
 
 Parsing works on one file at a time (the ingest job runs it inside Ray Data workers) and never
 raises on a bad row: every row either becomes an interaction or a reject that names its source,
-line and reason. User ids are pseudonymised while parsing, so a raw id never leaves this module,
-not even in a reject.
+line and reason. User ids are pseudonymised while parsing, so a raw id never leaves this module.
+Malformed input can put a user id anywhere (a file without a header row, a comma that shifts the
+columns), so nothing this module reports quotes the input: a reject carries the pseudonymised user
+field when one can be located, reasons name fields and their kind, never a value, and a header is
+described by the kind of each column.
 """
 
+import codecs
 import csv
 import hashlib
 import io
@@ -36,7 +40,7 @@ COLUMN_ALIASES = {
 }
 AUDIO_PREFIX = "audio_"  # catalogue columns holding an item's audio features
 TOP_TAGS = 10  # tags kept per item from tagging events, the most used first
-PARSED_COLUMNS = ["user", "item", "weight", "timestamp", "source", "line", "reason", "record"]
+PARSED_COLUMNS = ["user", "item", "weight", "timestamp", "source", "line", "reason"]
 SPLITS = ("train", "validation", "test")
 
 
@@ -55,7 +59,9 @@ class SplitConfig:
     min_items: int = 5
 
 
-def _map_header(header: list[str], source: str) -> dict[str, int]:
+def _map_header(header: list[str], source: str, described: str) -> dict[str, int]:
+    """The position of each role in ``header``; ``described`` tells the columns apart in the error, as
+    the names themselves may be a user id (a file without a header row)."""
     positions = {}
     for index, name in enumerate(header):
         for role, aliases in COLUMN_ALIASES.items():
@@ -64,10 +70,28 @@ def _map_header(header: list[str], source: str) -> dict[str, int]:
     missing = [role for role in ("user", "item", "weight") if role not in positions]
     if missing:
         raise IngestError(
-            f"{source}: header {header!r} has no column for {', '.join(missing)} "
-            f"(accepted names: {', '.join(sorted(a for r in missing for a in COLUMN_ALIASES[r]))})"
+            f"{source}: header has no column for {', '.join(missing)} (found {described}; "
+            f"accepted names: {', '.join(sorted(a for r in missing for a in COLUMN_ALIASES[r]))})"
         )
     return positions
+
+
+def _kind(text: str) -> str:
+    """What a field holds, in one word: how a reason or a header error speaks of it without quoting it."""
+    text = text.strip()
+    if not text:
+        return "empty"
+    for kind, parse in (("integer", int), ("number", float), ("date", datetime.fromisoformat)):
+        try:
+            parse(text)
+            return kind
+        except ValueError:
+            pass
+    return "text"
+
+
+def _described(header: list[str]) -> str:
+    return ", ".join(f"column {index}: {_kind(name)}" for index, name in enumerate(header, start=1))
 
 
 def _parse_timestamp(text: str) -> float:
@@ -90,18 +114,31 @@ def _validate(fields: dict[str, str]) -> tuple[float, float, str]:
     try:
         weight = float(fields["weight"])
     except ValueError:
-        return math.nan, math.nan, f"weight {fields['weight']!r} is not a number"
+        return math.nan, math.nan, f"weight is not a number (found {_kind(fields['weight'])})"
     if not math.isfinite(weight):
-        return math.nan, math.nan, f"weight {fields['weight']!r} is not finite"
+        return math.nan, math.nan, "weight is not finite"
     if weight < 0:
-        return math.nan, math.nan, f"weight {fields['weight']!r} is negative"
+        return math.nan, math.nan, "weight is negative"
     timestamp = math.nan
     if fields.get("timestamp"):
         try:
             timestamp = _parse_timestamp(fields["timestamp"])
         except ValueError:
-            return math.nan, math.nan, f"timestamp {fields['timestamp']!r} is neither a number nor an ISO-8601 date"
+            return math.nan, math.nan, "timestamp is neither a number nor an ISO-8601 date"
     return weight, timestamp, ""
+
+
+def _checked(fields: dict[str, str], source: str, line: int) -> tuple:
+    """One parsed row from the fields of a record whose user field is already pseudonymised."""
+    weight, timestamp, reason = _validate(fields)
+    if reason:
+        return _rejected(source, line, reason, fields["user"])
+    return (fields["user"], fields["item"], weight, timestamp, source, line, "")
+
+
+def _rejected(source: str, line: int, reason: str, user_key: str = "") -> tuple:
+    """A rejected row: where it is, why, and whose it is when the user field could be located."""
+    return (user_key, "", math.nan, math.nan, source, line, reason)
 
 
 def _rows_to_frame(rows: list[tuple]) -> pd.DataFrame:
@@ -115,9 +152,24 @@ def _rows_to_frame(rows: list[tuple]) -> pd.DataFrame:
             "source": str,
             "line": "int64",
             "reason": str,
-            "record": str,
         }
     )
+
+
+def _split(line: bytes, delimiter: str) -> list[str]:
+    """The fields of one line; UnicodeDecodeError or csv.Error when it cannot be split reliably."""
+    return next(csv.reader([line.decode("utf-8")], delimiter=delimiter, strict=True), [])
+
+
+def _header(line: bytes, source: str) -> tuple[list[str], str]:
+    """The header's names and the delimiter (a tab if the header has one, else a comma)."""
+    delimiter = "\t" if b"\t" in line else ","
+    try:
+        return _split(line, delimiter), delimiter
+    except UnicodeDecodeError:
+        raise IngestError(f"{source}: header line is not valid UTF-8") from None
+    except csv.Error as error:
+        raise IngestError(f"{source}: header line cannot be split into fields ({error})") from None
 
 
 def parse_delimited(data: bytes, source: str, key: bytes) -> pd.DataFrame:
@@ -125,77 +177,67 @@ def parse_delimited(data: bytes, source: str, key: bytes) -> pd.DataFrame:
 
     Returns one row per data line with the columns of ``PARSED_COLUMNS``: good rows have an
     empty ``reason``; rejected rows keep their line number (1-based, the header is line 1), the
-    reason and the record with its user field pseudonymised.
+    reason and, where the record has the header's field count, the pseudonymised user field.
+
+    A record is one line, split on its own: a stray quote or a byte that is not UTF-8 costs that
+    line, never the lines after it, and line numbers stay those of the file.
     """
-    text = data.decode("utf-8-sig", errors="replace")
-    lines = text.splitlines()
+    lines = data.removeprefix(codecs.BOM_UTF8).splitlines()
     if not lines:
         raise IngestError(f"{source}: file is empty")
-    delimiter = "\t" if "\t" in lines[0] else ","
-    reader = csv.reader(lines, delimiter=delimiter)
-    header = next(reader)
-    positions = _map_header(header, source)
+    header, delimiter = _header(lines[0], source)
+    positions = _map_header(header, source, _described(header))
     rows = []
-    for line_number, values in enumerate(reader, start=2):
-        if not values or all(not value.strip() for value in values):
+    for line_number, line in enumerate(lines[1:], start=2):
+        try:
+            values = _split(line, delimiter)
+        except UnicodeDecodeError:
+            rows.append(_rejected(source, line_number, "not valid UTF-8"))
+            continue
+        except csv.Error as error:
+            rows.append(_rejected(source, line_number, f"cannot be split into fields ({error})"))
+            continue
+        if all(not value.strip() for value in values):
             continue  # blank lines carry no record
-        # The user field is replaced before anything else so no path below can leak it.
-        user_position = positions["user"]
-        if len(values) > user_position and values[user_position].strip():
-            values[user_position] = pseudonymize(values[user_position].strip(), key)
-        record = delimiter.join(values)
         if len(values) != len(header):
-            rows.append(
-                (
-                    "",
-                    "",
-                    math.nan,
-                    math.nan,
-                    source,
-                    line_number,
-                    f"expected {len(header)} fields, found {len(values)}",
-                    record,
-                )
-            )
+            # Which field is the user's is unknown once the count is off: nothing of the record is kept.
+            rows.append(_rejected(source, line_number, f"expected {len(header)} fields, found {len(values)}"))
             continue
         fields = {role: values[index].strip() for role, index in positions.items()}
-        weight, timestamp, reason = _validate(fields)
-        if reason:
-            rows.append((fields["user"], fields["item"], math.nan, math.nan, source, line_number, reason, record))
-        else:
-            rows.append((fields["user"], fields["item"], weight, timestamp, source, line_number, "", ""))
+        fields["user"] = pseudonymize(fields["user"], key) if fields["user"] else ""
+        rows.append(_checked(fields, source, line_number))
     return _rows_to_frame(rows)
 
 
 def parse_parquet(data: bytes, source: str, key: bytes) -> pd.DataFrame:
     """Parse a Parquet file; rejected rows are numbered from 1 in file order."""
     table = pq.read_table(io.BytesIO(data))
-    positions = _map_header(table.column_names, source)
+    described = ", ".join(f"column {index}: {field.type}" for index, field in enumerate(table.schema, start=1))
+    positions = _map_header(table.column_names, source, described)
     columns = {role: table.column(index).to_pylist() for role, index in positions.items()}
     rows = []
     for row_number in range(table.num_rows):
-        raw_user = columns["user"][row_number]
-        user = pseudonymize(str(raw_user).strip(), key) if raw_user not in (None, "") else ""
         fields = {
             role: ("" if values[row_number] is None else str(values[row_number]).strip())
             for role, values in columns.items()
         }
-        fields["user"] = user
-        weight, timestamp, reason = _validate(fields)
-        record = json.dumps(fields) if reason else ""
-        rows.append((user, fields["item"], weight, timestamp, source, row_number + 1, reason, record))
+        fields["user"] = pseudonymize(fields["user"], key) if fields["user"] else ""
+        rows.append(_checked(fields, source, row_number + 1))
     return _rows_to_frame(rows)
 
 
 def parse_file(data: bytes, source: str, key: bytes) -> pd.DataFrame:
-    """Parse one interactions file; a file that cannot be read at all becomes a single reject."""
+    """Parse one interactions file; a file that cannot be read at all becomes a single reject.
+
+    Arrow's message is left out of that reject: it is not ours to promise it never quotes the data."""
     try:
         if source.lower().endswith(".parquet"):
             return parse_parquet(data, source, key)
         return parse_delimited(data, source, key)
-    except (IngestError, pa.ArrowException, UnicodeError, csv.Error) as error:
-        reason = str(error) if isinstance(error, IngestError) else f"{source}: unreadable: {error}"
-        return _rows_to_frame([("", "", math.nan, math.nan, source, 0, reason, "")])
+    except IngestError as error:
+        return _rows_to_frame([_rejected(source, 0, str(error))])
+    except pa.ArrowException as error:
+        return _rows_to_frame([_rejected(source, 0, f"{source}: not a readable Parquet file ({type(error).__name__})")])
 
 
 def merge_duplicates(good: pd.DataFrame) -> pd.DataFrame:
