@@ -1,6 +1,15 @@
 """Implicit-feedback interactions: parsing with row-level validation, the per-user split, and
 the ingested dataset on disk or S3.
 
+A dataset is published like a model version, the same way in a local folder and under an S3 prefix::
+
+    <uri>/manifest.json                 counts, fingerprint, "version" and each file's sha256
+    <uri>/versions/<version>/<files>    interactions.parquet, users.parquet, items.parquet, rejects.csv
+
+A new version's files are written first and the manifest, one object replaced in one step, last:
+until then readers keep getting the previous version, whose files are untouched, and ``load``
+refuses any file whose checksum does not match.
+
 Parsing works on one file at a time (the ingest job runs it inside Ray Data workers) and never
 raises on a bad row: every row either becomes an interaction or a reject that names its source,
 line and reason. User ids are pseudonymised while parsing, so a raw id never leaves this module.
@@ -17,12 +26,15 @@ import io
 import json
 import math
 import os
+import re
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
@@ -42,10 +54,23 @@ AUDIO_PREFIX = "audio_"  # catalogue columns holding an item's audio features
 TOP_TAGS = 10  # tags kept per item from tagging events, the most used first
 PARSED_COLUMNS = ["user", "item", "weight", "timestamp", "source", "line", "reason"]
 SPLITS = ("train", "validation", "test")
+MANIFEST_FILE = "manifest.json"
+VERSIONS_FOLDER = "versions"
+TABLES = ("interactions", "users", "items")
+# Where datasets of the single-folder layout kept their files; a new version replaces them.
+UNVERSIONED_FILES = ("interactions.parquet", "users.parquet", "items.parquet", "rejects.csv")
+# Read back from a manifest, these become paths: only the names ``save`` writes are accepted.
+_VERSION_ID = re.compile(r"\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{8}")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.[a-z]+")
 
 
 class IngestError(ValueError):
     """A whole input is unusable (no header we understand, unreadable file)."""
+
+
+class DatasetError(IngestError):
+    """A dataset cannot be trusted as it is (a file missing or altered, no checksums); an IngestError,
+    so that jobs report it as a problem with their input."""
 
 
 @dataclass(frozen=True)
@@ -393,29 +418,111 @@ class InteractionDataset:
         }
         return cls(interactions, users, items_table, manifest)
 
-    def save(self, uri: str | os.PathLike) -> None:
-        """Write the dataset as Parquet files plus ``manifest.json`` under ``uri`` (a folder or S3 prefix)."""
+    def save(self, uri: str | os.PathLike, attachments: dict[str, bytes] | None = None) -> str:
+        """Publish the dataset under ``uri`` (a folder or S3 prefix) as a new version; returns its folder.
+
+        The tables and ``attachments`` (files of this version besides the tables, such as the ingest's
+        rejects) go to a fresh version folder first; ``manifest.json``, naming the version and each file's
+        sha256, is replaced last. A writer that dies before then leaves the previous version published.
+        """
         uri = str(uri)
-        filesystem, path = fs.resolve(uri)
-        filesystem.create_dir(path, recursive=True)
-        for name in ("interactions", "users", "items"):
-            table = pa.Table.from_pandas(getattr(self, name), preserve_index=False)
-            pq.write_table(table, f"{path}/{name}.parquet", filesystem=filesystem)
-        fs.write_bytes(fs.join(uri, "manifest.json"), json.dumps(self.manifest, indent=2).encode())
+        previous = _published_version(uri)
+        version = f"{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:8]}"
+        folder = fs.join(uri, VERSIONS_FOLDER, version)
+        files = {f"{name}.parquet": _parquet_bytes(getattr(self, name)) for name in TABLES} | (attachments or {})
+        for name, data in files.items():
+            fs.write_bytes(fs.join(folder, name), data)
+        checksums = {
+            name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)} for name, data in files.items()
+        }
+        manifest = {**self.manifest, "version": version, "files": checksums}
+        fs.write_bytes(fs.join(uri, MANIFEST_FILE), json.dumps(manifest, indent=2).encode())
+        _remove_superseded(uri, previous)
+        return folder
 
     @classmethod
     def load(cls, uri: str | os.PathLike) -> "InteractionDataset":
+        """The version ``uri``'s manifest points at, each of its files checked against its sha256 first.
+
+        Raises DatasetError for a file missing or altered (a half-written version included) and for a
+        dataset of the single-folder layout, which has no checksums to check.
+        """
         uri = str(uri)
-        filesystem, path = fs.resolve(uri)
-        manifest_uri = fs.join(uri, "manifest.json")
-        if not fs.exists(manifest_uri):
-            raise FileNotFoundError(f"{uri}: not an ingested dataset (no manifest.json); run jobs.ingest first")
-        manifest = json.loads(fs.read_bytes(manifest_uri))
-        if manifest.get("schema") != SCHEMA_VERSION:
-            raise ValueError(f"{uri}: dataset schema {manifest.get('schema')!r}, expected {SCHEMA_VERSION!r}")
-        tables = {
-            name: pq.read_table(f"{path}/{name}.parquet", filesystem=filesystem).to_pandas()
-            for name in ("interactions", "users", "items")
+        manifest = _read_manifest(uri)
+        folder = fs.join(uri, VERSIONS_FOLDER, manifest["version"])
+        contents = {
+            name: _verified(uri, folder, name, recorded.get("sha256")) for name, recorded in manifest["files"].items()
         }
+        tables = {name: pq.read_table(pa.BufferReader(contents[f"{name}.parquet"])).to_pandas() for name in TABLES}
         tables["items"]["tags"] = tables["items"]["tags"].map(list)
         return cls(tables["interactions"], tables["users"], tables["items"], manifest)
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
+    return buffer.getvalue()
+
+
+def _published_version(uri: str) -> str | None:
+    """The version ``uri``'s manifest points at; None without a manifest or for the single-folder layout."""
+    manifest_uri = fs.join(uri, MANIFEST_FILE)
+    return json.loads(fs.read_bytes(manifest_uri)).get("version") if fs.exists(manifest_uri) else None
+
+
+def _remove_superseded(uri: str, previous: str | None) -> None:
+    """Delete the versions older than ``previous``, the one just replaced, which a reader that read the
+    old manifest a moment ago may still be reading; a version newer than it that no manifest names (a
+    writer died, or is still writing) goes the next time. Files of the single-folder layout go at once:
+    a reader of that layout would take them for the new version's."""
+    filesystem, path = fs.resolve(uri)
+    if previous is None:
+        for name in UNVERSIONED_FILES:
+            if fs.exists(fs.join(uri, name)):
+                filesystem.delete_file(f"{path}/{name}")
+        return
+    selector = pafs.FileSelector(f"{path}/{VERSIONS_FOLDER}", allow_not_found=True)
+    for entry in filesystem.get_file_info(selector):
+        if (
+            entry.type == pafs.FileType.Directory
+            and _VERSION_ID.fullmatch(entry.base_name)
+            and entry.base_name < previous
+        ):
+            filesystem.delete_dir(entry.path)
+
+
+def _read_manifest(uri: str) -> dict:
+    """``uri``'s manifest, refused unless it names a version and files ``save`` could have written."""
+    manifest_uri = fs.join(uri, MANIFEST_FILE)
+    if not fs.exists(manifest_uri):
+        raise FileNotFoundError(f"{uri}: not an ingested dataset (no {MANIFEST_FILE}); run jobs.ingest first")
+    manifest = json.loads(fs.read_bytes(manifest_uri))
+    if manifest.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"{uri}: dataset schema {manifest.get('schema')!r}, expected {SCHEMA_VERSION!r}")
+    if "files" not in manifest:
+        raise DatasetError(
+            f"{uri}: a dataset of the single-folder layout, without checksums; run jobs.ingest again to rewrite it "
+            "(the same input, seed and ENCORE_ID_KEY give the same dataset and fingerprint)"
+        )
+    files = manifest["files"]
+    if not (
+        _VERSION_ID.fullmatch(str(manifest.get("version")))
+        and isinstance(files, dict)
+        and all(_FILE_NAME.fullmatch(str(name)) and isinstance(entry, dict) for name, entry in files.items())
+        and {f"{name}.parquet" for name in TABLES} <= set(files)
+    ):
+        raise DatasetError(f"{uri}: {MANIFEST_FILE} does not name a version and the files of a dataset")
+    return manifest
+
+
+def _verified(uri: str, folder: str, name: str, sha256: str | None) -> bytes:
+    """A file's content, refused unless it is the content the manifest recorded."""
+    if not fs.exists(fs.join(folder, name)):
+        raise DatasetError(f"{uri}: {name} of version {folder.rsplit('/', 1)[-1]} is missing")
+    data = fs.read_bytes(fs.join(folder, name))
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise DatasetError(
+            f"{uri}: {name} of version {folder.rsplit('/', 1)[-1]} does not match its sha256 in {MANIFEST_FILE}: "
+            "altered or incompletely written"
+        )
+    return data
