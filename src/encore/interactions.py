@@ -465,9 +465,16 @@ def _parquet_bytes(frame: pd.DataFrame) -> bytes:
 
 
 def _published_version(uri: str) -> str | None:
-    """The version ``uri``'s manifest points at; None without a manifest or for the single-folder layout."""
+    """The version ``uri``'s manifest points at; None without one, for the single-folder layout, and for a
+    manifest that is not JSON (the single-folder layout wrote it in place): ingesting again must repair
+    any dataset."""
     manifest_uri = fs.join(uri, MANIFEST_FILE)
-    return json.loads(fs.read_bytes(manifest_uri)).get("version") if fs.exists(manifest_uri) else None
+    if not fs.exists(manifest_uri):
+        return None
+    try:
+        return json.loads(fs.read_bytes(manifest_uri)).get("version")
+    except ValueError:
+        return None
 
 
 def _remove_superseded(uri: str, previous: str | None) -> None:
