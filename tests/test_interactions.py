@@ -288,3 +288,16 @@ def test_versions_replace_each_other_and_the_single_folder_layout(tmp_path):
     # The version just replaced stays for readers that read the manifest before it moved.
     assert sorted((uri / "versions").iterdir()) == folders[2:]
     assert_same_dataset(InteractionDataset.load(uri), small_dataset(3))
+
+
+def test_a_version_named_by_a_clock_ahead_of_ours_never_removes_the_new_one(tmp_path):
+    uri = tmp_path / "ds"
+    first = Path(small_dataset(seed=1).save(uri))
+    ahead = "29991231T235959.999999Z-0123abcd"  # written by a machine whose clock runs ahead
+    first.rename(first.with_name(ahead))
+    manifest = json.loads((uri / "manifest.json").read_text())
+    (uri / "manifest.json").write_text(json.dumps({**manifest, "version": ahead}))
+
+    second = small_dataset(seed=2)
+    second.save(uri)
+    assert_same_dataset(InteractionDataset.load(uri), second)

@@ -437,7 +437,7 @@ class InteractionDataset:
         }
         manifest = {**self.manifest, "version": version, "files": checksums}
         fs.write_bytes(fs.join(uri, MANIFEST_FILE), json.dumps(manifest, indent=2).encode())
-        _remove_superseded(uri, previous)
+        _remove_superseded(uri, version, previous)
         return folder
 
     @classmethod
@@ -472,16 +472,18 @@ def _published_version(uri: str) -> str | None:
     if not fs.exists(manifest_uri):
         return None
     try:
-        return json.loads(fs.read_bytes(manifest_uri)).get("version")
+        version = json.loads(fs.read_bytes(manifest_uri)).get("version")
     except ValueError:
         return None
+    return version if _VERSION_ID.fullmatch(str(version)) else None
 
 
-def _remove_superseded(uri: str, previous: str | None) -> None:
-    """Delete the versions older than ``previous``, the one just replaced, which a reader that read the
-    old manifest a moment ago may still be reading; a version newer than it that no manifest names (a
-    writer died, or is still writing) goes the next time. Files of the single-folder layout go at once:
-    a reader of that layout would take them for the new version's."""
+def _remove_superseded(uri: str, published: str, previous: str | None) -> None:
+    """Delete the versions older than ``previous``, the one ``published`` just replaced, which a reader
+    that read the old manifest a moment ago may still be reading; a version newer than it that no manifest
+    names (a writer died, or is still writing) goes the next time. Never ``published``, whatever the
+    clocks that named the versions say. Files of the single-folder layout go at once: a reader of that
+    layout would take them for the new version's."""
     filesystem, path = fs.resolve(uri)
     if previous is None:
         for name in UNVERSIONED_FILES:
@@ -490,11 +492,8 @@ def _remove_superseded(uri: str, previous: str | None) -> None:
         return
     selector = pafs.FileSelector(f"{path}/{VERSIONS_FOLDER}", allow_not_found=True)
     for entry in filesystem.get_file_info(selector):
-        if (
-            entry.type == pafs.FileType.Directory
-            and _VERSION_ID.fullmatch(entry.base_name)
-            and entry.base_name < previous
-        ):
+        name = entry.base_name
+        if entry.type == pafs.FileType.Directory and _VERSION_ID.fullmatch(name) and previous > name != published:
             filesystem.delete_dir(entry.path)
 
 
