@@ -4,8 +4,11 @@ Reads (user, item, weight[, timestamp]) rows from CSV/TSV or Parquet files at a 
 ``s3://`` URI, or a Last.fm HetRec 2011 folder (``user_artists.dat`` with artist names and
 tags). Files are parsed and validated row by row inside Ray Data workers; user ids are
 pseudonymised there, before anything else sees them. Rejected rows go to ``rejects.csv`` with
-their source, line and reason. The dataset (dense id maps, a seeded per-user
-train/validation/test split and a fingerprint) is written as Parquet.
+their source, line, reason and pseudonymised user key (empty where the user field could not be
+located); no part of a rejected record is copied, as malformed input can put a raw id anywhere.
+The dataset (dense id maps, a seeded per-user train/validation/test split and a fingerprint) is
+written as Parquet, a new version beside the previous one, published when complete (see
+``encore.interactions``): an ingest that dies leaves the previous dataset as it was.
 
 For a catalogue whose items are audio files, ``--audio-features`` names the output of an extraction
 run (``jobs.extract_features``): each track becomes item ``<file name without suffix>`` with one
@@ -18,7 +21,6 @@ content model can rank.
 """
 
 import argparse
-import io
 import logging
 
 import pandas as pd
@@ -36,6 +38,7 @@ logger = logging.getLogger("encore.ingest")
 
 INPUT_SUFFIXES = (".csv", ".tsv", ".dat", ".txt", ".parquet")
 REJECTS_SHOWN = 20
+REJECTS_FILE = "rejects.csv"
 
 
 def _parse_batch(batch: pd.DataFrame, key: bytes, scheme: str) -> pd.DataFrame:
@@ -93,7 +96,7 @@ def ingest(input_uri: str, output_uri: str, split: SplitConfig, audio_features: 
         .map_batches(_parse_batch, fn_kwargs=parse_options, batch_size=1, batch_format="pandas")
         .to_pandas()
     )
-    rejects = parsed[parsed["reason"] != ""][["source", "line", "reason", "record"]]
+    rejects = parsed[parsed["reason"] != ""][["source", "line", "reason", "user"]].rename(columns={"user": "user_key"})
     good = parsed[parsed["reason"] == ""]
     pairs = merge_duplicates(good)
 
@@ -128,11 +131,9 @@ def ingest(input_uri: str, output_uri: str, split: SplitConfig, audio_features: 
             audio_summary["tracks"], audio_summary["source"], (played & with_audio).sum(),
             (~played & with_audio).sum(), (played & ~with_audio).sum(),
         )  # fmt: skip
-    dataset.save(output_uri)
-    rejects_uri = fs.join(output_uri, "rejects.csv")
-    buffer = io.StringIO()
-    rejects.to_csv(buffer, index=False)
-    fs.write_bytes(rejects_uri, buffer.getvalue().encode())
+    # The rejects are part of the version: a reader never pairs a dataset with another run's rejects.
+    folder = dataset.save(output_uri, attachments={REJECTS_FILE: rejects.to_csv(index=False).encode()})
+    rejects_uri = fs.join(folder, REJECTS_FILE)
 
     for row in rejects.head(REJECTS_SHOWN).itertuples():
         logger.warning("rejected %s line %d: %s", row.source, row.line, row.reason)

@@ -20,8 +20,8 @@ from conftest import free_port
 PLANTED_PREFIX = "PLANTEDUSER-q7x3"
 N_USERS, N_ITEMS = 30, 40
 BAD_LINES = {  # line number -> expected reason
-    4: "weight 'lots' is not a number",
-    9: "weight '-2' is negative",
+    4: "weight is not a number (found text)",
+    9: "weight is negative",
     15: "missing item id",
     21: "expected 3 fields, found 2",
 }
@@ -43,8 +43,8 @@ def planted_csv(path: Path) -> tuple[int, dict[str, set[str]]]:
     for line_number, reason in sorted(BAD_LINES.items()):
         user = f"{PLANTED_PREFIX}-bad{line_number}"
         bad = {
-            "weight 'lots' is not a number": f"{user},track-1,lots",
-            "weight '-2' is negative": f"{user},track-1,-2",
+            "weight is not a number (found text)": f"{user},track-1,lots",
+            "weight is negative": f"{user},track-1,-2",
             "missing item id": f"{user},,3",
             "expected 3 fields, found 2": f"{user},track-1",
         }[reason]

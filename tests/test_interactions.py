@@ -1,15 +1,25 @@
 import io
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from encore import hetrec
+from encore import fs, hetrec
 from encore.ids import key_fingerprint, pseudonymize
 from encore.interactions import (
+    SCHEMA_VERSION,
+    TABLES,
+    DatasetError,
     InteractionDataset,
     SplitConfig,
     assign_split,
@@ -43,11 +53,11 @@ def test_bad_rows_are_reported_with_line_and_reason():
     assert rejects == {
         4: "missing user id",
         5: "missing item id",
-        6: "weight 'abc' is not a number",
-        7: "weight '-1' is negative",
-        8: "weight 'nan' is not finite",
-        9: "weight 'inf' is not finite",
-        10: "timestamp 'not-a-date' is neither a number nor an ISO-8601 date",
+        6: "weight is not a number (found text)",
+        7: "weight is negative",
+        8: "weight is not finite",
+        9: "weight is not finite",
+        10: "timestamp is neither a number nor an ISO-8601 date",
         11: "expected 4 fields, found 2",
         14: "expected 4 fields, found 5",
     }
@@ -62,7 +72,7 @@ def test_user_ids_are_pseudonymised_in_good_rows_and_rejects():
     text = parsed.to_csv()
     for raw in ("alice", "bob", "carol"):
         assert raw not in text
-    assert pseudonymize("bob", KEY) in parsed.loc[parsed["line"] == 6, "record"].iloc[0]
+    assert parsed.loc[parsed["line"] == 6, "user"].iloc[0] == pseudonymize("bob", KEY)
     assert set(parsed.loc[parsed["reason"] == "", "user"]) == {pseudonymize("alice", KEY)}
 
 
@@ -83,7 +93,7 @@ def test_parquet_rows_are_validated():
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     parsed = parse_file(buffer.getvalue(), "plays.parquet", KEY)
-    assert parsed.set_index("line")["reason"].to_dict() == {1: "", 2: "weight '-2.0' is negative", 3: "missing user id"}
+    assert parsed.set_index("line")["reason"].to_dict() == {1: "", 2: "weight is negative", 3: "missing user id"}
 
 
 def test_duplicates_are_summed():
@@ -187,3 +197,107 @@ def test_dataset_roundtrip_and_matrices(tmp_path):
     assert loaded.items.set_index("item_id").loc["item1", "tags"] == ["rock"]
     with pytest.raises(ValueError, match="unknown split"):
         loaded.matrix("holdout")
+
+
+def small_dataset(seed: int) -> InteractionDataset:
+    catalogue = pd.DataFrame({"item_id": ["item1"], "name": ["One"], "tags": [["rock"]]})
+    return InteractionDataset.build(make_pairs(n_users=8, seed=seed), catalogue, SplitConfig(), manifest={})
+
+
+def assert_same_dataset(loaded: InteractionDataset, expected: InteractionDataset) -> None:
+    assert loaded.manifest["fingerprint"] == expected.manifest["fingerprint"]
+    for name in TABLES:
+        pd.testing.assert_frame_equal(getattr(loaded, name), getattr(expected, name), check_dtype=False)
+
+
+# Saves the pickled dataset argv[2] to argv[1] with one attachment, and SIGKILLs itself before its
+# write number argv[3] (0-based; the manifest's is the last): a writer dying at a known point.
+KILLED_SAVE = """
+import os, pickle, signal, sys
+from encore import fs
+uri, pickled, survive = sys.argv[1], sys.argv[2], int(sys.argv[3])
+write, written = fs.write_bytes, []
+def write_or_die(target, data):
+    if len(written) == survive:
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(target, data)
+    written.append(target)
+fs.write_bytes = write_or_die
+with open(pickled, "rb") as file:
+    pickle.load(file).save(uri, {"rejects.csv": b"source,line,reason,user_key\\n"})
+"""
+WRITES_PER_SAVE = len(TABLES) + 2  # the tables, the attachment, the manifest
+
+
+def killed_save(uri: str, dataset: InteractionDataset, survive: int, tmp_path: Path) -> None:
+    pickled = tmp_path / f"dataset-{survive}.pickle"
+    pickled.write_bytes(pickle.dumps(dataset))
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "src"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-c", KILLED_SAVE, uri, str(pickled), str(survive)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
+
+
+@pytest.mark.parametrize(
+    "where, survive", [("local", n) for n in range(WRITES_PER_SAVE)] + [("s3", 1), ("s3", WRITES_PER_SAVE - 1)]
+)
+def test_a_writer_killed_mid_save_leaves_the_previous_dataset_published(where, survive, tmp_path, request):
+    uri = str(tmp_path / "ds") if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')}/datasets/ds"
+    previous, new = small_dataset(seed=1), small_dataset(seed=2)
+    previous.save(uri)
+
+    killed_save(uri, new, survive, tmp_path)
+    loaded = InteractionDataset.load(uri)  # every file checked against its sha256
+    assert_same_dataset(loaded, previous)
+
+    new.save(uri)  # the next ingest publishes over the debris
+    assert_same_dataset(InteractionDataset.load(uri), new)
+    latest = small_dataset(seed=3)
+    latest.save(uri)  # and the one after removes it, with the first version
+    filesystem, path = fs.resolve(uri)
+    assert len(filesystem.get_file_info(pafs.FileSelector(f"{path}/versions"))) == 2
+    assert_same_dataset(InteractionDataset.load(uri), latest)
+
+
+def test_a_dataset_with_an_altered_or_missing_file_is_refused(tmp_path):
+    dataset = small_dataset(seed=1)
+    folder = Path(dataset.save(tmp_path / "ds"))
+    users = pq.read_table(folder / "users.parquet")
+    pq.write_table(users.slice(1), folder / "users.parquet")  # a valid Parquet file, one user short
+    with pytest.raises(DatasetError, match="users.parquet of version .* does not match its sha256"):
+        InteractionDataset.load(tmp_path / "ds")
+    (folder / "users.parquet").unlink()
+    with pytest.raises(DatasetError, match="users.parquet of version .* is missing"):
+        InteractionDataset.load(tmp_path / "ds")
+
+
+def test_versions_replace_each_other_and_the_single_folder_layout(tmp_path):
+    uri = tmp_path / "ds"
+    uri.mkdir()
+    (uri / "manifest.json").write_text(json.dumps({"schema": SCHEMA_VERSION, "fingerprint": "old"}))
+    for name in ("interactions.parquet", "users.parquet", "items.parquet", "rejects.csv"):
+        (uri / name).write_bytes(b"written before datasets had versions")
+    with pytest.raises(DatasetError, match="single-folder layout.*run jobs.ingest again"):
+        InteractionDataset.load(uri)
+
+    (uri / "manifest.json").write_text('{"schema": "interactions/v1", "fing')  # cut short by a crash
+    folders = [Path(small_dataset(seed).save(uri)) for seed in range(4)]
+    assert sorted(path.name for path in uri.iterdir()) == ["manifest.json", "versions"]
+    # The version just replaced stays for readers that read the manifest before it moved.
+    assert sorted((uri / "versions").iterdir()) == folders[2:]
+    assert_same_dataset(InteractionDataset.load(uri), small_dataset(3))
+
+
+def test_a_version_named_by_a_clock_ahead_of_ours_never_removes_the_new_one(tmp_path):
+    uri = tmp_path / "ds"
+    first = Path(small_dataset(seed=1).save(uri))
+    ahead = "29991231T235959.999999Z-0123abcd"  # written by a machine whose clock runs ahead
+    first.rename(first.with_name(ahead))
+    manifest = json.loads((uri / "manifest.json").read_text())
+    (uri / "manifest.json").write_text(json.dumps({**manifest, "version": ahead}))
+
+    second = small_dataset(seed=2)
+    second.save(uri)
+    assert_same_dataset(InteractionDataset.load(uri), second)

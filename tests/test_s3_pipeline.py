@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 
 
 def test_pipeline_reads_and_writes_s3(ray_local, s3_bucket, tmp_path, monkeypatch):
+    from encore import fs
     from encore.interactions import InteractionDataset
     from encore.store import ModelStore
     from jobs import pipeline
@@ -45,7 +46,8 @@ def test_pipeline_reads_and_writes_s3(ray_local, s3_bucket, tmp_path, monkeypatc
 
     summary = result["ingest"]
     assert (summary["read"], summary["accepted"], summary["rejected"]) == (100, 98, 2)
-    rejects = pd.read_csv(io.BytesIO(s3.get_object(Bucket=s3_bucket, Key="datasets/plays/rejects.csv")["Body"].read()))
+    assert summary["rejects"].startswith(f"s3://{s3_bucket}/datasets/plays/versions/")
+    rejects = pd.read_csv(io.BytesIO(fs.read_bytes(summary["rejects"])))
     assert sorted(zip(rejects["source"].str.rsplit("/", n=1).str[-1], rejects["line"])) == [
         ("part-0.csv", 98),
         ("part-1.parquet", 3),

@@ -5,6 +5,7 @@ S3-compatible server works (MinIO, moto in the tests); credentials follow the us
 """
 
 import os
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -49,10 +50,27 @@ def read_bytes(uri: str) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
+    """Replace ``uri`` with ``data`` in one step: a reader sees the old content or the new, never a part.
+
+    An S3 object appears when its upload completes; a local file is written beside its target, flushed
+    to disk and renamed over it, so that a manifest written after its files never reaches the disk first.
+    """
     fs, path = resolve(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as stream:
-        stream.write(data)
+    if is_s3(uri):
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
+        return
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(temporary, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def exists(uri: str) -> bool:
