@@ -10,10 +10,12 @@ export RAY_USAGE_STATS_ENABLED := 0
 install: $(INSTALLED)
 
 # Re-runs only when the pins change; `pip install` of pinned versions is idempotent anyway. The
-# composer's audio renderer (FluidSynth, a GM SoundFont) comes from the system's packages: the script
-# installs them where it may and says what to run where it may not.
-$(INSTALLED): pyproject.toml constraints.txt scripts/install_fluidsynth.sh
+# composer's audio renderer (FluidSynth, a GM SoundFont) and the browser of the web page's tests
+# (Chromium) come from the system's packages: the scripts install them where they may and say what to
+# run where they may not.
+$(INSTALLED): pyproject.toml constraints.txt scripts/install_fluidsynth.sh scripts/install_chromium.sh
 	bash scripts/install_fluidsynth.sh
+	bash scripts/install_chromium.sh
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@

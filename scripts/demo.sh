@@ -84,6 +84,7 @@ cat <<INFO
   Dashboard   http://127.0.0.1:8265   (asks for the token: print it with \`ray get-auth-token\`)
   Pipeline    http://127.0.0.1:8265/#/jobs/${JOB_ID}
   Composer    http://127.0.0.1:8265/#/jobs/${COMPOSER_JOB_ID}
+  Web page    http://127.0.0.1:8000/   (give it the API key below)
   API docs    http://127.0.0.1:8000/docs   (OpenAPI: http://127.0.0.1:8000/openapi.json)
   API key     $ENCORE_API_KEY
               curl -H "X-API-Key: \$(cat $DEMO_KEY_FILE)" -H 'content-type: application/json' \\

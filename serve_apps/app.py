@@ -1,7 +1,9 @@
 """Encore's Serve application: a FastAPI ingress in front of an autoscaled, batched recommender and
 an autoscaled composer (``POST /v1/compose``, answering from its own alias, ``composer-production``),
 a genre classifier (``POST /v1/classify``, alias ``genre-production``) and a sound-alike index
-(``/v1/tracks/{id}/similar``, ``POST /v1/similar``, alias ``soundalike-production``).
+(``/v1/tracks/{id}/similar``, ``POST /v1/similar``, alias ``soundalike-production``). The ingress also
+serves the web page (``GET /``, files in ``serve_apps/web``), which calls this same API with the key its
+user gives it.
 
 A request may name the model it wants (``"model"``: an alias, a version id, or a kind, meaning
 its newest version); without one it gets the service's alias (``production`` by default). The
@@ -14,14 +16,16 @@ for the service's own alias, the replica keeps serving the version it has.
 """
 
 import asyncio
+import html
 import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import torch
 from fastapi import Depends, Query, Request, Security
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from ray import serve
 from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError
@@ -37,10 +41,13 @@ from encore.api import (
     ComposeResponse,
     Health,
     HistoryRequest,
+    ModelsResponse,
     RecommendRequest,
     RecommendResponse,
     SimilarResponse,
     TracksResponse,
+    UserTopRequest,
+    UserTopResponse,
     create_app,
     error_response,
     error_statuses,
@@ -56,15 +63,23 @@ from encore.audio_serving import (
 )
 from encore.composer.service import compose_answer
 from encore.ids import id_key, key_fingerprint, pseudonymize
-from encore.serving import FAMILIES, VersionCache, preprocessing, run_until_cancelled
+from encore.serving import FAMILIES, Catalogue, VersionCache, preprocessing, run_until_cancelled
 from encore.soundalike import preprocessing as soundalike_preprocessing
 from encore.store import ModelStore
 
 DEFAULT_STORE = Path(__file__).resolve().parents[1] / "artifacts"
 DEFAULT_KEYS_FILE = DEFAULT_STORE / "api_keys.json"
+DEFAULT_DASHBOARD_URL = "http://127.0.0.1:8265"
 MODELS_PER_REPLICA = 4
+WEB = Path(__file__).resolve().parent / "web"
+# The page runs only its own files; the WAV it plays and the MIDI it offers are blob: URLs it makes.
+PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' data:; media-src 'self' blob:; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
+)
 
 app = create_app(own_body_limits=["/v1/classify", "/v1/similar"])  # uploads: read_upload bounds them
+app.mount("/web", StaticFiles(directory=WEB), name="web")
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="a key from `python -m encore.access`")
 BEARER = HTTPBearer(auto_error=False, description="the same key as a bearer token")
 
@@ -86,6 +101,13 @@ def requires(scope: str) -> Any:
 RecommendClient = Annotated[Client, requires("recommend")]
 ComposeClient = Annotated[Client, requires("compose")]
 ClassifyClient = Annotated[Client, requires("classify")]
+CatalogueClient = Annotated[Client, requires("catalogue")]
+
+
+def web_page(dashboard_url: str) -> str:
+    """The page, with the Ray dashboard's address it links to (escaped: it comes from configuration)."""
+    page = (WEB / "index.html").read_text()
+    return page.replace(DEFAULT_DASHBOARD_URL, html.escape(dashboard_url, quote=True))
 
 
 @app.exception_handler(BackPressureError)
@@ -108,6 +130,7 @@ class Recommender:
             capacity=MODELS_PER_REPLICA,
             expected_preprocessing=preprocessing(key_fingerprint(id_key())),
         )
+        self.catalogue = Catalogue(self.models.store, max_age_seconds=poll_seconds)
 
     async def health(self) -> dict:
         """The version the service's alias serves, and the versions refused behind an alias."""
@@ -132,6 +155,14 @@ class Recommender:
             except Exception as error:  # this request's own error, whatever it is
                 answers.append(error)
         return answers
+
+    async def top_items(self, user_key: str, n: int, model: str | None) -> dict:
+        bundle, info = await self.models.get(model)
+        return {**bundle.top_items(user_key, n), "model": info}
+
+    async def models_catalogue(self) -> dict:
+        """Every family's aliases and versions: one store holds them all, and this replica reads it anyway."""
+        return await self.catalogue.get()
 
     async def recommend_for_history(self, item_ids: list[str], n: int, model: str | None) -> dict:
         bundle, info = await self.models.get(model)
@@ -228,6 +259,7 @@ class EncoreAPI:
         max_concurrent_uploads: int,
         api_keys_file: str,
         served_aliases: list[str],
+        dashboard_url: str = DEFAULT_DASHBOARD_URL,
     ):
         self.recommender = recommender
         self.composer = composer
@@ -235,6 +267,12 @@ class EncoreAPI:
         self.uploads = UploadSlots(max_concurrent_uploads)
         self.key = id_key()
         self.access = Access(api_keys_file, served_aliases)
+        self.page = web_page(dashboard_url)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        """The web page: it holds no data and asks for a key before it calls the API."""
+        return HTMLResponse(self.page, headers={"Content-Security-Policy": PAGE_POLICY})
 
     @app.get("/healthz", response_model=Health, responses=error_statuses(500, 503, authenticated=False))
     async def healthz(self) -> dict:
@@ -254,6 +292,18 @@ class EncoreAPI:
                 "model": request.model,
             }
         )
+
+    @app.post("/v1/users/top", response_model=UserTopResponse, responses=error_statuses(404))
+    async def user_top(self, request: UserTopRequest, client: RecommendClient) -> dict:
+        """The items a user played most in the data the model was fitted on; 404 for a user it never saw."""
+        self.access.check_model(client, request.model)
+        user_key = pseudonymize(request.user_id, self.key)
+        return await self.recommender.top_items.remote(user_key, request.n, request.model)
+
+    @app.get("/v1/models", response_model=ModelsResponse, responses=error_statuses())
+    async def models(self, client: CatalogueClient) -> dict:
+        """The store's aliases and versions, with kind, family and metrics (scope ``catalogue``)."""
+        return await self.recommender.models_catalogue.remote()
 
     @app.post("/v1/recommend/history", response_model=RecommendResponse, responses=error_statuses(400, 404))
     async def recommend_for_history(self, request: HistoryRequest, client: RecommendClient) -> dict:
@@ -333,7 +383,8 @@ def app_builder(args: dict) -> serve.Application:
     ``genre_alias`` (default ``genre-production``), ``soundalike_alias`` (default
     ``soundalike-production``), ``max_upload_mb`` (default 20), ``max_concurrent_uploads`` (per ingress
     replica, default 4), ``api_keys_file`` (default ``$ENCORE_API_KEYS_FILE`` or ``api_keys.json`` in
-    the repository's ``artifacts`` folder)."""
+    the repository's ``artifacts`` folder), ``dashboard_url`` (the Ray dashboard the page links to,
+    default ``$ENCORE_DASHBOARD_URL`` or http://127.0.0.1:8265)."""
     store_uri = args.get("store_uri") or os.environ.get("ENCORE_STORE_URI") or str(DEFAULT_STORE)
     poll_seconds = float(args.get("poll_seconds", 10))
     aliases = {
@@ -347,6 +398,9 @@ def app_builder(args: dict) -> serve.Application:
     }
     compose_time_budget_s = float(args.get("compose_time_budget_s", 20))
     api_keys_file = args.get("api_keys_file") or os.environ.get("ENCORE_API_KEYS_FILE") or str(DEFAULT_KEYS_FILE)
+    dashboard_url = args.get("dashboard_url") or os.environ.get("ENCORE_DASHBOARD_URL") or DEFAULT_DASHBOARD_URL
+    if not dashboard_url.startswith(("http://", "https://")):
+        raise ValueError(f"dashboard_url must be an http(s) URL, not {dashboard_url!r}")
     return EncoreAPI.bind(
         Recommender.bind(store_uri, aliases["model"], poll_seconds),
         Composer.bind(store_uri, aliases["composer"], poll_seconds, compose_time_budget_s),
@@ -356,4 +410,5 @@ def app_builder(args: dict) -> serve.Application:
         max_concurrent_uploads=int(args.get("max_concurrent_uploads", 4)),
         api_keys_file=api_keys_file,
         served_aliases=sorted(aliases.values()),
+        dashboard_url=dashboard_url,
     )

@@ -40,17 +40,17 @@ def test_sampling_stops_once_cancelled():
 
 
 def test_a_long_track_is_classified_from_a_bounded_number_of_windows():
-    from encore.audio.features import DecodedAudio, window_features
+    from encore.audio.features import DecodedAudio, analyse_windows
 
     rate = 4_000
     seconds = np.arange(20 * rate) / rate
     # Each 1-second window a tone one semitone above the last: the windows chosen show in the features.
     tone = np.sin(2 * np.pi * 220 * 2 ** (np.floor(seconds) / 12) * seconds).astype(np.float32)
     audio = DecodedAudio(tone, rate, rate, 1, 20.0)
-    every = window_features(audio, seconds=1.0)
-    spread = window_features(audio, seconds=1.0, max_windows=4)
+    every = analyse_windows(audio, seconds=1.0).windows
+    spread = analyse_windows(audio, seconds=1.0, max_windows=4).windows
     assert len(every) == 20 and spread == [every[0], every[6], every[13], every[19]]
     cancelled = threading.Event()
     cancelled.set()
     with pytest.raises(TimeoutError, match="after 0 of 4 windows"):
-        window_features(audio, seconds=1.0, max_windows=4, cancelled=cancelled)
+        analyse_windows(audio, seconds=1.0, max_windows=4, cancelled=cancelled)

@@ -125,16 +125,18 @@ def test_fit_predict_save_load_round_trip(parts, tmp_path):
 
 
 def test_windows_of_a_track():
-    from encore.audio.features import DecodedAudio, window_features
+    from encore.audio.features import DecodedAudio, analyse_windows
 
     rate = 22_050
     t = np.arange(int(2.5 * rate)) / rate
     tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
     # Whole windows only: 2.5 s in windows of 1 s gives two...
-    assert len(window_features(DecodedAudio(tone, rate, rate, 1, 2.5), seconds=1.0)) == 2
+    assert len(analyse_windows(DecodedAudio(tone, rate, rate, 1, 2.5), seconds=1.0).windows) == 2
     # ...and a track shorter than one window is one window, the whole track.
-    short = window_features(DecodedAudio(tone[: rate // 2], rate, rate, 1, 0.5), seconds=1.0)
-    assert len(short) == 1 and list(short[0]) == list(genre.GTZAN_FEATURES)
+    short = analyse_windows(DecodedAudio(tone[: rate // 2], rate, rate, 1, 0.5), seconds=1.0)
+    assert len(short.windows) == 1 and list(short.windows[0]) == list(genre.GTZAN_FEATURES)
+    # The key and pitch classes of a 440 Hz tone: A sounds loudest, in a key on A.
+    assert short.pitch_classes.index(max(short.pitch_classes)) == 9 and short.key.startswith("A ")
 
 
 def test_windows_are_whole_30_second_segments_or_the_whole_short_track():

@@ -8,9 +8,12 @@ reversed and is safe to compare by lookup. Each entry::
     {"name": "web", "sha256": "…", "scopes": ["recommend", "classify"], "rate": "20/second",
      "models": ["production", "als"]}
 
-``scopes`` are :data:`SCOPES`; ``admin`` may select any model. ``models`` lists the names a client
-may send as ``"model"`` (``"*"``: any); without it, the aliases the service serves, so a client
-cannot make replicas load and evict arbitrary versions. ``rate`` is a `limits` rate string, counted
+``scopes`` are :data:`SCOPES`: ``recommend``, ``classify`` (and sound-alike search), ``compose``,
+``catalogue`` (read ``GET /v1/models``: the store's aliases, versions, kinds and metrics, which a page needs
+to offer a choice of model; reading it selects and loads nothing), and ``admin``, which implies every other
+scope and may select any model. ``models`` lists the names a client may send as ``"model"`` (``"*"``:
+any); without it, the aliases the service serves, so a client cannot make replicas load and evict
+arbitrary versions. ``rate`` is a `limits` rate string, counted
 per ingress replica. The file is read again when it changes, so a key is revoked without a restart.
 
     python -m encore.access create --name web --scopes recommend,classify   # prints the key once
@@ -34,7 +37,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from encore.serving import ServingError
 
-SCOPES = ("recommend", "classify", "compose", "admin")
+SCOPES = ("recommend", "classify", "compose", "catalogue", "admin")
 DEFAULT_RATE = "50/second"
 ANY_MODEL = "*"
 KEY_PREFIX = "enc_"

@@ -21,7 +21,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from encore.serving import ServingError
+from encore.serving import MAX_CATALOGUE_VERSIONS, MAX_METRICS, ServingError
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,14 @@ class HistoryRequest(BaseModel):
     model: str | None = MODEL_REF
 
 
+class UserTopRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    user_id: str = Field(min_length=1, max_length=256, description="the user's id as your systems know it")
+    n: int = Field(10, ge=1, le=MAX_ITEMS, description="how many items to return")
+    model: str | None = MODEL_REF
+
+
 class Item(BaseModel):
     item_id: str
     name: str
@@ -78,6 +86,17 @@ class RecommendResponse(BaseModel):
     fallback: Literal["popular"] | None = Field(
         description="'popular' when the user is unknown to the model and gets the most popular items"
     )
+
+
+class PlayedItem(BaseModel):
+    item_id: str
+    name: str
+    plays: float = Field(description="the user's weight for the item in the data the model was fitted on")
+
+
+class UserTopResponse(BaseModel):
+    items: list[PlayedItem] = Field(description="the user's most played items, most played first")
+    model: ModelInfo
 
 
 class SimilarResponse(BaseModel):
@@ -142,10 +161,17 @@ class ComposeSettings(BaseModel):
     program: int = Field(description="General MIDI program of the MIDI's instrument and the WAV")
 
 
+class Note(BaseModel):
+    pitch: int = Field(description="MIDI pitch, 60 is middle C")
+    start: float = Field(description="in quarter notes from the start of the piece")
+    end: float
+
+
 class ComposeResponse(BaseModel):
     midi: str = Field(description="base64 standard MIDI file: the primer, then the new music")
     wav: str | None = Field(description="base64 16-bit mono WAV, when audio was asked for")
     renderer: str | None = Field(description="what rendered the WAV: FluidSynth and its soundfont, or a built-in synth")
+    notes: list[Note] = Field(description="the MIDI's notes, primer included, in order of start and pitch")
     settings: ComposeSettings
     seconds: float = Field(description="time spent composing and rendering")
     model: ModelInfo
@@ -156,6 +182,12 @@ class ClassifyResponse(BaseModel):
     top_genre: str
     windows: int = Field(description="30-second windows averaged (1 for a track shorter than 30 s)")
     duration: float = Field(description="seconds of audio")
+    tempo: float = Field(description="beats per minute, the median of the windows' estimates")
+    key: str | None = Field(description="as in 'A minor' (Krumhansl-Schmuckler); none for audio without pitch")
+    key_confidence: float | None = Field(description="correlation of the pitch-class profile with the key's, -1 to 1")
+    pitch_classes: list[float] = Field(
+        min_length=12, max_length=12, description="mean chroma of each pitch class over the windows, C first"
+    )
     model: ModelInfo
 
 
@@ -169,6 +201,32 @@ class Track(BaseModel):
 class TracksResponse(BaseModel):
     tracks: list[Track]
     model: ModelInfo
+
+
+class CatalogueAlias(BaseModel):
+    alias: str
+    version: str
+    kind: str
+    family: str | None = Field(description="the deployment that serves it: recommender, composer, genre, soundalike")
+
+
+class CatalogueVersion(BaseModel):
+    version: str
+    kind: str
+    family: str | None
+    created_at: str
+    aliases: list[str] = Field(description="the aliases that name it")
+    metrics: dict[str, float] = Field(
+        description=f"its numeric metrics, nested names joined with '.' (as 'test.ndcg@10'), at most {MAX_METRICS}"
+    )
+
+
+class ModelsResponse(BaseModel):
+    aliases: list[CatalogueAlias]
+    versions: list[CatalogueVersion] = Field(
+        description=f"the versions aliases name, and the newest others up to {MAX_CATALOGUE_VERSIONS} in all"
+    )
+    versions_total: int = Field(description="complete versions in the store")
 
 
 class RefusedVersion(BaseModel):
@@ -201,7 +259,7 @@ ERROR_STATUSES = {
     400: "the model cannot do what was asked (not_supported), or the upload is empty or not multipart",
     401: "no valid API key (header X-API-Key or Authorization: Bearer)",
     403: "the key lacks the scope of this operation, or may not select the model asked for",
-    404: "unknown model, user item, track or route",
+    404: "unknown model, user, item, track or route",
     405: "the route does not take this method; the Allow header lists those it does",
     408: "the request body did not arrive within the service's deadline (ENCORE_BODY_TIMEOUT_S)",
     411: "an upload without Content-Length",

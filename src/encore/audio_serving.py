@@ -192,17 +192,23 @@ def decode_upload(data: bytes, excerpt: float | None = None):
 
 def classify_upload(model, data: bytes, cancelled: threading.Event | None = None) -> dict:
     """Genre probabilities of a whole uploaded track: the mean over its 30-second windows, at most
-    ``MAX_CLASSIFY_WINDOWS`` of them spread over the track."""
-    from encore.audio.features import window_features
+    ``MAX_CLASSIFY_WINDOWS`` of them spread over the track; with its tempo, key and pitch classes, which
+    the same analysis finds at no extra cost."""
+    from encore.audio.features import analyse_windows
 
     audio = decode_upload(data)
-    windows = pd.DataFrame(window_features(audio, max_windows=MAX_CLASSIFY_WINDOWS, cancelled=cancelled))
-    genres = model.predict_track(windows)
+    track = analyse_windows(audio, max_windows=MAX_CLASSIFY_WINDOWS, cancelled=cancelled)
+    genres = model.predict_track(pd.DataFrame(track.windows))
+    has_key = bool(track.key)
     return {
         "genres": genres,
         "top_genre": max(genres, key=genres.get),
-        "windows": len(windows),
+        "windows": len(track.windows),
         "duration": audio.duration,
+        "tempo": track.tempo,
+        "key": track.key if has_key else None,
+        "key_confidence": track.key_confidence if has_key else None,
+        "pitch_classes": track.pitch_classes,
     }
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 
 from encore.interactions import SCHEMA_VERSION, InteractionDataset
 from encore.models import MODELS, NotSupportedError, Recommender, model_class
@@ -71,6 +72,16 @@ class UnknownItemError(ServingError):
 
     def __init__(self, item_ids: list[str], field: str = "items"):
         super().__init__(f"unknown item ids, {summarise_ids(item_ids)}", field)
+
+
+class UnknownUserError(ServingError):
+    status, code = 404, "unknown_user"
+
+    def __init__(self):
+        super().__init__("the model has no history for this user", "user_id")
+
+    def __reduce__(self):  # pickled to reach the ingress
+        return type(self), ()
 
 
 class UnknownModelError(ServingError):
@@ -419,6 +430,84 @@ def admit_for_serving(store: ModelStore, manifest: Manifest, alias: str) -> None
         raise PromotionRefused(f"{manifest.version} does not load as a replica loads it: {error!r}") from error
 
 
+# Bounds of GET /v1/models: an overview for operators and the page's model picker, not the store's full record.
+MAX_CATALOGUE_VERSIONS = 50
+MAX_METRICS = 48
+
+
+def metric_summary(metrics: dict, limit: int = MAX_METRICS) -> dict[str, float]:
+    """The finite numbers of a version's metrics, two levels deep at most with their names joined by '.'
+    (``test.ndcg@10``), ``limit`` in all: bounded however much an evaluation records (a genre model's
+    confusion matrix and per-genre scores stay in the store's manifest)."""
+    flat = {}
+    for name, value in metrics.items():
+        for inner, number in value.items() if isinstance(value, dict) else [(None, value)]:
+            if isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number):
+                flat[name if inner is None else f"{name}.{inner}"] = float(number)
+    return dict(list(flat.items())[:limit])
+
+
+def model_catalogue(store: ModelStore, limit: int = MAX_CATALOGUE_VERSIONS) -> dict:
+    """The store's aliases and versions as ``GET /v1/models`` answers them (blocking: reads every manifest).
+
+    Every alias that names a complete version, with that version's kind; the versions aliases name and
+    then the newest others, ``limit`` in all, listed newest first with their aliases and metric summary."""
+    manifests = store.list()
+    kinds = {manifest.version: manifest.kind for manifest in manifests}
+    aliases = {alias: version for alias, version in sorted(store.aliases().items()) if version in kinds}
+    named: dict[str, list[str]] = {}
+    for alias, version in aliases.items():
+        named.setdefault(version, []).append(alias)
+    by_priority = sorted(manifests, key=lambda manifest: manifest.version not in named)  # stable: newest first
+    chosen = {manifest.version for manifest in by_priority[:limit]}
+    return {
+        "aliases": [
+            {"alias": alias, "version": version, "kind": kinds[version], "family": _family_name(kinds[version])}
+            for alias, version in aliases.items()
+        ],
+        "versions": [
+            {
+                "version": manifest.version,
+                "kind": manifest.kind,
+                "family": _family_name(manifest.kind),
+                "created_at": manifest.created_at,
+                "aliases": named.get(manifest.version, []),
+                "metrics": metric_summary(manifest.metrics),
+            }
+            for manifest in manifests
+            if manifest.version in chosen
+        ],
+        "versions_total": len(manifests),
+    }
+
+
+class Catalogue:
+    """:func:`model_catalogue` of a store, read again at most every ``max_age_seconds`` and by one request
+    at a time, in a thread: however many people open the page, the manifests are read once an interval."""
+
+    def __init__(self, store: ModelStore, max_age_seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.store, self.max_age_seconds, self.clock = store, max_age_seconds, clock
+        self._answer: dict | None = None
+        self._read_at = -math.inf
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> dict:
+        async with self._lock:
+            if self._answer is None or self.clock() - self._read_at >= self.max_age_seconds:
+                try:
+                    self._answer = await asyncio.to_thread(model_catalogue, self.store)
+                except StoreError as error:
+                    logger.error("the catalogue cannot be read: %r", error)
+                    raise ModelUnavailableError("the model store cannot be read now, ask again") from None
+                self._read_at = self.clock()
+        return self._answer
+
+
+def _family_name(kind: str) -> str | None:
+    family = family_of(kind)
+    return family.name if family else None
+
+
 def serving_store(uri: str) -> ModelStore:
     """The model store as jobs and the command line write to it: aliases move only to servable versions."""
     return ModelStore(uri, admit=admit_for_serving)
@@ -492,6 +581,23 @@ class RecommenderBundle:
             for item, item_idx in zip(items, ids):
                 item["because"] = self._because(user, int(item_idx))
         return {"items": items, "fallback": None}
+
+    def top_items(self, user_key: str, n: int = 10) -> dict:
+        """``{"items": [{"item_id", "name", "plays"}]}``: the items a pseudonymised user played most in the
+        data the model was fitted on, most played first (ties by item order); UnknownUserError if none."""
+        user = self.user_index(user_key)
+        if user is None:
+            raise UnknownUserError()
+        row = sp.csr_matrix(self.model.user_items_[user])
+        row.eliminate_zeros()
+        order = np.argsort(-row.data, kind="stable")[:n]
+        rows = self._items_by_index.loc[row.indices[order]]
+        return {
+            "items": [
+                {"item_id": item_id, "name": name, "plays": float(plays)}
+                for item_id, name, plays in zip(rows["item_id"], rows["name"], row.data[order])
+            ]
+        }
 
     def recommend_for_history(self, item_ids: list[str], n: int = 10) -> dict:
         """Top ``n`` items for someone the model has never seen, from the items they played."""

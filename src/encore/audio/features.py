@@ -234,13 +234,26 @@ def segments(y: np.ndarray, sr: int, seconds: float = SEGMENT_SECONDS) -> list[n
     return [y[start : start + size] for start in range(0, len(y) - size + 1, size)]
 
 
-def window_features(
+@dataclass(frozen=True)
+class WindowedTrack:
+    """A track as a genre model sees it: the GTZAN features of each window, and what a listener is shown
+    of the whole (its key and pitch-class profile over every window, its tempo)."""
+
+    windows: list[dict[str, float]]  # GTZAN_FEATURES of each window
+    pitch_classes: list[float]  # mean chroma of each pitch class over the windows, C first
+    key: str  # "" when every pitch class weighs the same
+    key_confidence: float  # nan then
+    tempo: float  # the median of the windows' tempi
+
+
+def analyse_windows(
     audio: DecodedAudio,
     seconds: float = WINDOW_SECONDS,
     max_windows: int | None = None,
     cancelled: threading.Event | None = None,
-) -> list[dict[str, float]]:
-    """The GTZAN features of each consecutive whole window of ``seconds``; of the whole track if it is shorter.
+) -> WindowedTrack:
+    """The GTZAN features of each consecutive whole window of ``seconds`` (of the whole track if it is
+    shorter), with the track's key, pitch classes and tempo from the same chromagrams and beat tracking.
 
     This is how a genre model trained on the 30-second table sees a track of any length; the
     classification job gets the same windows from the extraction job's tables. With ``max_windows``,
@@ -250,12 +263,22 @@ def window_features(
     windows = segments(audio.samples, audio.sample_rate, seconds) or [audio.samples]
     if max_windows is not None and len(windows) > max_windows:
         windows = [windows[i] for i in np.linspace(0, len(windows) - 1, max_windows).round().astype(int)]
-    features = []
+    features, chromas = [], []
     for window in windows:
         if cancelled is not None and cancelled.is_set():
             raise TimeoutError(f"stopped after {len(features)} of {len(windows)} windows: cancelled")
-        features.append(gtzan_features(window, audio.sample_rate))
-    return features
+        window_features, chroma, _ = _clip_features(window, audio.sample_rate)
+        features.append(window_features)
+        chromas.append(chroma)
+    chroma = np.hstack(chromas)
+    key, key_confidence = estimate_key(chroma)
+    return WindowedTrack(
+        windows=features,
+        pitch_classes=chroma.mean(axis=1).tolist(),
+        key=key,
+        key_confidence=key_confidence,
+        tempo=float(np.median([window["tempo"] for window in features])),
+    )
 
 
 def analyze(audio: DecodedAudio, segment_seconds: float = SEGMENT_SECONDS) -> TrackAnalysis:

@@ -158,20 +158,29 @@ def steps_to_midi(
     if meter is not None:
         midi.time_signature_changes.append(pretty_midi.TimeSignature(meter[0], meter[1], 0.0))
     instrument = pretty_midi.Instrument(program=program)
-    step_seconds = 60.0 * step_beats / tempo
+    seconds_per_beat = 60.0 / tempo
+    instrument.notes = [
+        pretty_midi.Note(velocity, pitch, start * seconds_per_beat, end * seconds_per_beat)
+        for pitch, start, end in steps_to_notes(steps, step_beats)
+    ]
+    midi.instruments.append(instrument)
+    return midi
+
+
+def steps_to_notes(steps: Sequence[Iterable[int]], step_beats: float = 1.0) -> list[tuple[int, float, float]]:
+    """The notes ``(pitch, start, end)`` in beats of ``steps``, each ``step_beats`` long, in order of start
+    and pitch: a pitch held over consecutive steps is one note, as :func:`steps_to_midi` writes it."""
+    notes = []
     sounding: dict[int, int] = {}  # pitch -> the step its note began in
     for index, step in enumerate([*steps, []]):  # the empty step at the end closes every note
         pitches = set(step)
         for pitch in sorted(set(sounding) - pitches):
-            begin = sounding.pop(pitch)
-            instrument.notes.append(pretty_midi.Note(velocity, pitch, begin * step_seconds, index * step_seconds))
+            notes.append((pitch, sounding.pop(pitch) * step_beats, index * step_beats))
         for pitch in sorted(pitches - set(sounding)):
             if not 0 <= pitch < 128:
                 raise ValueError(f"step {index}: {pitch} is not a MIDI pitch")
             sounding[pitch] = index
-    instrument.notes.sort(key=lambda note: (note.start, note.pitch))
-    midi.instruments.append(instrument)
-    return midi
+    return sorted(notes, key=lambda note: (note[1], note[0]))
 
 
 def midi_bytes(midi: pretty_midi.PrettyMIDI) -> bytes:

@@ -26,6 +26,7 @@ from encore.composer.midi import (
     read_midi,
     render_wav,
     steps_to_midi,
+    steps_to_notes,
 )
 from encore.serving import ServingError
 
@@ -71,7 +72,8 @@ def compose_answer(
 ) -> dict:
     """Compose what ``request`` asks (the fields of ``encore.api.ComposeRequest`` but ``model``).
 
-    Returns ``{"midi", "wav", "renderer", "settings", "seconds"}``, MIDI and WAV in base64. The
+    Returns ``{"midi", "wav", "renderer", "notes", "settings", "seconds"}``, MIDI and WAV in base64, the
+    MIDI's notes as ``{"pitch", "start", "end"}`` in beats (a client draws them without parsing MIDI). The
     music is written for ``program`` (a General MIDI instrument), by default the one the composer
     records for the style, and rendered with it; with audio, music longer than
     :data:`~encore.composer.midi.MAX_RENDER_SECONDS` is refused before it is composed."""
@@ -98,7 +100,11 @@ def compose_answer(
     settings = {**composition.settings, "program": program}
     meter = tuple(int(part) for part in settings["meter"].split("/"))
     midi = steps_to_midi(composition.steps, settings["tempo"], bundle.step_beats, meter, program)
-    answer = {"midi": base64.b64encode(midi_bytes(midi)).decode(), "wav": None, "renderer": None}
+    notes = [
+        {"pitch": pitch, "start": start, "end": end}
+        for pitch, start, end in steps_to_notes(composition.steps, bundle.step_beats)
+    ]
+    answer = {"midi": base64.b64encode(midi_bytes(midi)).decode(), "wav": None, "renderer": None, "notes": notes}
     if audio:
         wav, answer["renderer"] = render_wav(midi)
         answer["wav"] = base64.b64encode(wav).decode()
