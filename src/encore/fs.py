@@ -61,7 +61,11 @@ def write_bytes(uri: str, data: bytes) -> None:
         with fs.open_output_stream(path) as stream:
             stream.write(data)
         return
-    target = Path(path)
+    replace_file(Path(path), data)
+
+
+def replace_file(target: Path, data: bytes) -> None:
+    """Write ``data`` beside ``target``, flush it to disk and rename it over ``target``: one step for readers."""
     temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(temporary, "wb") as out:

@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from encore.fs import replace_file
 from encore.store.errors import StoreError
 
 CHUNK_SIZE = 1 << 20
@@ -144,15 +144,7 @@ class LocalBackend:
         """Replace ``key`` atomically: readers see the old content or the new, never a mix."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(temporary, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, target)
-        finally:
-            temporary.unlink(missing_ok=True)
+        replace_file(target, data)
 
     def read_bytes(self, key: str) -> bytes | None:
         try:
