@@ -4,14 +4,17 @@ For each ``--version`` (an alias, a version id, or ``composer`` for the newest),
 
 - JSB Chorales test NLL per time step (nats; exact, unconditioned: nothing about a test chorale but
   its own past), if the JSB JSON is at ``--jsb`` (default: the copy beside the repository);
-- held-out NLL per time step on the test split of ``--data`` (pieces from ``jobs.prepare_music``,
-  each given its style, key, tempo and meter, for a model trained with them);
+- held-out NLL per time step on the ``--split`` of ``--data`` (pieces from ``jobs.prepare_music``,
+  each given its style, key, tempo and meter, for a model trained with them; ``test`` by default,
+  ``valid`` to choose settings without looking at the test pieces);
 - musical checks (``encore.composer.checks``): ``--samples`` pieces of ``--bars`` bars, each asked
   with the labels of a held-out piece (or from nothing, for an unconditioned model), against the
   held-out pieces: pitch-class histogram distance, notes per step, pitch range, share of notes in
-  key (the requested key; the labelled one for held-out music), empty steps, and seconds per piece.
+  key (the requested key; the labelled one for held-out music), empty steps, and seconds per piece;
+  once per ``--sampling``: ``model`` (the version's own default sampling, what the service
+  answers with), ``T`` (temperature T, no cut) or ``T,P`` (temperature T, top-p P).
 
-Held-out music is the test split of ``--data`` if given, else JSB's test chorales. Printed as a
+Held-out music is that split of ``--data`` if given, else JSB's test chorales. Printed as a
 table, and written as ``evaluation.json`` and ``evaluation.md`` under ``--output``.
 
     python -m jobs.evaluate_composer --version composer-latest --data artifacts/datasets/music21 \\
@@ -43,20 +46,41 @@ logger = logging.getLogger("encore.evaluate_composer")
 CHECKS = ("notes_per_step", "pitch_range", "in_key", "empty_steps")
 
 
-def _held_out_nll(bundle: ComposerBundle, corpus: Corpus) -> float:
-    """NLL per step of the test windows, given their conditions if the model was trained with them."""
+def _held_out_nll(bundle: ComposerBundle, corpus: Corpus, split: str) -> float:
+    """NLL per step of the split's windows, given their conditions if the model was trained with them."""
     conditions = None
     if bundle.conditioned:
         if corpus.styles != bundle.styles:
             raise DataError(f"the model's styles {bundle.styles} are not the data's {corpus.styles}")
-        conditions = corpus.conditions["test"]
-    return bundle.model.nll_per_step(corpus.steps["test"], conditions=conditions)
+        conditions = corpus.conditions[split]
+    return bundle.model.nll_per_step(corpus.steps[split], conditions=conditions)
+
+
+def parse_sampling(text: str) -> dict:
+    """``model`` -> {} (the version's own); ``T`` -> temperature T; ``T,P`` -> temperature T and top-p P."""
+    if text == "model":
+        return {}
+    try:
+        parts = [float(part) for part in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"sampling {text!r} is not 'model', 'T' or 'T,P'")
+    return {"temperature": parts[0], "top_p": parts[1] if len(parts) == 2 else None}
 
 
 def evaluate_version(
-    store_uri: str, ref: str, jsb: dict | None, corpus: Corpus | None, samples: int, bars: int, seed: int
-) -> dict:
-    """One row of the table: the version's likelihoods and musical checks."""
+    store_uri: str,
+    ref: str,
+    jsb: dict | None,
+    corpus: Corpus | None,
+    samples: int,
+    bars: int,
+    seed: int,
+    split: str = "test",
+    samplings: tuple[dict, ...] = ({},),
+) -> list[dict]:
+    """The table's rows for one version, one per sampling: its likelihoods and musical checks."""
     torch.set_num_threads(1)
     loaded = ModelStore(store_uri).load(ref)
     if loaded.manifest.kind != "composer":
@@ -70,26 +94,37 @@ def evaluate_version(
             row["jsb_not_scored"] = str(error)
             logger.warning("%s cannot score JSB Chorales: %s", ref, error)
     if corpus is not None and corpus.conditions is not None:
-        row["held_out_nll_per_step"] = _held_out_nll(bundle, corpus)
+        row["held_out_nll_per_step"] = _held_out_nll(bundle, corpus, split)
 
     if corpus is not None and corpus.labels is not None:
-        reference, labels = corpus.steps["test"], corpus.labels["test"]
+        reference, labels = corpus.steps[split], corpus.labels[split]
         reference_keys = [parse_key(label["key"]) for label in labels]
     else:
         reference, labels, reference_keys = jsb["test"], [{} for _ in jsb["test"]], None
-    generated, keys, seconds = [], [], []
+    held_out = piece_statistics(reference, reference_keys)
+    return [
+        {**row, **_musical_checks(bundle, labels, held_out, sampling, samples, bars, seed), "split": split}
+        for sampling in samplings
+    ]
+
+
+def _musical_checks(
+    bundle: ComposerBundle, labels: list[dict], held_out: dict, sampling: dict, samples: int, bars: int, seed: int
+) -> dict:
+    generated, keys, seconds, used = [], [], [], None
     for index in range(samples):
         # Labels spread evenly over the held-out pieces, so the styles are asked for as often as they occur.
         label = labels[index * len(labels) // samples] if bundle.conditioned else {}
         if label.get("style") not in bundle.styles:
             label = {**label, "style": None}
         began = time.perf_counter()
-        composition = bundle.compose(**label, bars=bars, seed=seed + index)
+        composition = bundle.compose(**label, **sampling, bars=bars, seed=seed + index)
         seconds.append(time.perf_counter() - began)
         generated.append(composition.steps)
         keys.append(parse_key(composition.settings["key"]) if bundle.conditioned else None)
-    checks = compare(piece_statistics(generated, keys), piece_statistics(reference, reference_keys))
-    row["pitch_class_distance"] = checks["pitch_class_distance"]
+        used = {name: composition.settings[name] for name in ("temperature", "top_k", "top_p")}
+    checks = compare(piece_statistics(generated, keys), held_out)
+    row = {"sampling": used, "pitch_class_distance": checks["pitch_class_distance"]}
     for name in CHECKS:
         row[name] = checks[name]["generated"]
         row[f"held_out_{name}"] = checks[name]["reference"]
@@ -98,18 +133,24 @@ def evaluate_version(
     return row
 
 
+def _sampling_text(sampling: dict) -> str:
+    cuts = [f"{name} {sampling[name]:g}" for name in ("top_k", "top_p") if sampling[name] is not None]
+    return ", ".join([f"T {sampling['temperature']:g}", *cuts])
+
+
 def markdown_table(rows: list[dict]) -> str:
     def number(value, digits=2):
         return "" if value is None else f"{value:.{digits}f}"
 
     lines = [
-        "| model | JSB test NLL/step | held-out NLL/step | pitch-class distance | notes/step | pitch range "
-        "| in key | empty steps | s/piece |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | sampling | JSB test NLL/step | held-out NLL/step | pitch-class distance | notes/step "
+        "| pitch range | in key | empty steps | s/piece |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         cells = [
             f"{row['model']} ({row['version']})",
+            _sampling_text(row["sampling"]),
             number(row.get("jsb_test_nll_per_step")),
             number(row.get("held_out_nll_per_step")),
             number(row["pitch_class_distance"], 3),
@@ -121,7 +162,10 @@ def markdown_table(rows: list[dict]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Musical checks: generated (held-out) music; pitch-class distance is total variation, 0 is the same.")
+    split = rows[0]["split"] if rows else "test"
+    lines.append(
+        f"Musical checks: generated ({split} split) music; pitch-class distance is total variation, 0 is the same."
+    )
     for row in rows:
         if "jsb_not_scored" in row:
             lines.append(f"{row['model']} has no JSB figure: {row['jsb_not_scored']}.")
@@ -137,6 +181,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--samples", type=int, default=8, help="pieces generated per model")
     parser.add_argument("--bars", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", choices=("valid", "test"), default="test", help="held-out split of --data")
+    parser.add_argument(
+        "--sampling",
+        type=parse_sampling,
+        action="append",
+        default=None,
+        help="'model' (the version's own; the default), 'T' or 'T,P' (temperature, top-p); repeatable",
+    )
     parser.add_argument("--output", default=None, help="folder or s3:// prefix for evaluation.json and evaluation.md")
     args = parser.parse_args(argv)
     versions = args.version or ["composer-latest"]
@@ -157,9 +209,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     args.data, min(c["max_steps"] for c in configs), min(c["max_notes"] for c in configs)
                 )
             evaluate = ray.remote(num_cpus=1)(evaluate_version)
-            rows = ray.get(
-                [evaluate.remote(store_uri, ref, jsb, corpus, args.samples, args.bars, args.seed) for ref in versions]
-            )
+            samplings = tuple(args.sampling or [{}])
+            tasks = [
+                evaluate.remote(store_uri, ref, jsb, corpus, args.samples, args.bars, args.seed, args.split, samplings)
+                for ref in versions
+            ]
+            rows = [row for rows_of_version in ray.get(tasks) for row in rows_of_version]
         except DataError as error:
             raise SystemExit(f"error: {error}") from None
     table = markdown_table(rows)

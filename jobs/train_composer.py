@@ -106,11 +106,14 @@ def train_composer(
     max_failures: int = 2,
     aliases: tuple[str, ...] = ("composer-latest",),
     tuning: dict | None = None,
+    sampling: dict | None = None,
 ) -> str:
     """Train on Ray Train, score the best validation epoch on test, save it; returns the store version.
 
     ``data``: see :func:`encore.composer.data.load_corpus`; ``tuning`` records the search that chose
-    the settings, if one did."""
+    the settings, if one did; ``sampling`` is the version's default sampling (see
+    :class:`~encore.composer.compose.ComposerBundle`). Sampling is not part of the run's name, so
+    running a finished run's command again with other sampling saves the same weights with it."""
     corpus = load_corpus(data, model_config.max_steps, model_config.max_notes)
     splits, conditions = corpus.steps, corpus.conditions or {}
     data_fingerprint = corpus.fingerprint
@@ -174,6 +177,7 @@ def train_composer(
         corpus.step_beats,
         conditioned=corpus.conditions is not None,
         programs={style: style_program(style) for style in corpus.styles},
+        sampling=sampling or {},
     )
     with tempfile.TemporaryDirectory() as folder:
         bundle.save(folder)
@@ -191,6 +195,7 @@ def train_composer(
                 "use_gpu": use_gpu,
                 "run": name,
                 "tuning": tuning,
+                "sampling": bundle.sampling,
             },
             metrics=metrics,
             data_fingerprint=data_fingerprint,
@@ -218,6 +223,10 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument(
         "--alias", action="append", default=None, help="aliases to move to the new version (default: composer-latest)"
     )
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="the version's default sampling temperature (default: 1)"
+    )
+    parser.add_argument("--top-p", type=float, default=None, help="the version's default nucleus cut (default: none)")
     args = parser.parse_args(argv)
     try:
         model_config, train_config = configs_from_arguments(args)
@@ -238,6 +247,7 @@ def main(argv: list[str] | None = None) -> str:
                 name=args.name,
                 max_failures=args.max_failures,
                 aliases=tuple(args.alias or ["composer-latest"]),
+                sampling={"temperature": args.temperature, "top_p": args.top_p},
             )
         except DataError as error:
             raise SystemExit(f"error: {error}") from None

@@ -21,7 +21,7 @@ from encore import fs
 from encore.composer import Composer, ComposerConfig, DataError, TrainConfig
 from encore.composer import checks as C
 from encore.composer import midi as M
-from encore.composer.compose import BUNDLE_FILE, ComposerBundle, CompositionError
+from encore.composer.compose import BUNDLE_FILE, DEFAULT_SAMPLING, ComposerBundle, CompositionError
 from encore.composer.corpus import corpus_files, parse_corpus_file, style_program
 from encore.composer.data import load_corpus, read_pieces, split_of
 from encore.composer.service import (
@@ -200,6 +200,23 @@ def tiny_bundle(styles=("folk", "jazz"), conditioned=True, seed=0, max_steps=64)
         for parameter in model.parameters():
             parameter.normal_(0.0, 0.3)
     return ComposerBundle(model, list(styles), styles[0] if styles else None, 0.5, conditioned)
+
+
+def test_compose_samples_as_the_bundle_says_unless_the_request_says_otherwise(tmp_path):
+    bundle = tiny_bundle()
+    bundle.sampling = {"temperature": 0.5, "top_k": None, "top_p": 0.9}
+    bundle.save(tmp_path)
+    loaded = ComposerBundle.load(tmp_path)
+    assert loaded.sampling == bundle.sampling
+    own = loaded.compose(style="jazz", bars=4, seed=3)
+    assert (own.settings["temperature"], own.settings["top_p"]) == (0.5, 0.9)
+    assert own.steps == loaded.compose(style="jazz", bars=4, seed=3, temperature=0.5, top_p=0.9).steps
+    asked = loaded.compose(style="jazz", bars=4, seed=3, top_k=5)  # its own cut, the bundle's temperature
+    assert (asked.settings["temperature"], asked.settings["top_k"], asked.settings["top_p"]) == (0.5, 5, None)
+    with pytest.raises(ValueError, match="temperature > 0"):
+        ComposerBundle(bundle.model, sampling={"temperature": 0})
+    with pytest.raises(ValueError, match="unknown sampling settings"):
+        ComposerBundle(bundle.model, sampling={"min_p": 0.1})
 
 
 def test_compose_is_seeded_continues_the_primer_and_honours_the_key():
@@ -407,6 +424,7 @@ def _upload_midi_folder(bucket: str) -> dict[str, list[list[int]]]:
 def test_prepare_job_reports_bad_files_and_trains_a_conditioned_composer(ray_local, s3_bucket, tmp_path):
     import pandas as pd
 
+    from jobs.evaluate_composer import evaluate_version
     from jobs.prepare_music import main as prepare
     from jobs.train_composer import train_composer
 
@@ -439,14 +457,9 @@ def test_prepare_job_reports_bad_files_and_trains_a_conditioned_composer(ray_loc
 
     store = ModelStore(tmp_path / "store")
     config = ComposerConfig(n_layer=1, n_head=2, d_model=16, d_ff=32, dropout=0.0, max_steps=16, max_notes=4)
-    version = train_composer(
-        str(local),
-        store.uri,
-        config,
-        TrainConfig(epochs=1, batch_size=8, warmup_steps=2),
-        storage=str(tmp_path / "ray-train"),
-        max_failures=0,
-    )
+    train = TrainConfig(epochs=1, batch_size=8, warmup_steps=2)
+    options = {"storage": str(tmp_path / "ray-train"), "max_failures": 0}
+    version = train_composer(str(local), store.uri, config, train, **options)
     manifest = store.show(version)
     assert manifest.config["styles"] == ["folk", "jazz"] and manifest.config["step_beats"] == 0.5
     assert manifest.config["programs"] == {"folk": M.FLUTE, "jazz": M.PIANO}  # a MIDI folder's style: piano
@@ -457,3 +470,22 @@ def test_prepare_job_reports_bad_files_and_trains_a_conditioned_composer(ray_loc
     conditioned = bundle.model.nll_per_step(corpus.steps["test"], conditions=corpus.conditions["test"])
     assert conditioned == pytest.approx(manifest.metrics["test_nll_per_step"])
     assert len(bundle.compose(style="jazz", bars=1).steps) == 8
+    assert bundle.sampling == DEFAULT_SAMPLING
+
+    # The same command with other sampling resumes the finished run: the same weights, saved with it.
+    cooler = train_composer(str(local), store.uri, config, train, **options, sampling={"temperature": 0.5})
+    assert store.show(cooler).metrics["history"] == manifest.metrics["history"]
+    cooler_bundle = ComposerBundle.load(store.load(cooler).path)
+    assert cooler_bundle.sampling == {"temperature": 0.5, "top_k": None, "top_p": None}
+    assert torch.equal(cooler_bundle.model.head.weight, bundle.model.head.weight)
+
+    # What evaluate_composer measures on a split, once per sampling asked for; 'model' is the version's own.
+    rows = evaluate_version(
+        store.uri, cooler, None, corpus, samples=2, bars=1, seed=0, split="valid", samplings=({}, {"temperature": 2.0})
+    )
+    assert [row["sampling"]["temperature"] for row in rows] == [0.5, 2.0]
+    assert {row["split"] for row in rows} == {"valid"}
+    assert rows[0]["held_out_nll_per_step"] == pytest.approx(
+        bundle.model.nll_per_step(corpus.steps["valid"], conditions=corpus.conditions["valid"])
+    )
+    assert rows[0]["held_out_in_key"] == rows[1]["held_out_in_key"]

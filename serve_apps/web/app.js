@@ -310,7 +310,7 @@ async function compose(event) {
     key: $("compose-key").value,
     tempo: Number($("compose-tempo").value),
     bars: Number($("compose-bars").value),
-    temperature: Number($("compose-temperature").value),
+    temperature: $("compose-temperature").value.trim() ? Number($("compose-temperature").value) : undefined,
     seed: Number($("compose-seed").value),
     primer_midi: primer ? await base64Of(primer) : undefined,
     audio: true,
@@ -319,7 +319,8 @@ async function compose(event) {
     const answer = await api("/v1/compose", { method: "POST", json: request });
     const settings = answer.settings;
     $("compose-summary").textContent = `${settings.bars} bars in ${settings.key} at ${settings.tempo} quarter notes a minute` +
-      `${settings.primer_steps ? ", after the primer (grey)" : ""}, seed ${settings.seed}, by ${modelName(answer.model)} ` +
+      `${settings.primer_steps ? ", after the primer (grey)" : ""}, temperature ${settings.temperature}` +
+      `${settings.top_p ? `, top-p ${settings.top_p}` : ""}, seed ${settings.seed}, by ${modelName(answer.model)} ` +
       `in ${number(answer.seconds, 1)} s; sound by ${answer.renderer}.`;
     $("piano-roll").replaceChildren(pianoRoll(answer.notes, settings.primer_steps * settings.step_beats));
     $("compose-audio").src = blobUrl("wav", answer.wav, "audio/wav");

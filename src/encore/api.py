@@ -119,9 +119,21 @@ class ComposeRequest(BaseModel):
     tempo: float = Field(100.0, ge=20, le=300, description="quarter notes per minute")
     meter: str = Field("4/4", pattern=r"^([1-9]|1[0-9])/(1|2|4|8|16)$", description="time signature, as in '3/4'")
     bars: int = Field(8, ge=1, le=MAX_BARS, description="length of the new music, after the primer")
-    temperature: float = Field(1.0, gt=0, le=3, description="below 1 safer, above 1 bolder")
+    temperature: float | None = Field(
+        None,
+        gt=0,
+        le=3,
+        description="below 1 safer, above 1 bolder; default: the composer's own setting (the answer's settings "
+        "say which)",
+    )
     top_k: int | None = Field(None, ge=1, le=256, description="sample only from the k likeliest tokens")
-    top_p: float | None = Field(None, gt=0, le=1, description="sample only from the smallest set holding p")
+    top_p: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="sample only from the smallest set holding p; with no sampling setting at all in the request, "
+        "the composer's own",
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="the same seed and settings give the same music")
     constrain_to_key: bool = Field(False, description="only pitches of the key's scale")
     primer_midi: str | None = Field(

@@ -6,7 +6,9 @@ A bundle folder holds the model's files (``model.pt``, ``config.json``) and ``co
 tokens; a JSB Chorales model was not, and is then asked with no prefix at all) and ``programs``
 (the General MIDI instrument each style is rendered with, fixed when the model is trained so a
 version always sounds the same; a bundle saved before programs were recorded has none, and its
-styles get :func:`~encore.composer.corpus.style_program`).
+styles get :func:`~encore.composer.corpus.style_program`) and ``sampling`` (the temperature and
+top-p a request gets unless it asks for others: chosen for the model by its musical checks on
+validation pieces, since a model's best settings depend on how well it is trained).
 
 :meth:`ComposerBundle.compose` turns a request's musical settings into a piece: conditioning
 tokens, an optional primer to continue, a length in bars, sampling settings, an optional key
@@ -28,6 +30,8 @@ from encore.composer.model import Composer
 from encore.composer.tokens import TOKENIZER_VERSION, Chorale, conditioning_tokens, decode, encode, key_pitch_classes
 
 BUNDLE_FILE = "composer.json"
+#: Sampling of a bundle that records none: the model's own distribution.
+DEFAULT_SAMPLING = {"temperature": 1.0, "top_k": None, "top_p": None}
 
 
 class CompositionError(ValueError):
@@ -52,6 +56,16 @@ class ComposerBundle:
     step_beats: float = 1.0
     conditioned: bool = False
     programs: dict[str, int] = field(default_factory=dict)  # style -> General MIDI program
+    sampling: dict = field(default_factory=lambda: dict(DEFAULT_SAMPLING))
+
+    def __post_init__(self):
+        unknown = set(self.sampling) - set(DEFAULT_SAMPLING)
+        if unknown:
+            raise ValueError(f"unknown sampling settings {sorted(unknown)}; known: {sorted(DEFAULT_SAMPLING)}")
+        self.sampling = {**DEFAULT_SAMPLING, **self.sampling}
+        temperature, top_k, top_p = (self.sampling[name] for name in ("temperature", "top_k", "top_p"))
+        if not temperature > 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
+            raise ValueError(f"sampling {self.sampling} needs temperature > 0, top_k >= 1 and top_p in (0, 1]")
 
     def save(self, folder: str | os.PathLike) -> None:
         self.model.save(folder)
@@ -61,6 +75,7 @@ class ComposerBundle:
             "step_beats": self.step_beats,
             "conditioned": self.conditioned,
             "programs": self.programs,
+            "sampling": self.sampling,
             "tokenizer": TOKENIZER_VERSION,
         }
         (Path(folder) / BUNDLE_FILE).write_text(json.dumps(described, indent=2) + "\n")
@@ -92,7 +107,7 @@ class ComposerBundle:
         tempo: float = 100.0,
         meter: str = "4/4",
         bars: int = 8,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int = 0,
@@ -104,12 +119,20 @@ class ComposerBundle:
     ) -> Composition:
         """A new piece: ``primer`` (steps, optional) continued by ``bars`` bars.
 
+        Sampling: a request that sets none of ``temperature``, ``top_k`` and ``top_p`` gets the
+        bundle's ``sampling``; one that sets any gets its own cuts, and the bundle's temperature if
+        it sets none. The settings of the answer say what was used.
+
         Raises :class:`CompositionError` naming the field for a style the model does not know, a
         malformed key or meter, a primer the model cannot read, a length beyond what the model
         covers, or a piece lasting over ``max_seconds`` at ``tempo`` (refused before sampling, so a
         render's bound costs no work); :class:`TimeoutError` if sampling outruns ``time_budget_s`` or is
         ``cancelled``."""
         config = self.model.config
+        if temperature is None and top_k is None and top_p is None:
+            temperature, top_k, top_p = (self.sampling[name] for name in ("temperature", "top_k", "top_p"))
+        elif temperature is None:
+            temperature = self.sampling["temperature"]
         style = style or self.default_style
         if style is not None and style not in self.styles:
             known = ", ".join(self.styles) if self.styles else "none (this model is not conditioned on style)"
