@@ -428,3 +428,80 @@ def test_s3_requests_give_up_after_the_timeouts_and_attempts_the_environment_set
     monkeypatch.setenv("ENCORE_S3_MAX_ATTEMPTS", "many")
     with pytest.raises(ValueError, match="ENCORE_S3_MAX_ATTEMPTS='many'"):
         s3_client_config()
+
+
+def test_exported_version_imports_into_another_store_verified_and_once(store, source, tmp_path):
+    manifest = save(store, source)
+    folder = store.export("latest", tmp_path / "shipped")
+    assert folder.name == manifest.version
+    assert sorted(path.name for path in folder.rglob("*") if path.is_file()) == sorted(
+        [core.MANIFEST_NAME, *(Path(name).name for name in MODEL_FILES)]
+    )
+    with pytest.raises(StoreError, match="exists"):
+        store.export("latest", tmp_path / "shipped")
+
+    other = ModelStore(tmp_path / "other")
+    imported = other.import_version(folder, aliases=["production"])
+    assert imported == manifest and other.aliases()["production"] == manifest.version
+    assert other.verify("production") == manifest
+    assert other.import_version(folder) == manifest  # again: nothing changes
+    assert [entry.version for entry in other.list()] == [manifest.version]
+
+    # Shipped with the CLI, as the demo imports its composer.
+    result = cli("--uri", str(tmp_path / "third"), "import", str(folder))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"imported {manifest.version} ({len(MODEL_FILES)} files verified)"
+
+
+def _exported(tmp_path, source) -> Path:
+    store = ModelStore(tmp_path / "origin")
+    save(store, source)
+    return store.export("latest", tmp_path / "shipped")
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (lambda folder: (folder / "weights.bin").write_bytes(b"\0" * 64), "weights.bin has"),
+        (lambda folder: (folder / "weights.bin").unlink(), "weights.bin is missing"),
+        (lambda folder: (folder / "extra.py").write_text("import os"), "unlisted file"),
+        (lambda folder: (folder / core.MANIFEST_NAME).write_text("{"), "unreadable"),
+        (lambda folder: (folder / core.MANIFEST_NAME).unlink(), "holds no MANIFEST.json"),
+        (lambda folder: folder.rename(folder.with_name("production")), "not a version id"),
+    ],
+)
+def test_import_refuses_a_tampered_export_and_writes_nothing(tmp_path, source, tamper, message):
+    folder = _exported(tmp_path, source)
+    tamper(folder)
+    if not folder.exists():
+        folder = folder.with_name("production")
+    target = ModelStore(tmp_path / "target")
+    with pytest.raises(StoreError, match=message):
+        target.import_version(folder, aliases=["production"])
+    assert target.list() == [] and target.aliases() == {}
+    assert not (tmp_path / "target" / "versions").exists() or not any((tmp_path / "target" / "versions").iterdir())
+
+
+def test_import_refuses_a_manifest_whose_files_lead_out_of_the_folder(tmp_path, source):
+    folder = _exported(tmp_path, source)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password")
+    described = json.loads((folder / core.MANIFEST_NAME).read_text())
+    described["files"] = {"../../secret.txt": {"sha256": "0" * 64, "size": 8}}
+    (folder / core.MANIFEST_NAME).write_text(json.dumps(described))
+    target = ModelStore(tmp_path / "target")
+    with pytest.raises(StoreError, match="file name"):
+        target.import_version(folder)
+    assert target.list() == []
+
+
+def test_import_refuses_a_version_id_the_store_holds_with_other_content(tmp_path, source):
+    folder = _exported(tmp_path, source)
+    target = ModelStore(tmp_path / "target")
+    target.import_version(folder)
+    described = json.loads((folder / core.MANIFEST_NAME).read_text())
+    described["metrics"] = {"ndcg@10": 0.99}
+    (folder / core.MANIFEST_NAME).write_text(json.dumps(described))
+    with pytest.raises(StoreError, match="holds another"):
+        target.import_version(folder, aliases=["production"])
+    assert "production" not in target.aliases()

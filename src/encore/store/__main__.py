@@ -96,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = commands.add_parser("rollback", help="point an alias back at its previous version")
     rollback.add_argument("--alias", default="production", help="alias to move back (default: production)")
 
+    export = commands.add_parser("export", help="copy a version, verified, into FOLDER/<version id>/ (for import)")
+    export.add_argument("ref", help="version id or alias")
+    export.add_argument("folder", help="local folder to export into")
+
+    importing = commands.add_parser(
+        "import", help="add a version that export wrote, checksums verified, under its own id (refused if tampered)"
+    )
+    importing.add_argument("folder", help="the exported version's folder (named by its version id)")
+    importing.add_argument(
+        "--alias", action="append", default=[], help="alias to point at it, as promote would (repeatable)"
+    )
+
     gc = commands.add_parser("gc", help="delete old unaliased versions and leftovers of failed saves")
     gc.add_argument("--keep", type=int, default=5, help="newest versions to keep per kind (default: 5)")
     gc.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
@@ -116,6 +128,14 @@ def run(args: argparse.Namespace) -> str:
             from encore.serving import serving_store  # the models' code: only promote needs it
 
             return f"{args.alias} -> {serving_store(args.uri).promote(args.ref, alias=args.alias)}"
+        case "export":
+            return f"exported to {store.export(args.ref, args.folder)}"
+        case "import":
+            from encore.serving import serving_store
+
+            manifest = serving_store(args.uri).import_version(args.folder, aliases=args.alias)
+            pointed = "".join(f"\n{alias} -> {manifest.version}" for alias in args.alias)
+            return f"imported {manifest.version} ({len(manifest.files)} files verified){pointed}"
         case "rollback":
             return f"{args.alias} -> {store.rollback(alias=args.alias)}"
         case "gc":

@@ -284,6 +284,84 @@ class ModelStore:
             logger.info("removed %s from %s", version, self.uri)
         return doomed
 
+    def export(self, ref: str, destination: str | os.PathLike) -> Path:
+        """Copy the version ``ref`` names, verified, to ``destination/<version id>/``: its files and
+        its manifest, the folder :meth:`import_version` reads (to ship a trained model, or move one
+        between stores). Returns that folder.
+
+        Raises
+        ------
+        StoreError
+            If the folder exists already (an export never overwrites), or the version fails verification.
+        """
+        loaded = self.load(ref)
+        folder = Path(destination).resolve() / loaded.manifest.version
+        if folder.exists():
+            raise StoreError(f"{folder} exists: export into another folder, or remove it first")
+        staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}")
+        try:
+            for relative in sorted(loaded.manifest.files):
+                target = inside(staging, relative, f"version {loaded.manifest.version}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(inside(loaded.path, relative, f"version {loaded.manifest.version}"), target)
+            (staging / MANIFEST_NAME).write_bytes(_to_json(loaded.manifest.to_dict()))
+            os.rename(staging, folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        logger.info("exported %s to %s", loaded.manifest.version, folder)
+        return folder
+
+    def import_version(self, source: str | os.PathLike, aliases: Iterable[str] = ()) -> Manifest:
+        """Add the version :meth:`export` wrote to the local folder ``source``, under its own id, and
+        point ``aliases`` at it.
+
+        The folder is distrusted like anything read back from a store: its manifest must name the
+        folder, list only safe file names and nothing but them may lie beside it, and each file must
+        match its recorded sha256 and size, both before anything is written and as it is copied. The
+        manifest is written last, as :meth:`save` does. Importing a version the store already holds
+        changes nothing but the aliases, once the two manifests agree.
+
+        Raises
+        ------
+        StoreError
+            If the folder is not an exported version, or differs from the version of that id in the store.
+        ChecksumError
+            If a file is missing or differs from the manifest.
+        """
+        source = Path(source).resolve()
+        aliases = list(aliases)
+        for alias in aliases:
+            self._check_alias_name(alias)
+        if not _VERSION.fullmatch(source.name):
+            raise StoreError(f"{shown(source.name)} is not a version id: import the folder that export wrote")
+        manifest = _exported_manifest(source)
+        stored = self._read_manifest(manifest.version)
+        if stored is not None:
+            if stored != manifest:
+                raise StoreError(f"{self.uri} holds another {manifest.version} than {source}")
+            logger.info("%s is already in %s", manifest.version, self.uri)
+        else:
+            where = f"version {manifest.version}"
+            _check_files(manifest, lambda relative: file_digest(inside(source, relative, where)))
+            try:
+                _check_files(
+                    manifest,
+                    lambda relative: self._backend.write_file(
+                        self._version_key(manifest.version, relative), inside(source, relative, where)
+                    ),
+                )
+            except ChecksumError:  # changed while it was copied: leave nothing a reader could take for it
+                self._backend.delete_tree(f"versions/{manifest.version}")
+                raise
+            self._backend.write_bytes(self._version_key(manifest.version, MANIFEST_NAME), _to_json(manifest.to_dict()))
+            logger.info("imported %s (%d files) into %s", manifest.version, len(manifest.files), self.uri)
+        for alias in aliases:
+            self._check_admitted(manifest, alias)
+        for alias in aliases:
+            self._point_alias(alias, manifest.version)
+        return manifest
+
     # ---- reading -------------------------------------------------------------------
 
     def resolve(self, ref: str) -> str:
@@ -531,6 +609,28 @@ class ModelStore:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         return folder
+
+
+def _exported_manifest(source: Path) -> Manifest:
+    """The manifest of the exported version in ``source``, checked as :meth:`ModelStore._read_manifest` checks."""
+    try:
+        manifest = Manifest.from_dict(json.loads((source / MANIFEST_NAME).read_bytes()))
+    except FileNotFoundError:
+        raise StoreError(f"{source} holds no {MANIFEST_NAME}: import the folder that export wrote") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"the manifest in {source} is unreadable: {shown(exc)}") from exc
+    problems = _manifest_problems(manifest, source.name)
+    if problems:
+        raise StoreError(f"the manifest in {source} is refused: " + "; ".join(problems))
+    unlisted = sorted(
+        relative
+        for relative in (path.relative_to(source).as_posix() for path in source.rglob("*") if not path.is_dir())
+        if relative != MANIFEST_NAME and relative not in manifest.files
+    )
+    if unlisted:
+        listed = ", ".join(map(shown, unlisted[:3]))
+        raise StoreError(f"the manifest in {source} is refused: {len(unlisted)} unlisted file(s) beside it: {listed}")
+    return manifest
 
 
 def _published_copy(cache: Path, link: Path, manifest: Manifest) -> Path | None:
