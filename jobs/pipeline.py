@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> dict:
         help="also train the genre classifier on the bundled GTZAN table; genre-latest and --genre-alias move to it",
     )
     parser.add_argument("--genre-alias", default="genre-production", help="alias for the genre classifier")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the recommender --promote-to names when it was trained on the same data with the same settings",
+    )
     add_split_arguments(parser)
     args = parser.parse_args(argv)
     kind, params = args.model, json.loads(args.params)
@@ -50,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     init_ray()
     with user_errors():
         summary = ingest(args.input, args.dataset, split_config(args))
-        version = train(args.dataset, kind, params, args.store, ["latest", args.promote_to])
+        version = train(args.dataset, kind, params, args.store, ["latest", args.promote_to], reuse=args.reuse)
         genre_version = train_genre(args.store, {}, ["genre-latest", args.genre_alias]) if args.genre else None
     logger.info("pipeline done: %s serves as %r from %s", version, args.promote_to, args.store)
     if genre_version:

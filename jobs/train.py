@@ -63,11 +63,14 @@ def train(
     aliases: list[str],
     tuning: dict | None = None,
     workers: dict | None = None,
+    reuse: bool = False,
 ) -> str:
     """Train on Ray and save; returns the version. Without ``workers`` the fits run as one Ray task, so
     they land where the cluster has room; with them, on a Ray Train worker group (ALS).
 
-    ``tuning`` records the search that chose ``params``, if one did."""
+    ``tuning`` records the search that chose ``params``, if one did. With ``reuse``, when the last of
+    ``aliases`` already names a version of this kind trained on the same data with the same ``params``,
+    no training happens: every alias points at that version, which is returned."""
     dataset_uri, store_uri = fs.absolute(dataset_uri), fs.absolute(store_uri)
     dataset = InteractionDataset.load(dataset_uri)
     key_print = key_fingerprint(id_key())
@@ -76,6 +79,23 @@ def train(
             f"error: {dataset_uri} was ingested under another ENCORE_ID_KEY; "
             "train and serve with the key the data was ingested with"
         )
+    if reuse:
+        store = serving_store(store_uri)
+        found = store.trained_as(
+            aliases[-1],
+            kind=kind,
+            data_fingerprint=dataset.manifest["fingerprint"],
+            preprocessing=preprocessing(key_print),
+            config={"params": params},
+        )
+        if found is not None:
+            for alias in aliases:
+                store.set_alias(alias, found.version)
+            logger.info(
+                "reusing %s: %s trained with these settings on the same data (%s); train again without reuse",
+                found.version, aliases[-1], dataset.manifest["fingerprint"][:12],
+            )  # fmt: skip
+            return found.version
     logger.info(
         "training %s %s on %s (%d users, %d items)", kind, params, dataset_uri, dataset.n_users, dataset.n_items
     )

@@ -106,6 +106,22 @@ def test_pipeline_stores_an_evaluated_version_as_production(pipeline_run):
     assert {"users.parquet", "items.parquet", "config.json", "state.npz"} <= set(manifest.files)
 
 
+def test_a_rerun_reuses_the_version_trained_on_the_same_data_with_the_same_settings(pipeline_run):
+    from encore.store import ModelStore
+    from jobs.train import train
+
+    root = pipeline_run["root"]
+    dataset, store = str(root / "dataset"), str(root / "store")
+    served = pipeline_run["result"]["version"]
+    assert train(dataset, "popularity", {}, store, ["latest", "production"], reuse=True) == served
+    assert ModelStore(store).list(kind="popularity")[0].version == served  # nothing new was saved
+    other = train(dataset, "popularity", {"by": "weight"}, store, ["candidate"], reuse=True)
+    assert other != served
+    assert train(dataset, "popularity", {"by": "weight"}, store, ["candidate"], reuse=True) == other
+    assert train(dataset, "popularity", {}, store, ["candidate"], reuse=True) not in (served, other)
+    assert ModelStore(store).resolve("production") == served
+
+
 @pytest.fixture(scope="module")
 def api(pipeline_run, api_keys):
     from ray import serve

@@ -431,6 +431,25 @@ class ModelStore:
         logger.info("loaded %s from %s", manifest.version, self.uri)
         return LoadedVersion(path=path, manifest=manifest)
 
+    def trained_as(
+        self, alias: str, *, kind: str, data_fingerprint: str, preprocessing: dict, config: dict
+    ) -> Manifest | None:
+        """The manifest of the version ``alias`` names if training the same thing again would repeat
+        it: of ``kind``, on the data of ``data_fingerprint``, under ``preprocessing``, with each entry
+        of ``config`` recorded as it is; None otherwise (no such alias included), so a rerun can
+        reuse what is there."""
+        try:
+            manifest = self._manifest(alias)
+        except VersionNotFound:
+            return None
+        same = (
+            manifest.kind == kind
+            and manifest.data_fingerprint == data_fingerprint
+            and manifest.preprocessing == preprocessing
+            and all(manifest.config.get(name) == value for name, value in config.items())
+        )
+        return manifest if same else None
+
     def verify(self, ref: str) -> Manifest:
         """Re-hash every file of a version where it is stored (never a cached copy).
 
