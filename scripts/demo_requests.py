@@ -27,8 +27,8 @@ REQUESTS = [
 ]  # fmt: skip
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "data" / "audio-samples" / "sax-phrase-short.wav"  # CC BY 4.0, see its README
-COMPOSE = {"style": "bach", "key": "G major", "tempo": 84, "meter": "4/4", "bars": 8, "temperature": 0.9,
-           "top_p": 0.95, "seed": 7, "audio": True}  # fmt: skip
+# No sampling settings: the composer's own, chosen when it was evaluated (models/README.md).
+COMPOSE = {"style": "bach", "key": "G major", "tempo": 84, "meter": "4/4", "bars": 8, "seed": 7, "audio": True}
 
 
 class Unexpected(Exception):
@@ -78,6 +78,25 @@ def compose(client: httpx.Client, out: Path, seconds: float) -> None:
     shown = {**body, "midi": f"<{len(body['midi'])} base64 chars>", "wav": f"<{len(body['wav'])} base64 chars>"}
     print(json.dumps(shown, indent=2))
     print(f"\nwrote {out / stem}.mid and {out / stem}.wav ({body['renderer']})")
+    figures = piece_figures(body)
+    print(
+        f"# the piece: {figures['notes_per_step']:.1f} voices a step, a range of {figures['pitch_range']:.0f} "
+        f"semitones, {figures['in_key']:.0%} of its notes in {body['settings']['key']} (held-out music beside the "
+        "model's figures: models/README.md)"
+    )
+
+
+def piece_figures(body: dict) -> dict:
+    """The musical checks of ``encore.composer.checks`` on the answer's notes."""
+    from encore.composer.checks import parse_key, statistics
+
+    settings = body["settings"]
+    steps = [[] for _ in range(settings["primer_steps"] + settings["steps"])]
+    for note in body["notes"]:
+        first, last = (round(note[edge] / settings["step_beats"]) for edge in ("start", "end"))
+        for step in steps[first:last]:
+            step.append(note["pitch"])
+    return statistics([steps], [parse_key(settings["key"])])
 
 
 def classify(client: httpx.Client, clip: Path, seconds: float) -> None:
