@@ -567,7 +567,7 @@ def _publish_tiny_composer(store_uri: str) -> str:
 
     from encore.composer import Composer, ComposerConfig, TrainConfig, fit
     from encore.composer.compose import ComposerBundle
-    from encore.composer.corpus import parse_corpus_file
+    from encore.composer.corpus import TERMS, parse_corpus_file
     from encore.composer.tokens import conditioning_tokens
     from encore.store import ModelStore
 
@@ -581,7 +581,8 @@ def _publish_tiny_composer(store_uri: str) -> str:
     with tempfile.TemporaryDirectory() as folder:
         ComposerBundle(model, ["bach"], "bach", 0.5, conditioned=True).save(folder)
         manifest = ModelStore(store_uri).save(
-            folder, kind="composer", config={}, metrics={"valid_nll_per_step": state["best"]["valid_nll_per_step"]},
+            folder, kind="composer", config={"pieces": 2, "styles": ["bach"], "terms": TERMS},
+            metrics={"valid_nll_per_step": state["best"]["valid_nll_per_step"]},
             data_fingerprint="test", preprocessing={}, aliases=["composer-production"],
         )  # fmt: skip
     return manifest.version

@@ -265,6 +265,9 @@ def test_compose_draws_plays_and_offers_the_music(page, api_keys, tmp_path):
     from encore.composer.midi import midi_bytes, steps_to_midi
 
     _use_key(page, api_keys["suite"])
+    about = page.locator("#composer-about")
+    expect(about).to_contain_text("learnt from 2 pieces in the styles bach")
+    expect(about).to_contain_text("Terms of its data: music21 corpus")
     primer = [[57, 64, 69, 73], [57, 64, 69, 73], [59, 62, 68, 74], [54, 61, 69, 73]]
     (tmp_path / "primer.mid").write_bytes(midi_bytes(steps_to_midi(primer, 90, 0.5)))
     page.get_by_label("Key", exact=True).select_option("A major")

@@ -135,6 +135,20 @@ async function loadModelChoices() {
     );
   }
   showKeyStatus(`Models listed: ${catalogue.versions.length} of ${catalogue.versions_total} versions.`);
+  describeComposer(catalogue);
+}
+
+/** What the service's composer learnt from, and the terms its music inherits from that data. */
+function describeComposer(catalogue) {
+  const alias = catalogue.aliases.find((a) => a.alias === "composer-production");
+  const version = alias && catalogue.versions.find((v) => v.version === alias.version);
+  if (!version) {
+    $("composer-about").textContent = "No composer is published as composer-production yet.";
+    return;
+  }
+  const learnt = version.trained_on ? `learnt from ${version.trained_on}` : "records nothing of what it learnt from";
+  const terms = version.terms ? ` Terms of its data: ${version.terms}.` : "";
+  $("composer-about").textContent = `The composer (${version.version}) ${learnt}.${terms}`;
 }
 
 // ---- Listen --------------------------------------------------------------------------------------

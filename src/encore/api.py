@@ -231,6 +231,8 @@ class CatalogueVersion(BaseModel):
     metrics: dict[str, float] = Field(
         description=f"its numeric metrics, nested names joined with '.' (as 'test.ndcg@10'), at most {MAX_METRICS}"
     )
+    trained_on: str | None = Field(None, description="what it learnt from, where its training recorded it")
+    terms: str | None = Field(None, description="the terms of the data it learnt from, which the model inherits")
 
 
 class ModelsResponse(BaseModel):

@@ -473,11 +473,26 @@ def model_catalogue(store: ModelStore, limit: int = MAX_CATALOGUE_VERSIONS) -> d
                 "created_at": manifest.created_at,
                 "aliases": named.get(manifest.version, []),
                 "metrics": metric_summary(manifest.metrics),
+                **training_data(manifest),
             }
             for manifest in manifests
             if manifest.version in chosen
         ],
         "versions_total": len(manifests),
+    }
+
+
+def training_data(manifest: Manifest, limit: int = 300) -> dict:
+    """What a version learnt from and the terms of that data, in words of at most ``limit`` characters, as
+    its training recorded them (a composer: how many pieces of which styles); None where it recorded nothing."""
+    config = manifest.config
+    pieces, styles, terms = config.get("pieces"), config.get("styles"), config.get("terms")
+    trained_on = None
+    if type(pieces) is int and isinstance(styles, list) and all(isinstance(style, str) for style in styles):
+        trained_on = f"{pieces} pieces in the styles {', '.join(styles)}"
+    return {
+        "trained_on": trained_on[:limit] if trained_on else None,
+        "terms": terms[:limit] if isinstance(terms, str) else None,
     }
 
 
