@@ -424,10 +424,21 @@ def admit_for_serving(store: ModelStore, manifest: Manifest, alias: str) -> None
             f"{manifest.version} was built under other preprocessing than {current.version}, which {alias!r} "
             f"serves now: {manifest.preprocessing} against {current.preprocessing}"
         )
+    if (store.uri, manifest.version) in _ADMITTED_LOADS:
+        return
     try:
         family.load(store.load(manifest.version))
     except Exception as error:
         raise PromotionRefused(f"{manifest.version} does not load as a replica loads it: {error!r}") from error
+    _ADMITTED_LOADS[store.uri, manifest.version] = None
+    while len(_ADMITTED_LOADS) > ADMITTED_LOADS_LIMIT:
+        _ADMITTED_LOADS.popitem(last=False)
+
+
+# Versions that loaded for an admission in this process: a version never changes, so one that loaded
+# loads again, and a save that moves two aliases (latest, production) loads a gigabyte once, not twice.
+ADMITTED_LOADS_LIMIT = 16
+_ADMITTED_LOADS: OrderedDict[tuple[str, str], None] = OrderedDict()
 
 
 # Bounds of GET /v1/models: an overview for operators and the page's model picker, not the store's full record.
