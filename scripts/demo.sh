@@ -37,6 +37,28 @@ else
     --dashboard-host=127.0.0.1 --dashboard-port=8265 --disable-usage-stats >/dev/null
 fi
 
+# The composer ships trained (models/README.md says on what, how, and its figures): imported through the
+# store's own API, every checksum verified, and promoted; a second run finds it there already.
+COMPOSER_FOLDER="$(ls -d "$REPO"/models/composer-*/ | head -1)"
+echo "== Importing the pretrained composer ${COMPOSER_FOLDER#"$REPO/"}"
+python -m encore.store --uri "$STORE" import "$COMPOSER_FOLDER" --alias composer-latest --alias composer-production
+
+# The service asks every client for an API key. The demo's own, with every scope, is kept beside the
+# store (readable by you only) so that a second run reuses it; the file of keys holds only their hashes.
+KEYS_FILE="$STORE/api_keys.json"
+DEMO_KEY_FILE="$STORE/demo_api_key"
+if [[ ! -s "$DEMO_KEY_FILE" ]]; then
+  (umask 077; python -m encore.access --file "$KEYS_FILE" create --name demo \
+    --scopes recommend,classify,compose,admin --rate 100/second >"$DEMO_KEY_FILE")
+  echo "== Created the demo's API key in $DEMO_KEY_FILE (its hash in $KEYS_FILE)"
+fi
+export ENCORE_API_KEY="$(cat "$DEMO_KEY_FILE")"
+
+# Deployed before the models exist: its replicas start while the pipeline trains, and each answers 503
+# model_unavailable until its alias is published, then loads the version.
+echo "== Deploying the Serve application (serve_apps/config.yaml)"
+serve deploy serve_apps/config.yaml
+
 echo "== Submitting the pipeline job (ingest -> train -> evaluate -> store -> promote; genre classifier from the GTZAN table;"
 echo "   sound-alike index of the bundled instrument clips); a second run reuses what the first trained"
 # Absolute paths: the job runs in an unpacked copy of this folder, the Serve app reads the same store. The
@@ -50,26 +72,6 @@ ray job submit --working-dir . -- bash -c "\
     --alias soundalike-production" \
   2>&1 | tee "$JOB_LOG"
 JOB_ID="$(grep -oE "raysubmit_[A-Za-z0-9]+" "$JOB_LOG" | head -1)"
-
-# The composer ships trained (models/README.md says on what, how, and its figures): imported through the
-# store's own API, every checksum verified, and promoted; a second run finds it there already.
-COMPOSER_FOLDER="$(ls -d "$REPO"/models/composer-*/ | head -1)"
-echo "== Importing the pretrained composer ${COMPOSER_FOLDER#"$REPO/"}"
-python -m encore.store --uri "$STORE" import "$COMPOSER_FOLDER" --alias composer-latest --alias composer-production
-
-echo "== Deploying the Serve application (serve_apps/config.yaml)"
-serve deploy serve_apps/config.yaml
-
-# The service asks every client for an API key. The demo's own, with every scope, is kept beside the
-# store (readable by you only) so that a second run reuses it; the file of keys holds only their hashes.
-KEYS_FILE="$STORE/api_keys.json"
-DEMO_KEY_FILE="$STORE/demo_api_key"
-if [[ ! -s "$DEMO_KEY_FILE" ]]; then
-  (umask 077; python -m encore.access --file "$KEYS_FILE" create --name demo \
-    --scopes recommend,classify,compose,admin --rate 100/second >"$DEMO_KEY_FILE")
-  echo "== Created the demo's API key in $DEMO_KEY_FILE (its hash in $KEYS_FILE)"
-fi
-export ENCORE_API_KEY="$(cat "$DEMO_KEY_FILE")"
 
 python scripts/demo_requests.py --url http://127.0.0.1:8000 --wait 180 --out "${TMPDIR:-/tmp}/encore-demo"
 
