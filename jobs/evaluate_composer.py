@@ -102,16 +102,31 @@ def evaluate_version(
     else:
         reference, labels, reference_keys = jsb["test"], [{} for _ in jsb["test"]], None
     held_out = piece_statistics(reference, reference_keys)
-    return [
-        {**row, **_musical_checks(bundle, labels, held_out, sampling, samples, bars, seed), "split": split}
-        for sampling in samplings
-    ]
+    held_out_voices = _voices_by_style(reference, [label.get("style") for label in labels])
+    rows = []
+    for sampling in samplings:
+        checks = _musical_checks(bundle, labels, held_out, sampling, samples, bars, seed)
+        voices = {
+            style: (generated, held_out_voices.get(style)) for style, generated in checks.pop("voices_by_style").items()
+        }
+        rows.append({**row, **checks, "voices_by_style": voices, "split": split})
+    return rows
+
+
+def _voices_by_style(pieces: list, styles: list) -> dict:
+    """Notes per step of the pieces of each style (style None: pieces without one)."""
+    by_style = {}
+    for piece, style in zip(pieces, styles):
+        by_style.setdefault(style, []).append(piece)
+    return {
+        style: piece_statistics(group)["notes_per_step"] for style, group in by_style.items() if any(map(any, group))
+    }
 
 
 def _musical_checks(
     bundle: ComposerBundle, labels: list[dict], held_out: dict, sampling: dict, samples: int, bars: int, seed: int
 ) -> dict:
-    generated, keys, seconds, used = [], [], [], None
+    generated, keys, seconds, styles, used = [], [], [], [], None
     for index in range(samples):
         # Labels spread evenly over the held-out pieces, so the styles are asked for as often as they occur.
         label = labels[index * len(labels) // samples] if bundle.conditioned else {}
@@ -121,16 +136,29 @@ def _musical_checks(
         composition = bundle.compose(**label, **sampling, bars=bars, seed=seed + index)
         seconds.append(time.perf_counter() - began)
         generated.append(composition.steps)
+        styles.append(composition.settings["style"])
         keys.append(parse_key(composition.settings["key"]) if bundle.conditioned else None)
         used = {name: composition.settings[name] for name in ("temperature", "top_k", "top_p")}
     checks = compare(piece_statistics(generated, keys), held_out)
-    row = {"sampling": used, "pitch_class_distance": checks["pitch_class_distance"]}
+    row = {
+        "sampling": used,
+        "pitch_class_distance": checks["pitch_class_distance"],
+        "voices_by_style": _voices_by_style(generated, styles),
+    }
     for name in CHECKS:
         row[name] = checks[name]["generated"]
         row[f"held_out_{name}"] = checks[name]["reference"]
     row["seconds_per_piece"] = statistics.median(seconds)
     row["samples"], row["bars"] = samples, bars
     return row
+
+
+def _voices_text(voices_by_style: dict) -> str:
+    """``bach 3.9 (3.8), fiddle 1.3 (1.2)``: generated (held-out) notes per step of each style asked for."""
+    return ", ".join(
+        f"{style} {generated:.1f} ({'-' if held_out is None else f'{held_out:.1f}'})"
+        for style, (generated, held_out) in sorted(voices_by_style.items(), key=lambda item: str(item[0]))
+    )
 
 
 def _sampling_text(sampling: dict) -> str:
@@ -144,8 +172,8 @@ def markdown_table(rows: list[dict]) -> str:
 
     lines = [
         "| model | sampling | JSB test NLL/step | held-out NLL/step | pitch-class distance | notes/step "
-        "| pitch range | in key | empty steps | s/piece |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| voices/step by style | pitch range | in key | empty steps | s/piece |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         cells = [
@@ -155,6 +183,7 @@ def markdown_table(rows: list[dict]) -> str:
             number(row.get("held_out_nll_per_step")),
             number(row["pitch_class_distance"], 3),
             f"{row['notes_per_step']:.2f} ({row['held_out_notes_per_step']:.2f})",
+            _voices_text(row["voices_by_style"]),
             f"{row['pitch_range']:.1f} ({row['held_out_pitch_range']:.1f})",
             f"{row['in_key']:.1%} ({row['held_out_in_key']:.1%})",
             f"{row['empty_steps']:.1%} ({row['held_out_empty_steps']:.1%})",

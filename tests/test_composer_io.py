@@ -424,7 +424,7 @@ def _upload_midi_folder(bucket: str) -> dict[str, list[list[int]]]:
 def test_prepare_job_reports_bad_files_and_trains_a_conditioned_composer(ray_local, s3_bucket, tmp_path):
     import pandas as pd
 
-    from jobs.evaluate_composer import evaluate_version
+    from jobs.evaluate_composer import evaluate_version, markdown_table
     from jobs.prepare_music import main as prepare
     from jobs.train_composer import train_composer
 
@@ -489,3 +489,8 @@ def test_prepare_job_reports_bad_files_and_trains_a_conditioned_composer(ray_loc
         bundle.model.nll_per_step(corpus.steps["valid"], conditions=corpus.conditions["valid"])
     )
     assert rows[0]["held_out_in_key"] == rows[1]["held_out_in_key"]
+    voices = rows[0]["voices_by_style"]  # each style asked for: generated and held-out voices per step
+    assert voices and set(voices) <= {"folk", "jazz"}
+    assert all(generated >= 0 and held_out > 0 for generated, held_out in voices.values())
+    table = markdown_table(rows)
+    assert "T 0.5" in table and "T 2" in table and "valid split" in table
