@@ -46,7 +46,6 @@ from encore.interactions import (
     VERSIONS_FOLDER,
     InteractionDataset,
     SplitConfig,
-    fingerprint,
 )
 from encore.models import MODELS, Blend, ContentBased, Hybrid, Popularity, Recommender
 from encore.models.als_train import CHECKPOINT_FILE
@@ -225,7 +224,6 @@ def erase_from_dataset(uri: str, user_key: str, found: dict) -> dict:
     old = dataset.manifest
     config = SplitConfig(**old["split"])
     pairs = _pairs(dataset)
-    reproducible = fingerprint(pairs, config) == old["fingerprint"]
     kept = pairs[pairs["user"] != user_key].reset_index(drop=True)
     catalogue = dataset.items.drop(columns=["item_idx"])
     carried = {
@@ -256,8 +254,6 @@ def erase_from_dataset(uri: str, user_key: str, found: dict) -> dict:
         "new_version": version,
         "old_fingerprint": old["fingerprint"],
         "new_fingerprint": rebuilt.manifest["fingerprint"],
-        # True: the new fingerprint is the one an ingest of the same input without the listener gives.
-        "fingerprint_as_ingest_would_give": reproducible,
         "versions_deleted": deleted,
         "sources": old.get("sources", []),
     }

@@ -1,0 +1,206 @@
+"""Erasing a listener: exact removal where a model allows it, and a planted listener erased everywhere."""
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import scipy.sparse as sp
+
+from conftest import TEST_ID_KEY, run_driver
+
+PLANTED = "ERASEME-PLANTED-k4q9"
+
+
+def plays(seed: int = 0, n_users: int = 9, n_items: int = 7) -> sp.csr_matrix:
+    matrix = sp.random(n_users, n_items, density=0.5, format="csr", random_state=seed)
+    matrix.data = np.ceil(matrix.data * 20)  # play counts
+    return matrix
+
+
+def catalogue(n_items: int = 7) -> pd.DataFrame:
+    tags = [["rock", "live"], ["jazz"], ["rock"], [], ["pop", "live"], ["jazz", "pop"], ["folk"]]
+    return pd.DataFrame({"item_idx": np.arange(n_items), "item_id": [f"i{i}" for i in range(n_items)], "tags": tags})
+
+
+@pytest.mark.parametrize(
+    "kind, params",
+    [
+        ("popularity", {"by": "users"}),
+        ("popularity", {"by": "weight"}),
+        ("content", {}),
+        ("hybrid", {"collaborative": "popularity"}),
+        (
+            "blend",
+            {
+                "parts": [
+                    {"kind": "popularity", "params": {}, "weight": 1.0},
+                    {"kind": "content", "params": {}, "weight": 0.5},
+                ]
+            },
+        ),  # fmt: skip
+    ],
+)
+def test_exact_removal_is_the_fit_without_the_listener(kind, params):
+    from encore.erasure import exactly_removable, remove_user
+    from encore.models import fit_model
+
+    user_items, items, row = plays(), catalogue(), 4
+    model = fit_model(kind, params, user_items, items)
+    assert exactly_removable(model)
+    remove_user(model, row)
+    keep = np.arange(user_items.shape[0]) != row
+    refit = fit_model(kind, params, user_items[keep], items)
+    users = np.arange(user_items.shape[0] - 1)
+    np.testing.assert_array_equal(model.score(users), refit.score(users))
+    np.testing.assert_array_equal(model.recommend(users, n=3)[0], refit.recommend(users, n=3)[0])
+    assert (model.user_items_ != refit.user_items_).nnz == 0
+
+
+def test_models_whose_items_depend_on_every_listener_need_a_retrain():
+    from encore.erasure import exactly_removable
+    from encore.models import fit_model
+
+    for kind, params in [("als", {"factors": 2, "iterations": 1}), ("ease", {}), ("item_knn", {}), ("rp3beta", {})]:
+        assert not exactly_removable(fit_model(kind, params, plays(), catalogue())), kind
+    hybrid = fit_model("hybrid", {"collaborative": "ease"}, plays(), catalogue())
+    assert not exactly_removable(hybrid)
+
+
+def planted_csv(path: Path) -> None:
+    rng = np.random.default_rng(11)
+    lines = ["user,item,weight"]
+    for user in [*(f"listener-{n:02d}" for n in range(10)), PLANTED]:
+        for item in rng.choice(10, size=6, replace=False):
+            lines.append(f"{user},track-{item},{rng.integers(1, 20)}")
+    lines.append(f"{PLANTED},track-solo,5")  # an item only they played: it stays in the catalogue, unplayed
+    lines.append(f"{PLANTED},track-1,-3")  # a reject that carries their key
+    path.write_text("\n".join(lines) + "\n")
+
+
+def files_holding(roots: list[Path], needles: list[str]) -> list[str]:
+    found = []
+    for root in roots:
+        for path in root.rglob("*"):
+            if not path.is_file():
+                continue
+            content = path.read_bytes().decode("utf-8", errors="replace")
+            if path.suffix == ".parquet":
+                content += json.dumps(pq.read_table(path).to_pylist(), default=str)
+            found += [f"{needle} in {path}" for needle in needles if needle in content]
+    return found
+
+
+def plant_run(storage: Path, name: str, checkpoint_file: str) -> Path:
+    checkpoint = storage / name / "checkpoint_2026-01-01_00-00-00.000000"
+    checkpoint.mkdir(parents=True)
+    np.savez(checkpoint / checkpoint_file, users=np.ones((3, 2)), items=np.ones((4, 2)), iteration=0)
+    (storage / name / "checkpoint_manager_snapshot.json").write_text("{}")
+    return storage / name
+
+
+def test_an_erased_listener_is_in_no_file_and_gets_the_unknown_users_answer(ray_local, tmp_path):
+    from encore.erasure import EXACT, RETRAIN
+    from encore.ids import pseudonymize
+    from encore.interactions import InteractionDataset, SplitConfig
+    from encore.models import fit_model
+    from encore.serving import FAMILIES, RecommenderBundle, UnknownModelError, VersionCache
+    from encore.store import ModelStore
+    from encore.training import train
+    from jobs.ingest import ingest
+
+    key = pseudonymize(PLANTED, TEST_ID_KEY.encode())
+    planted_csv(tmp_path / "plays.csv")
+    dataset_uri, store_uri = str(tmp_path / "dataset"), str(tmp_path / "store")
+    ingest(str(tmp_path / "plays.csv"), dataset_uri, SplitConfig())
+    ingest(str(tmp_path / "plays.csv"), dataset_uri, SplitConfig())  # a previous version, kept for readers
+    store = ModelStore(store_uri)
+    by_weight = train(dataset_uri, "popularity", {"by": "weight"}, store_uri, [])  # held, named by no alias
+    popularity = train(dataset_uri, "popularity", {}, store_uri, ["production"])
+    knn = train(dataset_uri, "item_knn", {"neighbours": 5}, store_uri, ["latest", "knn-production"])
+    # An ALS version fitted on two Ray Train runs (planted: a real run costs half a minute), no alias.
+    dataset = InteractionDataset.load(dataset_uri)
+    storage = tmp_path / "store" / "ray-train"
+    als_runs = [plant_run(storage, f"als-planted-{fit}", "factors.npz") for fit in ("train", "train-validation")]
+    orphan = plant_run(storage, "als-killed-train", "factors.npz")  # a killed job's run: no version names it
+    composer_run = plant_run(storage, "composer-0123", "state.npz")  # not listening data: kept
+    bundle = RecommenderBundle.from_dataset(
+        fit_model("als", {"factors": 2, "iterations": 2}, dataset.matrix("train", "validation"), dataset.items),
+        dataset, "train", "validation",
+    )  # fmt: skip
+    bundle.save(tmp_path / "als-bundle")
+    workers = {"name": "als-planted", "storage_path": str(storage), "num_workers": 2}
+    fingerprint = dataset.manifest["fingerprint"]
+    als = store.save(tmp_path / "als-bundle", kind="als", config={"params": {}, "workers": workers}, metrics={},
+                     data_fingerprint=fingerprint, preprocessing={}, aliases=[]).version  # fmt: skip
+    roots = [tmp_path / "store", tmp_path / "dataset"]
+    assert files_holding(roots, [key]), "the planted listener was not planted"
+
+    # A replica's cache, serving the listener from production and from a version asked by id.
+    cache = VersionCache(store, "production", FAMILIES["recommender"].kinds, FAMILIES["recommender"].load,
+                         poll_seconds=0, refresh_wait_seconds=None)  # fmt: skip
+    served, _ = asyncio.run(cache.get())
+    assert served.recommend(key)["fallback"] is None
+    asyncio.run(cache.get(knn))
+
+    report_path = tmp_path / "erasure.json"
+    run_driver(ray_local, ["jobs.erase", "--user", PLANTED, "--store", store_uri, "--report", str(report_path)])
+
+    assert files_holding(roots, [key, PLANTED]) == []
+    report = json.loads(report_path.read_text())
+    assert PLANTED not in report_path.read_text() and report["user_key"] == key and report["complete"]
+    assert report["verification"]["found"] == [] and report["verification"]["files_searched"] > 10
+    (entry,) = report["datasets"]
+    assert entry["found"] == {"users": 1, "interactions": 7, "rejects": 1}
+    assert len(entry["versions_deleted"]) == 1 and [p.name for p in (tmp_path / "dataset" / "versions").iterdir()] == [
+        entry["new_version"]
+    ]
+    republished = {item["old"]: item for item in report["versions"]["republished"]}
+    assert set(republished) == {popularity, knn}
+    assert (republished[popularity]["method"], republished[popularity]["why"]) == ("exact-removal", EXACT["popularity"])
+    assert republished[knn]["method"] == "retrained" and republished[knn]["why"] == RETRAIN["item_knn"]
+    assert set(report["versions"]["deleted"]) == {by_weight, popularity, knn, als}
+    assert store.aliases() == {
+        "production": republished[popularity]["new"],
+        "latest": republished[knn]["new"],
+        "knn-production": republished[knn]["new"],
+    }
+    assert {version for version in store.aliases().values()} | {m.version for m in store.list()} == {
+        republished[popularity]["new"], republished[knn]["new"]
+    }  # fmt: skip
+    deleted_runs = {Path(run["run"]).name for run in report["checkpoints"]["deleted"]}
+    assert deleted_runs == {run.name for run in [*als_runs, orphan]} and composer_run.exists()
+    assert not any(run.exists() for run in [*als_runs, orphan])
+    assert report["backups"]["storage"] == "local"
+
+    # The republished versions: the erased dataset's lineage, and the rest of the data unchanged.
+    erased = InteractionDataset.load(dataset_uri)
+    assert erased.n_users == dataset.n_users - 1 and erased.n_items == dataset.n_items
+    manifest = store.show("production")
+    assert manifest.data_fingerprint == erased.manifest["fingerprint"] == entry["new_fingerprint"]
+    assert manifest.config["erasure"]["replaces"] == popularity
+    assert store.show("latest").config["dataset_version"] == entry["new_version"]
+    refit = fit_model("popularity", {}, erased.matrix("train", "validation"), erased.items)
+    now = RecommenderBundle.load(store.load("production").path, "popularity")
+    np.testing.assert_array_equal(now.model.item_scores_, refit.item_scores_)
+
+    # Serving: production answers from the republished version, the listener as an unknown user; the
+    # erased version asked by id is gone, and unloaded.
+    served, info = asyncio.run(cache.get())
+    assert info["version"] == republished[popularity]["new"]
+    assert served.recommend(key) == served.recommend("0" * 32) and served.recommend(key)["fallback"] == "popular"
+    with pytest.raises(UnknownModelError):
+        asyncio.run(cache.get(knn))
+    assert popularity not in cache._loaded and knn not in cache._loaded
+
+
+def test_the_report_never_lands_where_the_key_is_erased(tmp_path):
+    from encore.erasure import ErasureError, erase
+
+    with pytest.raises(ErasureError, match="outside the store"):
+        erase("0" * 32, str(tmp_path / "store"), report_uri=str(tmp_path / "store" / "report.json"))
+    with pytest.raises(ErasureError, match="32 lowercase hex"):
+        erase("not-a-key", str(tmp_path / "store"))
