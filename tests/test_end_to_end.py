@@ -641,6 +641,32 @@ def test_a_primer_that_would_cost_too_much_to_read_is_refused(api):
     assert (answer.status_code, error["code"], error["field"]) == (413, "too_large", "primer_midi"), answer.text
 
 
+def test_an_erased_listener_is_answered_as_an_unknown_user(api, pipeline_run, tmp_path):
+    """After every test that reads the planted listeners: the erasure republishes the aliased versions."""
+    from encore.erasure import erase
+    from encore.ids import pseudonymize
+
+    from conftest import TEST_ID_KEY
+
+    raw = f"{PLANTED_PREFIX}-0007"
+    before = api.post("/v1/recommend", json={"user_id": raw, "n": 5}).json()
+    assert before["fallback"] is None
+    served = before["model"]["version"]
+    report = erase(pseudonymize(raw, TEST_ID_KEY.encode()), str(pipeline_run["root"] / "store"),
+                   report_uri=str(tmp_path / "erasure.json"))  # fmt: skip
+    (new,) = [entry["new"] for entry in report["versions"]["republished"] if entry["old"] == served]
+    deadline = time.monotonic() + 30
+    while (body := api.post("/v1/recommend", json={"user_id": raw, "n": 5}).json())["model"]["version"] != new:
+        assert time.monotonic() < deadline, f"the Serve app did not move to the republished version: {body}"
+        time.sleep(0.5)
+    assert body == api.post("/v1/recommend", json={"user_id": "a-listener-never-seen", "n": 5}).json()
+    assert body["fallback"] == "popular"
+    top = api.post("/v1/users/top", json={"user_id": raw})
+    assert top.status_code == 404 and top.json()["error"]["code"] == "unknown_user"
+    erased = api.post("/v1/recommend", json={"user_id": raw, "model": served})
+    assert erased.status_code == 404 and erased.json()["error"]["code"] == "unknown_model"
+
+
 # Last in the module: it checks every file and log line the tests above produced.
 def _strings_in_parquet(path: Path) -> str:
     return json.dumps(pq.read_table(path).to_pylist(), default=str)
