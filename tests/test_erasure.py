@@ -204,3 +204,80 @@ def test_the_report_never_lands_where_the_key_is_erased(tmp_path):
         erase("0" * 32, str(tmp_path / "store"), report_uri=str(tmp_path / "store" / "report.json"))
     with pytest.raises(ErasureError, match="32 lowercase hex"):
         erase("not-a-key", str(tmp_path / "store"))
+
+
+def test_erasure_on_s3_rewrites_the_dataset_deletes_versions_and_cached_copies(s3_bucket, tmp_path, monkeypatch):
+    """No Ray: a popularity model is removed from exactly, so nothing is retrained."""
+    import boto3
+
+    from encore.erasure import erase
+    from encore.ids import pseudonymize
+    from encore.interactions import InteractionDataset, SplitConfig
+    from encore.models import fit_model
+    from encore.serving import RecommenderBundle, preprocessing
+    from encore.store import ModelStore
+
+    monkeypatch.setenv("ENCORE_CACHE_DIR", str(tmp_path / "cache"))
+    key = pseudonymize(PLANTED, b"s3-test-key")
+    users = [key, *(pseudonymize(f"listener-{n}", b"s3-test-key") for n in range(6))]
+    rng = np.random.default_rng(3)
+    pairs = pd.DataFrame(
+        [(user, f"track-{item}", float(rng.integers(1, 9)), np.nan) for user in users
+         for item in rng.choice(8, size=5, replace=False)],
+        columns=["user", "item", "weight", "timestamp"],
+    )  # fmt: skip
+    items = pd.DataFrame({"item_id": pd.Series(dtype=str), "name": pd.Series(dtype=str), "tags": []})
+    dataset_uri, store_uri = f"s3://{s3_bucket}/data/plays", f"s3://{s3_bucket}/prod"
+    dataset = InteractionDataset.build(pairs, items, SplitConfig(), {"id_key_fingerprint": "k", "sources": []})
+    dataset.save(dataset_uri)
+    model = fit_model("popularity", {}, dataset.matrix("train", "validation"), dataset.items)
+    RecommenderBundle.from_dataset(model, dataset, "train", "validation").save(tmp_path / "bundle")
+    store = ModelStore(store_uri)
+    config = {"params": {}, "dataset": dataset_uri}
+    old = store.save(tmp_path / "bundle", kind="popularity", config=config, metrics={},
+                     data_fingerprint=dataset.manifest["fingerprint"], preprocessing=preprocessing("k"),
+                     aliases=["production"]).version  # fmt: skip
+    cached = store.load("production").path  # this machine's cached copy of the version
+    boto3.client("s3").put_bucket_lifecycle_configuration(Bucket=s3_bucket, LifecycleConfiguration={"Rules": [
+        {"ID": "expire", "Status": "Enabled", "Filter": {"Prefix": ""},
+         "NoncurrentVersionExpiration": {"NoncurrentDays": 30}}]})  # fmt: skip
+
+    report = erase(key, store_uri, report_uri=str(tmp_path / "report.json"))
+
+    (republished,) = report["versions"]["republished"]
+    assert republished["method"] == "exact-removal" and store.resolve("production") == republished["new"]
+    assert report["versions"]["deleted"] == [old] and not cached.exists()
+    assert report["backups"] == {"storage": "s3", "bucket": s3_bucket, "noncurrent_days": 30,
+                                 "source": "the bucket's lifecycle configuration"}  # fmt: skip
+    client = boto3.client("s3")
+    keys = [entry["Key"] for entry in client.list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    for name in keys:
+        body = client.get_object(Bucket=s3_bucket, Key=name)["Body"].read()
+        text = body.decode("utf-8", errors="replace")
+        if name.endswith(".parquet"):
+            text += json.dumps(pq.read_table(pa_buffer(body)).to_pylist(), default=str)
+        assert key not in text, name
+    assert files_holding([tmp_path / "cache"], [key]) == []
+    erased = InteractionDataset.load(dataset_uri)
+    assert erased.n_users == len(users) - 1 and key not in set(erased.users["user_key"])
+
+
+def pa_buffer(data: bytes):
+    import pyarrow as pa
+
+    return pa.BufferReader(data)
+
+
+def test_the_bucket_expires_deleted_versions_within_the_window_the_readme_states():
+    import re
+
+    from encore.erasure import DEFAULT_NONCURRENT_DAYS
+
+    from conftest import REPO
+
+    template = (REPO / "infra" / "s3" / "bucket.yaml").read_text()
+    days = int(re.search(r"NoncurrentVersionDays:\n(?:\s+\w+: .*\n)*?\s+Default: (\d+)", template).group(1))
+    assert "NoncurrentVersionExpiration:\n              NoncurrentDays: !Ref NoncurrentVersionDays" in template
+    assert days == DEFAULT_NONCURRENT_DAYS
+    erasure = (REPO / "README.md").read_text().split("**Erasure.**", 1)[1].split("\n## ", 1)[0]
+    assert f"for up to {days} days after the erasure" in erasure
