@@ -281,3 +281,32 @@ def test_the_bucket_expires_deleted_versions_within_the_window_the_readme_states
     assert days == DEFAULT_NONCURRENT_DAYS
     erasure = (REPO / "README.md").read_text().split("**Erasure.**", 1)[1].split("\n## ", 1)[0]
     assert f"for up to {days} days after the erasure" in erasure
+
+
+def test_a_deleted_version_is_never_served_again_and_leaves_no_rollback(tmp_path):
+    """The store's delete and a replica's cache, without Ray: the alias moves, the old version goes."""
+    from encore.serving import UnknownModelError, VersionCache
+    from encore.store import ModelStore, StoreError
+
+    store = ModelStore(tmp_path / "store")
+
+    def save(text: str, aliases) -> str:
+        (tmp_path / text).mkdir()
+        (tmp_path / text / "model.txt").write_text(text)
+        return store.save(tmp_path / text, kind="genre", config={}, metrics={}, data_fingerprint="d",
+                          preprocessing={}, aliases=aliases).version  # fmt: skip
+
+    old = save("old", ["genre-production"])
+    cache = VersionCache(store, "genre-production", {"genre"}, lambda loaded: (loaded.path / "model.txt").read_text(),
+                         poll_seconds=0, refresh_wait_seconds=None)  # fmt: skip
+    assert asyncio.run(cache.get())[0] == "old" and asyncio.run(cache.get(old))[0] == "old"
+    with pytest.raises(StoreError, match="genre-production"):
+        store.delete(old)  # an alias names it
+    new = save("new", ["genre-production"])
+    store.delete(old)
+    with pytest.raises(StoreError, match="no earlier version"):
+        store.rollback("genre-production")
+    assert asyncio.run(cache.get()) == ("new", {"kind": "genre", "version": new})
+    assert old not in cache._loaded
+    with pytest.raises(UnknownModelError):
+        asyncio.run(cache.get(old))
