@@ -206,20 +206,16 @@ def test_the_report_never_lands_where_the_key_is_erased(tmp_path):
         erase("not-a-key", str(tmp_path / "store"))
 
 
-def test_erasure_on_s3_rewrites_the_dataset_deletes_versions_and_cached_copies(s3_bucket, tmp_path, monkeypatch):
-    """No Ray: a popularity model is removed from exactly, so nothing is retrained."""
-    import boto3
-
-    from encore.erasure import erase
+def tiny_dataset_and_store(dataset_uri: str, store_uri: str, tmp_path: Path, kinds=("popularity",)):
+    """A dataset and a store holding the planted listener, made without Ray: (key, users, store, versions)."""
     from encore.ids import pseudonymize
     from encore.interactions import InteractionDataset, SplitConfig
     from encore.models import fit_model
     from encore.serving import RecommenderBundle, preprocessing
     from encore.store import ModelStore
 
-    monkeypatch.setenv("ENCORE_CACHE_DIR", str(tmp_path / "cache"))
-    key = pseudonymize(PLANTED, b"s3-test-key")
-    users = [key, *(pseudonymize(f"listener-{n}", b"s3-test-key") for n in range(6))]
+    key = pseudonymize(PLANTED, b"tiny-key")
+    users = [key, *(pseudonymize(f"listener-{n}", b"tiny-key") for n in range(6))]
     rng = np.random.default_rng(3)
     pairs = pd.DataFrame(
         [(user, f"track-{item}", float(rng.integers(1, 9)), np.nan) for user in users
@@ -227,17 +223,46 @@ def test_erasure_on_s3_rewrites_the_dataset_deletes_versions_and_cached_copies(s
         columns=["user", "item", "weight", "timestamp"],
     )  # fmt: skip
     items = pd.DataFrame({"item_id": pd.Series(dtype=str), "name": pd.Series(dtype=str), "tags": []})
-    dataset_uri, store_uri = f"s3://{s3_bucket}/data/plays", f"s3://{s3_bucket}/prod"
     dataset = InteractionDataset.build(pairs, items, SplitConfig(), {"id_key_fingerprint": "k", "sources": []})
     dataset.save(dataset_uri)
-    model = fit_model("popularity", {}, dataset.matrix("train", "validation"), dataset.items)
-    RecommenderBundle.from_dataset(model, dataset, "train", "validation").save(tmp_path / "bundle")
     store = ModelStore(store_uri)
-    config = {"params": {}, "dataset": dataset_uri}
-    old = store.save(tmp_path / "bundle", kind="popularity", config=config, metrics={},
-                     data_fingerprint=dataset.manifest["fingerprint"], preprocessing=preprocessing("k"),
-                     aliases=["production"]).version  # fmt: skip
-    cached = store.load("production").path  # this machine's cached copy of the version
+    versions = []
+    for kind in kinds:
+        model = fit_model(kind, {}, dataset.matrix("train", "validation"), dataset.items)
+        RecommenderBundle.from_dataset(model, dataset, "train", "validation").save(tmp_path / kind)
+        saved = store.save(tmp_path / kind, kind=kind, config={"params": {}, "dataset": dataset_uri}, metrics={},
+                           data_fingerprint=dataset.manifest["fingerprint"], preprocessing=preprocessing("k"),
+                           aliases=[f"{kind}-production"])  # fmt: skip
+        versions.append(saved.version)
+    return key, users, store, versions[0] if len(versions) == 1 else versions
+
+
+def test_a_dry_run_finds_and_plans_and_changes_nothing(tmp_path):
+    from encore.erasure import erase
+
+    dataset_uri, store_uri = str(tmp_path / "dataset"), str(tmp_path / "store")
+    key, _, store, (popularity, ease) = tiny_dataset_and_store(dataset_uri, store_uri, tmp_path, ("popularity", "ease"))
+    before = sorted(str(path) for path in tmp_path.rglob("*"))
+    report = erase(key, store_uri, dry_run=True)
+    assert sorted(str(path) for path in tmp_path.rglob("*")) == before
+    assert report["datasets"][0]["found"]["users"] == 1 and not report["complete"]
+    assert {(entry["old"], entry["method"]) for entry in report["versions"]["republished"]} == {
+        (popularity, "exact-removal"), (ease, "retrained")
+    }  # fmt: skip
+    assert sorted(report["versions"]["deleted"]) == sorted([popularity, ease])
+
+
+def test_erasure_on_s3_rewrites_the_dataset_deletes_versions_and_cached_copies(s3_bucket, tmp_path, monkeypatch):
+    """No Ray: a popularity model is removed from exactly, so nothing is retrained."""
+    import boto3
+
+    from encore.erasure import erase
+    from encore.interactions import InteractionDataset
+
+    monkeypatch.setenv("ENCORE_CACHE_DIR", str(tmp_path / "cache"))
+    dataset_uri, store_uri = f"s3://{s3_bucket}/data/plays", f"s3://{s3_bucket}/prod"
+    key, users, store, old = tiny_dataset_and_store(dataset_uri, store_uri, tmp_path)
+    cached = store.load("popularity-production").path  # this machine's cached copy of the version
     boto3.client("s3").put_bucket_lifecycle_configuration(Bucket=s3_bucket, LifecycleConfiguration={"Rules": [
         {"ID": "expire", "Status": "Enabled", "Filter": {"Prefix": ""},
          "NoncurrentVersionExpiration": {"NoncurrentDays": 30}}]})  # fmt: skip
@@ -245,7 +270,7 @@ def test_erasure_on_s3_rewrites_the_dataset_deletes_versions_and_cached_copies(s
     report = erase(key, store_uri, report_uri=str(tmp_path / "report.json"))
 
     (republished,) = report["versions"]["republished"]
-    assert republished["method"] == "exact-removal" and store.resolve("production") == republished["new"]
+    assert republished["method"] == "exact-removal" and store.resolve("popularity-production") == republished["new"]
     assert report["versions"]["deleted"] == [old] and not cached.exists()
     assert report["backups"] == {"storage": "s3", "bucket": s3_bucket, "noncurrent_days": 30,
                                  "source": "the bucket's lifecycle configuration"}  # fmt: skip
