@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     logger.info(
         "erasure %s: %d dataset(s) rewritten, %d version(s) republished, %d deleted, %d checkpoint run(s) deleted",
         "planned" if args.dry_run else "done",
-        sum(1 for entry in report["datasets"] if entry.get("new_version") or entry.get("old_version")),
+        sum(1 for entry in report["datasets"] if entry.get("new_version") or entry.get("version")),
         len(versions["republished"]),
         len(versions["deleted"]),
         len(report["checkpoints"]["deleted"]),

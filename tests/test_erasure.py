@@ -208,13 +208,13 @@ def test_the_report_never_lands_where_the_key_is_erased(tmp_path):
 
 def tiny_dataset_and_store(dataset_uri: str, store_uri: str, tmp_path: Path, kinds=("popularity",)):
     """A dataset and a store holding the planted listener, made without Ray: (key, users, store, versions)."""
-    from encore.ids import pseudonymize
+    from encore.ids import key_fingerprint, pseudonymize
     from encore.interactions import InteractionDataset, SplitConfig
     from encore.models import fit_model
     from encore.serving import RecommenderBundle, preprocessing
     from encore.store import ModelStore
 
-    key = pseudonymize(PLANTED, b"tiny-key")
+    key, key_print = pseudonymize(PLANTED, b"tiny-key"), key_fingerprint(b"tiny-key")
     users = [key, *(pseudonymize(f"listener-{n}", b"tiny-key") for n in range(6))]
     rng = np.random.default_rng(3)
     pairs = pd.DataFrame(
@@ -223,7 +223,7 @@ def tiny_dataset_and_store(dataset_uri: str, store_uri: str, tmp_path: Path, kin
         columns=["user", "item", "weight", "timestamp"],
     )  # fmt: skip
     items = pd.DataFrame({"item_id": pd.Series(dtype=str), "name": pd.Series(dtype=str), "tags": []})
-    dataset = InteractionDataset.build(pairs, items, SplitConfig(), {"id_key_fingerprint": "k", "sources": []})
+    dataset = InteractionDataset.build(pairs, items, SplitConfig(), {"id_key_fingerprint": key_print, "sources": []})
     dataset.save(dataset_uri)
     store = ModelStore(store_uri)
     versions = []
@@ -231,7 +231,7 @@ def tiny_dataset_and_store(dataset_uri: str, store_uri: str, tmp_path: Path, kin
         model = fit_model(kind, {}, dataset.matrix("train", "validation"), dataset.items)
         RecommenderBundle.from_dataset(model, dataset, "train", "validation").save(tmp_path / kind)
         saved = store.save(tmp_path / kind, kind=kind, config={"params": {}, "dataset": dataset_uri}, metrics={},
-                           data_fingerprint=dataset.manifest["fingerprint"], preprocessing=preprocessing("k"),
+                           data_fingerprint=dataset.manifest["fingerprint"], preprocessing=preprocessing(key_print),
                            aliases=[f"{kind}-production"])  # fmt: skip
         versions.append(saved.version)
     return key, users, store, versions[0] if len(versions) == 1 else versions

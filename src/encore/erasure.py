@@ -459,19 +459,8 @@ def _erase(report, store, recommenders, dataset_uris, storages, user_key, expect
             found_in[uri] = found
         else:
             report["datasets"].append({"uri": uri, "found": {"users": 0, "interactions": 0, "rejects": 0}})
-    erased: dict[str, dict] = {}  # old fingerprint -> the dataset's entry
-    for uri, found in found_in.items():
-        if dry_run:
-            counts = {name: found[name] for name in ("users", "interactions", "rejects")}
-            report["datasets"].append(
-                {"uri": uri, "found": counts, "old_version": found["dataset"].manifest["version"]}
-            )
-            continue
-        entry = erase_from_dataset(uri, user_key, found)
-        report["datasets"].append(entry)
-        erased[entry["old_fingerprint"]] = entry
-
-    # 2. Model versions: which hold the key, and how the aliased ones are replaced.
+    # 2. Model versions: which hold the key, and how the aliased ones are replaced; all planned before any
+    # change, so that a version that cannot be replaced stops the erasure with nothing changed.
     holding = []
     for manifest in recommenders:
         recorded = manifest.preprocessing.get("id_key_fingerprint")
@@ -485,12 +474,21 @@ def _erase(report, store, recommenders, dataset_uris, storages, user_key, expect
     for manifest in holding:
         named_by = sorted(alias for alias, version in aliases.items() if version == manifest.version)
         if named_by:
-            plans.append(_plan(store, manifest, named_by, user_key, found_in))
+            plans.append(_plan(store, manifest, named_by))
     if dry_run:
+        for uri, found in found_in.items():
+            counts = {name: found[name] for name in ("users", "interactions", "rejects")}
+            report["datasets"].append({"uri": uri, "found": counts, "version": found["dataset"].manifest["version"]})
         report["versions"]["republished"] = [{k: v for k, v in plan.items() if k != "bundle"} for plan in plans]
         report["versions"]["deleted"] = [manifest.version for manifest in holding]
         report["checkpoints"]["deleted"] = _doomed_runs(store, holding, storages, dry_run=True)
         return
+
+    erased: dict[str, dict] = {}  # old fingerprint -> the dataset's entry
+    for uri, found in found_in.items():
+        entry = erase_from_dataset(uri, user_key, found)
+        report["datasets"].append(entry)
+        erased[entry["old_fingerprint"]] = entry
     for plan in plans:
         report["versions"]["republished"].append(_republish(store, plan, user_key, erased))
 
@@ -504,7 +502,7 @@ def _erase(report, store, recommenders, dataset_uris, storages, user_key, expect
     report["residual"] = _residual(report)
 
 
-def _plan(store: ModelStore, manifest: Manifest, named_by: list[str], user_key: str, found_in: dict) -> dict:
+def _plan(store: ModelStore, manifest: Manifest, named_by: list[str]) -> dict:
     plan = {"old": manifest.version, "kind": manifest.kind, "aliases": named_by}
     bundle = RecommenderBundle.load(store.load(manifest.version).path, manifest.kind)
     if exactly_removable(bundle.model):
