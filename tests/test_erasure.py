@@ -206,7 +206,7 @@ def test_the_report_never_lands_where_the_key_is_erased(tmp_path):
         erase("not-a-key", str(tmp_path / "store"))
 
 
-def tiny_dataset_and_store(dataset_uri: str, store_uri: str, tmp_path: Path, kinds=("popularity",)):
+def tiny_dataset_and_store(dataset_uri: str, store_uri: str, tmp_path: Path, kinds=("popularity",), played=5):
     """A dataset and a store holding the planted listener, made without Ray: (key, users, store, versions)."""
     from encore.ids import key_fingerprint, pseudonymize
     from encore.interactions import InteractionDataset, SplitConfig
@@ -219,7 +219,7 @@ def tiny_dataset_and_store(dataset_uri: str, store_uri: str, tmp_path: Path, kin
     rng = np.random.default_rng(3)
     pairs = pd.DataFrame(
         [(user, f"track-{item}", float(rng.integers(1, 9)), np.nan) for user in users
-         for item in rng.choice(8, size=5, replace=False)],
+         for item in rng.choice(played + 3, size=played, replace=False)],
         columns=["user", "item", "weight", "timestamp"],
     )  # fmt: skip
     items = pd.DataFrame({"item_id": pd.Series(dtype=str), "name": pd.Series(dtype=str), "tags": []})
