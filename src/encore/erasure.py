@@ -579,7 +579,7 @@ def _doomed_runs(store: ModelStore, holding: list[Manifest], storages: list[str]
             elif entry.base_name not in named and _has_als_factors(uri):
                 why = "ALS factors of a run no version names: its data cannot be told, so may be the listener's"
             else:
-                runs.append({"run": uri, "deleted": False, "why": "named by a version that never held the listener"
+                runs.append({"run": uri, "deleted": False, "why": "named by a version that does not hold the listener"
                              if entry.base_name in named else "not ALS factors of listening data"})  # fmt: skip
                 continue
             if not dry_run:
