@@ -15,8 +15,8 @@ from pathlib import Path
 
 from encore.models import MODELS
 from encore.runtime import init_ray, setup_logging, user_errors
+from encore.training import train
 from jobs.ingest import add_split_arguments, ingest, split_config
-from jobs.train import train
 from jobs.train_genre import train as train_genre
 
 logger = logging.getLogger("encore.pipeline")

@@ -2,136 +2,19 @@
 
 The model is fitted on the train split and scored on validation (the figure to select on),
 then refitted on train + validation and scored on test; the refitted model is what is stored,
-with both sets of metrics.
+with both sets of metrics and the config a retrain repeats (``encore.training``).
 
     python -m jobs.train --dataset artifacts/datasets/lastfm --model popularity --store artifacts
 """
 
 import argparse
 import json
-import logging
-import tempfile
 import time
 
-import ray
-
 from encore import fs
-from encore.ids import id_key, key_fingerprint
-from encore.interactions import InteractionDataset
-from encore.metrics import evaluate
-from encore.models import MODELS, fit_model, model_class
+from encore.models import MODELS
 from encore.runtime import init_ray, setup_logging, user_errors
-from encore.serving import RecommenderBundle, preprocessing, serving_store
-
-logger = logging.getLogger("encore.train")
-
-
-def fit_and_evaluate(
-    kind: str, params: dict, dataset: InteractionDataset, workers: dict | None = None
-) -> tuple[RecommenderBundle, dict]:
-    """The model refitted on train + validation, and its validation and test metrics.
-
-    With ``workers`` (``num_workers``, ``storage_path``, ``name``, ``use_gpu``), each fit runs on a Ray
-    Train worker group, as a run that resumes from its last checkpoint if it was interrupted.
-    """
-
-    def fit(*splits: str):
-        user_items = dataset.matrix(*splits)
-        if workers is None:
-            return fit_model(kind, params, user_items, dataset.items)
-        if kind != "als":
-            raise SystemExit(f"error: only als trains on Ray Train workers, not {kind!r}; leave out --workers")
-        from encore.models.als_train import fit_on_ray
-
-        run = {**workers, "name": f"{workers['name']}-{'-'.join(splits)}"}
-        return fit_on_ray(model_class(kind)(**params), user_items, **run)
-
-    started = time.perf_counter()
-    selection_model = fit("train")
-    validation = evaluate(selection_model, dataset.matrix("train"), dataset.matrix("validation"))
-    final_model = fit("train", "validation")
-    test = evaluate(final_model, dataset.matrix("train", "validation"), dataset.matrix("test"))
-    metrics = {"validation": validation, "test": test, "fit_and_evaluate_seconds": time.perf_counter() - started}
-    return RecommenderBundle.from_dataset(final_model, dataset, "train", "validation"), metrics
-
-
-def train(
-    dataset_uri: str,
-    kind: str,
-    params: dict,
-    store_uri: str,
-    aliases: list[str],
-    tuning: dict | None = None,
-    workers: dict | None = None,
-    reuse: bool = False,
-) -> str:
-    """Train on Ray and save; returns the version. Without ``workers`` the fits run as one Ray task, so
-    they land where the cluster has room; with them, on a Ray Train worker group (ALS).
-
-    ``tuning`` records the search that chose ``params``, if one did. With ``reuse``, when the last of
-    ``aliases`` already names a version of this kind trained on the same data with the same ``params``,
-    no training happens: every alias points at that version, which is returned."""
-    dataset_uri, store_uri = fs.absolute(dataset_uri), fs.absolute(store_uri)
-    dataset = InteractionDataset.load(dataset_uri)
-    key_print = key_fingerprint(id_key())
-    if dataset.manifest["id_key_fingerprint"] != key_print:
-        raise SystemExit(
-            f"error: {dataset_uri} was ingested under another ENCORE_ID_KEY; "
-            "train and serve with the key the data was ingested with"
-        )
-    if reuse:
-        store = serving_store(store_uri)
-        found = store.trained_as(
-            aliases[-1],
-            kind=kind,
-            data_fingerprint=dataset.manifest["fingerprint"],
-            preprocessing=preprocessing(key_print),
-            config={"params": params},
-        )
-        if found is not None:
-            for alias in aliases:
-                store.set_alias(alias, found.version)
-            logger.info(
-                "reusing %s: %s trained with these settings on the same data (%s); train again without reuse",
-                found.version, aliases[-1], dataset.manifest["fingerprint"][:12],
-            )  # fmt: skip
-            return found.version
-    logger.info(
-        "training %s %s on %s (%d users, %d items)", kind, params, dataset_uri, dataset.n_users, dataset.n_items
-    )
-    if workers is None:
-        bundle, metrics = ray.get(ray.remote(fit_and_evaluate).remote(kind, params, dataset))
-    else:
-        bundle, metrics = fit_and_evaluate(kind, params, dataset, workers)
-    for split in ("validation", "test"):
-        logger.info(
-            "%s: %s",
-            split,
-            ", ".join(
-                f"{name} {value:.4f}"
-                for name, value in metrics[split].items()
-                if name.startswith(("ndcg@10", "recall@20", "precision@10", "map@10"))
-            ),
-        )
-    with tempfile.TemporaryDirectory() as folder:
-        bundle.save(folder)
-        manifest = serving_store(store_uri).save(
-            folder,
-            kind=kind,
-            config={
-                "params": params,
-                "dataset": dataset_uri,
-                "split": dataset.manifest["split"],
-                "tuning": tuning,
-                "workers": workers,
-            },
-            metrics=metrics,
-            data_fingerprint=dataset.manifest["fingerprint"],
-            preprocessing=preprocessing(key_print),
-            aliases=aliases,
-        )
-    logger.info("saved %s to %s (aliases: %s)", manifest.version, store_uri, ", ".join(aliases))
-    return manifest.version
+from encore.training import train
 
 
 def main(argv: list[str] | None = None) -> str:

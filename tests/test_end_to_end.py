@@ -108,7 +108,7 @@ def test_pipeline_stores_an_evaluated_version_as_production(pipeline_run):
 
 def test_a_rerun_reuses_the_version_trained_on_the_same_data_with_the_same_settings(pipeline_run):
     from encore.store import ModelStore
-    from jobs.train import train
+    from encore.training import train
 
     root = pipeline_run["root"]
     dataset, store = str(root / "dataset"), str(root / "store")
@@ -224,7 +224,7 @@ def test_openapi_lists_the_error_statuses_each_operation_answers(api, method, pa
 
 
 def test_new_production_version_is_picked_up_without_restart(api, pipeline_run):
-    from jobs.train import train
+    from encore.training import train
 
     root = pipeline_run["root"]
     new_version = train(str(root / "dataset"), "popularity", {"by": "weight"}, str(root / "store"), ["production"])
@@ -517,7 +517,7 @@ def test_requests_choose_the_model_by_alias_version_or_kind(api, pipeline_run):
 
 
 def test_a_model_that_explains_answers_because_and_similar_items(api, pipeline_run):
-    from jobs.train import train
+    from encore.training import train
 
     root = pipeline_run["root"]
     params = {"factors": 8, "iterations": 5, "regularization": 0.1}
@@ -656,6 +656,32 @@ def test_a_primer_that_would_cost_too_much_to_read_is_refused(api):
         time.sleep(0.5)
     error = answer.json()["error"]
     assert (answer.status_code, error["code"], error["field"]) == (413, "too_large", "primer_midi"), answer.text
+
+
+def test_an_erased_listener_is_answered_as_an_unknown_user(api, pipeline_run, tmp_path):
+    """After every test that reads the planted listeners: the erasure republishes the aliased versions."""
+    from encore.erasure import erase
+    from encore.ids import pseudonymize
+
+    from conftest import TEST_ID_KEY
+
+    raw = f"{PLANTED_PREFIX}-0007"
+    before = api.post("/v1/recommend", json={"user_id": raw, "n": 5}).json()
+    assert before["fallback"] is None
+    served = before["model"]["version"]
+    report = erase(pseudonymize(raw, TEST_ID_KEY.encode()), str(pipeline_run["root"] / "store"),
+                   report_uri=str(tmp_path / "erasure.json"))  # fmt: skip
+    (new,) = [entry["new"] for entry in report["versions"]["republished"] if entry["old"] == served]
+    deadline = time.monotonic() + 30
+    while (body := api.post("/v1/recommend", json={"user_id": raw, "n": 5}).json())["model"]["version"] != new:
+        assert time.monotonic() < deadline, f"the Serve app did not move to the republished version: {body}"
+        time.sleep(0.5)
+    assert body == api.post("/v1/recommend", json={"user_id": "a-listener-never-seen", "n": 5}).json()
+    assert body["fallback"] == "popular"
+    top = api.post("/v1/users/top", json={"user_id": raw})
+    assert top.status_code == 404 and top.json()["error"]["code"] == "unknown_user"
+    erased = api.post("/v1/recommend", json={"user_id": raw, "model": served})
+    assert erased.status_code == 404 and erased.json()["error"]["code"] == "unknown_model"
 
 
 # Last in the module: it checks every file and log line the tests above produced.

@@ -7,7 +7,8 @@ from conftest import REPO
 
 
 @pytest.mark.parametrize(
-    "module", ["jobs.ingest", "jobs.train", "jobs.evaluate", "jobs.pipeline", "tuning.popularity", "encore.store"]
+    "module",
+    ["jobs.ingest", "jobs.train", "jobs.evaluate", "jobs.pipeline", "jobs.erase", "tuning.popularity", "encore.store"],
 )
 def test_entrypoints_explain_themselves(module):
     result = subprocess.run(

@@ -47,8 +47,8 @@ def store(ray_local, tmp_path_factory) -> Path:
     """Every family's model in one store, each under the alias the service serves it from."""
     from test_end_to_end import _publish_tiny_composer
 
+    from encore.training import train
     from jobs import extract_features, index_tracks, ingest, train_genre
-    from jobs.train import train
 
     root = tmp_path_factory.mktemp("web")
     store = root / "store"

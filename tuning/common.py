@@ -6,7 +6,7 @@ import logging
 from encore import fs, tuning
 from encore.runtime import init_ray, setup_logging, user_errors
 from encore.search import fixed_settings
-from jobs.train import train
+from encore.training import train
 
 logger = logging.getLogger("encore.tuning")
 

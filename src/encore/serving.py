@@ -128,6 +128,7 @@ class _Outcome:
     entry: tuple[Any, dict] | None
     error: Exception | None
     at: float  # the clock when it ended
+    gone: str | None = None  # the version the name served before, found deleted from the store (erased)
 
 
 class VersionCache:
@@ -220,7 +221,7 @@ class VersionCache:
         if name.refresh is None and self._due(name):
             if not self._servable(name) and self._store_is_down():
                 raise ModelUnavailableError(f"model {ref!r} cannot be resolved: the store cannot be reached", "model")
-            name.refresh = self._refreshes.submit(self._refresh, ref)
+            name.refresh = self._refreshes.submit(self._refresh, ref, name.version)
         if name.refresh is not None:
             await _wait(name.refresh, self.refresh_wait_seconds if self._servable(name) else None)
             self._take_in(ref, name)
@@ -249,15 +250,37 @@ class VersionCache:
     def _store_is_down(self) -> bool:
         return self.clock() < self._store_retry_at
 
-    def _refresh(self, ref: str) -> _Outcome:
-        """Resolve ``ref`` and load what it names (blocking, in a refresh thread); never raises."""
+    def _refresh(self, ref: str, served: str | None = None) -> _Outcome:
+        """Resolve ``ref`` and load what it names (blocking, in a refresh thread); never raises.
+
+        When ``ref`` no longer names ``served``, the version it served, the store is asked whether that
+        version still exists: one deleted (an erasure deletes the versions that hold an erased listener)
+        is named in ``gone``, never served again, and this machine's cached copies of it are removed."""
         version = None
         try:
             version = self.resolve(ref)
             entry = self._loaded.get(version) or self.load(version)
         except Exception as error:  # told the request, on the event loop
-            return _Outcome(version, None, error, self.clock())
-        return _Outcome(version, entry, None, self.clock())
+            return _Outcome(version, None, error, self.clock(), self._gone(served, version))
+        return _Outcome(version, entry, None, self.clock(), self._gone(served, version))
+
+    def _gone(self, served: str | None, current: str | None) -> str | None:
+        """``served`` if ``ref`` moved away from it and the store no longer has it; None otherwise or when
+        the store cannot say (an outage is no deletion)."""
+        if served is None or served == current:
+            return None
+        try:
+            self.store.show(served)
+            return None
+        except VersionNotFound:
+            pass
+        except Exception:  # the store cannot be read now: the next refresh asks again
+            return None
+        try:
+            self.store.forget_cached(served)
+        except OSError as error:
+            logger.warning("cached copies of the deleted %s could not be removed: %r", served, error)
+        return served
 
     def _take_in(self, ref: str, name: _Name) -> None:
         """Apply the outcome of the refresh of ``name`` once it ended, unless a request did (on the event loop)."""
@@ -265,6 +288,8 @@ class VersionCache:
             return
         outcome = name.refresh.result()
         name.refresh = None
+        if outcome.gone is not None:
+            self._unload_deleted(outcome.gone)
         if outcome.error is None:
             self._keep(outcome.version, outcome.entry)
             name.version, name.failures, name.error = outcome.version, 0, None
@@ -281,6 +306,15 @@ class VersionCache:
                 logger.error("%r (%s) cannot be served: %r", ref, outcome.version, outcome.error)
             elif not isinstance(outcome.error, ServingError):  # a name the store has not is no error of ours
                 logger.error("%r cannot be resolved: %r", ref, outcome.error)
+
+    def _unload_deleted(self, version: str) -> None:
+        """Stop serving ``version``, deleted from the store: every name that served it looks at the store
+        again at its next request, which waits for that look (it has nothing left to serve meanwhile)."""
+        if self._loaded.pop(version, None) is not None:
+            logger.info("%s was deleted from the store: unloaded, never served again", version)
+        for name in self._names.values():
+            if name.version == version:
+                name.version, name.failures, name.next_refresh = None, 0, -math.inf
 
     def _failed(self, name: _Name, outcome: _Outcome) -> None:
         """Time the next refresh of ``name``: at the next poll after the store's answer, else after a back-off."""

@@ -362,6 +362,55 @@ class ModelStore:
             self._point_alias(alias, manifest.version)
         return manifest
 
+    def delete(self, version: str) -> None:
+        """Delete the complete version ``version`` (a version id) for good, as erasure must.
+
+        Refused while an alias names it: move the alias first. The manifest goes first, so the version
+        disappears at once; every alias's history forgets it (a rollback never lands on it), and so
+        does this machine's cache (:meth:`forget_cached`).
+
+        Raises
+        ------
+        VersionNotFound
+            If there is no such complete version.
+        StoreError
+            If an alias names it.
+        """
+        if not _VERSION.fullmatch(version) or self._read_manifest(version) is None:
+            raise VersionNotFound(f"no complete version {shown(version)} in {self.uri}")
+        records = self._alias_records()
+        naming = sorted(alias for alias, record in records.items() if record["version"] == version)
+        if naming:
+            raise StoreError(f"{version} is what {', '.join(naming)} name(s): move them before deleting it")
+        self._backend.delete(self._version_key(version, MANIFEST_NAME))
+        self._backend.delete_tree(f"versions/{version}")
+        for alias, record in records.items():
+            if version in record["history"]:
+                kept = [earlier for earlier in record["history"] if earlier != version]
+                self._write_alias(alias, record["version"], kept)
+        self.forget_cached(version)
+        logger.info("deleted %s from %s", version, self.uri)
+
+    def forget_cached(self, version: str) -> int:
+        """Remove this machine's cached copies of ``version`` once the store no longer has it; returns how
+        many copies went. A copy of a version the store still has is never removed (see ``_cached_copy``);
+        one of a deleted version serves nobody again: a reader holds what it loaded in memory."""
+        if isinstance(self._backend, LocalBackend) or not _VERSION.fullmatch(version):
+            return 0
+        if self._read_manifest(version) is not None:
+            return 0
+        cache = self._cache_folder()
+        removed = 0
+        for path in [cache / version, *cache.glob(f".{version}.*")]:
+            if path.is_symlink() or path.is_file():
+                path.unlink(missing_ok=True)
+            elif path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+        if removed:
+            logger.info("removed %d cached copies of %s, deleted from %s", removed, version, self.uri)
+        return removed
+
     # ---- reading -------------------------------------------------------------------
 
     def resolve(self, ref: str) -> str:
