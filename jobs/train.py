@@ -22,8 +22,17 @@ from encore.metrics import evaluate
 from encore.models import MODELS, fit_model, model_class
 from encore.runtime import init_ray, setup_logging, user_errors
 from encore.serving import RecommenderBundle, preprocessing, serving_store
+from encore.store import runs
 
 logger = logging.getLogger("encore.train")
+
+
+FIT_SPLITS = (("train",), ("train", "validation"))  # the fits of fit_and_evaluate: selection, then final
+
+
+def run_name(workers: dict, splits: tuple[str, ...]) -> str:
+    """The Ray Train run of the fit on ``splits``: one per fit, so each resumes on its own."""
+    return f"{workers['name']}-{'-'.join(splits)}"
 
 
 def fit_and_evaluate(
@@ -43,13 +52,13 @@ def fit_and_evaluate(
             raise SystemExit(f"error: only als trains on Ray Train workers, not {kind!r}; leave out --workers")
         from encore.models.als_train import fit_on_ray
 
-        run = {**workers, "name": f"{workers['name']}-{'-'.join(splits)}"}
+        run = {**workers, "name": run_name(workers, splits)}
         return fit_on_ray(model_class(kind)(**params), user_items, **run)
 
     started = time.perf_counter()
-    selection_model = fit("train")
+    selection_model = fit(*FIT_SPLITS[0])
     validation = evaluate(selection_model, dataset.matrix("train"), dataset.matrix("validation"))
-    final_model = fit("train", "validation")
+    final_model = fit(*FIT_SPLITS[1])
     test = evaluate(final_model, dataset.matrix("train", "validation"), dataset.matrix("test"))
     metrics = {"validation": validation, "test": test, "fit_and_evaluate_seconds": time.perf_counter() - started}
     return RecommenderBundle.from_dataset(final_model, dataset, "train", "validation"), metrics
@@ -111,6 +120,10 @@ def train(
             aliases=aliases,
         )
     logger.info("saved %s to %s (aliases: %s)", manifest.version, store_uri, ", ".join(aliases))
+    if workers is not None:
+        # The checkpoints of both fits have served: gc removes them after their retention.
+        for splits in FIT_SPLITS:
+            runs.mark_saved(workers["storage_path"], run_name(workers, splits), manifest.version)
     return manifest.version
 
 
@@ -131,6 +144,11 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--train-storage", default=None, help="Ray Train checkpoints (default: STORE/ray-train)")
     parser.add_argument("--checkpoint-every", type=int, default=1, help="sweeps between Ray Train checkpoints")
     args = parser.parse_args(argv)
+    if args.run_name is not None:
+        try:
+            runs.check_run_name(args.run_name)
+        except ValueError as error:
+            parser.error(str(error))
     setup_logging()
     init_ray()
     workers = None
