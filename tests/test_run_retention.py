@@ -179,3 +179,5 @@ def test_store_gc_command_removes_runs_past_retention_and_says_why(tmp_path, cap
 
     assert store_cli(["--uri", str(tmp_path / "empty"), "gc"]) == 0
     assert capsys.readouterr().out.strip() == "nothing to remove"
+    assert store_cli(["--uri", str(store), "gc", "--unfinished-days", "-1"]) == 1
+    assert "error: --unfinished-days must be >= 0, got -1.0" in capsys.readouterr().err

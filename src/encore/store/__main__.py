@@ -115,12 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument(
         "--checkpoint-days",
         type=float,
+        metavar="DAYS",
         default=runs.DEFAULT_CHECKPOINT_DAYS,
         help="keep a finished run's checkpoints this many days after its job saved the model (default: %(default)g)",
     )
     gc.add_argument(
         "--unfinished-days",
         type=float,
+        metavar="DAYS",
         default=runs.DEFAULT_UNFINISHED_DAYS,
         help="keep an unfinished run, resumable by running its job again, this many days after its last write "
         "(default: %(default)g)",
@@ -130,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _gc(args: argparse.Namespace, store: ModelStore) -> str:
+    for option, days in (("--checkpoint-days", args.checkpoint_days), ("--unfinished-days", args.unfinished_days)):
+        if not days >= 0:  # refused before anything is removed
+            raise ValueError(f"{option} must be >= 0, got {days}")
     removed = store.gc(keep=args.keep, dry_run=args.dry_run)
     checkpoints = args.checkpoints or fs.join(store.uri, "ray-train")
     decisions = runs.collect_runs(
