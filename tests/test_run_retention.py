@@ -1,6 +1,7 @@
 """Retention of Ray Train runs (``encore.store.runs`` and ``python -m encore.store gc``), in a local
 folder and under an S3 prefix (moto). Ages are measured from an explicit ``now``: nothing sleeps."""
 
+import functools
 import json
 import os
 import time
@@ -9,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from encore.store import runs
+from encore.store import backends, runs
 from encore.store.__main__ import main as store_cli
-from encore.store.backends import open_backend
 
 CHECKPOINT = "checkpoint_2026-12-01_10-00-00.000000"
+# The tests' own view of the storage, one client per location (making an S3 client takes a while).
+open_backend = functools.cache(backends.open_backend)
 
 
 @pytest.fixture(params=["local", "s3"])
