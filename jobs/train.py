@@ -14,6 +14,7 @@ import time
 from encore import fs
 from encore.models import MODELS
 from encore.runtime import init_ray, setup_logging, user_errors
+from encore.store import runs
 from encore.training import train
 
 
@@ -34,6 +35,11 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--train-storage", default=None, help="Ray Train checkpoints (default: STORE/ray-train)")
     parser.add_argument("--checkpoint-every", type=int, default=1, help="sweeps between Ray Train checkpoints")
     args = parser.parse_args(argv)
+    if args.run_name is not None:
+        try:
+            runs.check_run_name(args.run_name)
+        except ValueError as error:
+            parser.error(str(error))
     setup_logging()
     init_ray()
     workers = None

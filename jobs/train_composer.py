@@ -42,6 +42,7 @@ from encore.composer.data import load_corpus
 from encore.composer.train import add_arguments, configs_from_arguments
 from encore.runtime import init_ray, setup_logging, user_errors
 from encore.serving import serving_store
+from encore.store import runs
 
 logger = logging.getLogger("encore.train_composer")
 
@@ -101,7 +102,7 @@ def train_composer(
     *,
     num_workers: int = 1,
     use_gpu: bool = False,
-    storage: str = "./artifacts/ray-train",
+    storage: str | None = None,
     name: str | None = None,
     max_failures: int = 2,
     aliases: tuple[str, ...] = ("composer-latest",),
@@ -113,12 +114,15 @@ def train_composer(
     ``data``: see :func:`encore.composer.data.load_corpus`; ``tuning`` records the search that chose
     the settings, if one did; ``sampling`` is the version's default sampling (see
     :class:`~encore.composer.compose.ComposerBundle`). Sampling is not part of the run's name, so
-    running a finished run's command again with other sampling saves the same weights with it."""
+    running a finished run's command again with other sampling saves the same weights with it.
+    ``storage`` holds the Ray Train run (default: ``STORE/ray-train``); once the model is saved, the run
+    is marked finished there (``encore.store.runs``), so ``python -m encore.store gc`` removes its
+    checkpoints after their retention."""
     corpus = load_corpus(data, model_config.max_steps, model_config.max_notes)
     splits, conditions = corpus.steps, corpus.conditions or {}
     data_fingerprint = corpus.fingerprint
-    name = name or run_name(data_fingerprint, model_config, train_config, num_workers)
-    storage = fs.absolute(storage)
+    name = runs.check_run_name(name or run_name(data_fingerprint, model_config, train_config, num_workers))
+    storage = fs.absolute(storage or fs.join(fs.absolute(store_uri), "ray-train"))
     logger.info(
         "training run %s in %s: %d workers, %d/%d/%d pieces (rerun the same command to resume it)",
         name,
@@ -144,6 +148,7 @@ def train_composer(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
+    runs.mark_started(storage, name)
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run {name} finished without a checkpoint")
@@ -203,6 +208,7 @@ def train_composer(
             aliases=aliases,
         )
     logger.info("saved %s to %s (aliases: %s)", manifest.version, store_uri, ", ".join(aliases))
+    runs.mark_saved(storage, name, manifest.version)
     return manifest.version
 
 
@@ -214,7 +220,9 @@ def main(argv: list[str] | None = None) -> str:
         help="JSB Chorales JSON, or a folder or s3:// prefix from jobs.prepare_music (default: %(default)s)",
     )
     parser.add_argument("--store", default="./artifacts", help="model store folder or s3:// prefix")
-    parser.add_argument("--storage", default="./artifacts/ray-train", help="Ray Train checkpoints: folder or s3://")
+    parser.add_argument(
+        "--storage", default=None, help="Ray Train checkpoints: folder or s3:// prefix (default: STORE/ray-train)"
+    )
     parser.add_argument("--name", help="Ray Train run name (default: derived from the data and the settings)")
     add_arguments(parser)
     parser.add_argument("--num-workers", type=int, default=1)
@@ -230,6 +238,8 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     try:
         model_config, train_config = configs_from_arguments(args)
+        if args.name is not None:
+            runs.check_run_name(args.name)
     except ValueError as error:
         parser.error(str(error))
     setup_logging()

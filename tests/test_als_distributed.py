@@ -7,6 +7,7 @@ import scipy.sparse as sp
 
 from encore.models import ALS
 from encore.models.als_train import CHECKPOINT_FILE, RUN_SNAPSHOT_FILE, fit_on_ray
+from encore.store import runs
 
 from conftest import run_driver
 
@@ -114,11 +115,15 @@ def test_a_killed_job_resumes_from_its_last_checkpoint(ray_local, tmp_path):
     storage = tmp_path / "runs"
     run_training_job(ray_local, tmp_path / "dataset", tmp_path / "store", storage, json.dumps(params),
                      until_checkpoint=storage / "resumable-train")  # fmt: skip
+    assert not (storage / "resumable-train" / runs.MARKER_NAME).exists()  # unfinished: kept to resume
 
     output = run_training_job(ray_local, tmp_path / "dataset", tmp_path / "store", storage, json.dumps(params))
     assert "run resumable-train" in output and "resumed from the checkpoint of iteration" in output, output
 
     stored = ModelStore(tmp_path / "store").load("latest")
+    # Both fits' runs are marked finished with the version saved: gc removes them after retention.
+    for run in ("resumable-train", "resumable-train-validation"):
+        assert json.loads((storage / run / runs.MARKER_NAME).read_text())["version"] == stored.manifest.version
     model = RecommenderBundle.load(stored.path, "als").model
     local = ALS(**params).fit(dataset.matrix("train", "validation"))
     np.testing.assert_allclose(model.item_factors_, local.item_factors_, rtol=1e-3, atol=1e-5)

@@ -17,6 +17,7 @@ os.environ.setdefault("NUMBA_CACHE_DIR", _NUMBA_CACHE.name)
 import boto3  # noqa: E402
 import librosa  # noqa: E402
 import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
@@ -415,3 +416,89 @@ def test_job_reads_an_s3_prefix(ray_local, s3_bucket, tmp_path):
     ]
     assert (tracks["sample_rate"] == 44_100).all()
     assert _read(f"{output}/errors.parquet").empty
+
+
+class CrashAtPart(Exception):
+    """Raised from ``on_part``: the job dies with parts written, as a killed driver would leave them."""
+
+
+def _tables(output: Path) -> dict:
+    return {name: pq.read_table(output / f"{name}.parquet") for name in ("tracks", "segments", "errors")}
+
+
+def test_a_crashed_extraction_resumes_from_the_parts_it_wrote(ray_local, tmp_path):
+    source, output = tmp_path / "audio", tmp_path / "features"
+    source.mkdir()
+    for name in ("flute-A4.wav", "sine-440.wav", "sax-phrase-short.wav"):
+        (source / name).write_bytes((SAMPLES / name).read_bytes())
+    (source / "empty.wav").write_bytes(b"")  # an error row is a result too
+    listed = sorted(path.name for path in source.iterdir())
+    calls = tmp_path / "calls.log"
+
+    def counting(path, data, sample_rate):  # in the actors' forked children: counted in a file
+        with open(calls, "a") as log:
+            log.write(Path(path).name + "\n")
+        return job.analyze_track(path, data, sample_rate)
+
+    def analysed() -> list[str]:
+        names = calls.read_text().split() if calls.exists() else []
+        calls.unlink(missing_ok=True)
+        return sorted(names)
+
+    # One file per part, so that the crash lands between files.
+    options = dict(numba_cache_dir=os.environ["NUMBA_CACHE_DIR"], workers=1, batch_size=1, process_file=counting)
+    reference = job.extract_features(str(source), str(tmp_path / "uninterrupted"), **options)
+    assert analysed() == listed and reference["parts"] == 4 and reference["resumed"] == 0
+    assert not (tmp_path / "uninterrupted" / "_parts").exists()  # removed once the tables are written
+
+    def crash_after_the_second_part(number, uri, rows):
+        assert fs.exists(uri) and len(rows) == 1
+        if number == 1:
+            raise CrashAtPart(uri)
+
+    with pytest.raises(CrashAtPart):
+        job.extract_features(str(source), str(output), on_part=crash_after_the_second_part, **options)
+    assert not (output / "tracks.parquet").exists()  # nothing published: the run did not finish
+    parts = sorted((output / "_parts").glob("*/part-*.parquet"))
+    assert len(parts) == 2
+    in_parts = sorted(Path(path).name for part in parts for path in pq.read_table(part)["path"].to_pylist())
+    assert len(in_parts) == 2 and set(in_parts) <= set(analysed())
+
+    resumed = job.extract_features(str(source), str(output), **options)
+
+    # The files the parts held were not decoded again; the others were, once each.
+    assert analysed() == sorted(set(listed) - set(in_parts))
+    assert (resumed["resumed"], resumed["parts"]) == (2, 2)
+    for figure in ("files", "analysed", "errors", "segments", "skipped"):
+        assert resumed[figure] == reference[figure], figure
+    uninterrupted, after_crash = _tables(tmp_path / "uninterrupted"), _tables(output)
+    for name, table in uninterrupted.items():
+        assert after_crash[name].equals(table, check_metadata=True), name
+    assert (len(uninterrupted["tracks"]), len(uninterrupted["segments"]), len(uninterrupted["errors"])) == (3, 1, 1)
+    assert not (output / "_parts").exists()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_result_parts_are_written_whole_and_read_back_newest_first(where, tmp_path, request):
+    output = str(tmp_path / "out") if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')}/out"
+
+    def rows(*entries):
+        return pa.Table.from_pylist([job._result_row(path, size, "h") for path, size in entries], job.RESULT_SCHEMA)
+
+    first = job.ResultParts(output, "run1")
+    assert first.read({"a"}).num_rows == 0  # nothing written yet
+    first.write(rows(("a", 1), ("b", 1)))
+    second = job.ResultParts(output, "run1")  # a later attempt: its parts sort after the first's
+    assert second.read({"a", "b"}, columns=["path", "size"]).to_pylist() == [
+        {"path": "a", "size": 1},
+        {"path": "b", "size": 1},
+    ]
+    second.write(rows(("b", 2), ("c", 2)))
+    # Names it never writes are not opened: a part's name in a subfolder, another name.
+    fs.write_bytes(fs.join(second.uri, "sub", "part-20991231T000000.000000Z-abcdef12-00000.parquet"), b"x")
+    fs.write_bytes(fs.join(second.uri, "notes.parquet"), b"not a part")
+    read = second.read({"a", "b"}).sort_by("path")
+    assert list(zip(read["path"].to_pylist(), read["size"].to_pylist())) == [("a", 1), ("b", 2)]
+    assert job.ResultParts(output, "run2").read({"a"}).num_rows == 0  # another run's parts are its own
+    second.remove()
+    assert second.read({"a", "b", "c"}).num_rows == 0 and not fs.exists(second.uri)

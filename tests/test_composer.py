@@ -13,7 +13,7 @@ from encore.composer import Composer, ComposerConfig, DataError, TrainConfig, de
 from encore.composer import tokens as T
 from encore.composer.model import KVCache, positions
 from encore.composer.train import epoch_batches, transposed
-from encore.store import ModelStore
+from encore.store import ModelStore, runs
 
 # A I-IV-V-I cadence in C, four voices, with a passing tone and a rest: enough shape to learn.
 CADENCE = [[48, 64, 67, 72], [53, 65, 69, 72], [55, 62, 67, 71], [55, 62, 65, 71], [48, 64, 67, 72], []]
@@ -270,6 +270,9 @@ def test_ray_train_job_saves_a_version_and_resumes(ray_local, tmp_path):
 
     first = train_composer(str(data), store.uri, model_config, TrainConfig(epochs=1, batch_size=2), **options)
     manifest = store.show(first)
+    # Saved: the run is marked finished, so `encore.store gc` removes its checkpoints after retention.
+    marker = tmp_path / "ray-train" / "tiny" / runs.MARKER_NAME
+    assert json.loads(marker.read_text())["version"] == first
     assert manifest.kind == "composer"
     assert manifest.preprocessing == {"tokenizer": T.TOKENIZER_VERSION}
     assert manifest.metrics["starts"] == [0] and manifest.metrics["epochs"] == 1
@@ -283,6 +286,7 @@ def test_ray_train_job_saves_a_version_and_resumes(ray_local, tmp_path):
     assert second.metrics["starts"] == [0, 1]
     assert [epoch["epoch"] for epoch in second.metrics["history"]] == [1, 2]
     assert second.metrics["history"][0] == manifest.metrics["history"][0]
+    assert json.loads(marker.read_text())["version"] == second.version
 
 
 def test_a_killed_training_job_resumes_from_its_last_checkpoint(ray_local, tmp_path):
@@ -300,6 +304,7 @@ def test_a_killed_training_job_resumes_from_its_last_checkpoint(ray_local, tmp_p
     ]  # fmt: skip
     run_driver(ray_local, arguments, until_checkpoint=tmp_path / "ray-train" / "killed")
     assert not ModelStore(tmp_path / "store").list()  # killed before it could store anything
+    assert not (tmp_path / "ray-train" / "killed" / runs.MARKER_NAME).exists()  # unfinished: kept to resume
 
     output = run_driver(ray_local, arguments)
     manifest = ModelStore(tmp_path / "store").show("composer-latest")

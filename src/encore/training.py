@@ -20,6 +20,7 @@ from encore.interactions import InteractionDataset
 from encore.metrics import evaluate
 from encore.models import fit_model, model_class
 from encore.serving import RecommenderBundle, preprocessing, serving_store
+from encore.store import runs
 
 logger = logging.getLogger("encore.train")
 
@@ -141,4 +142,8 @@ def train(
             aliases=aliases,
         )
     logger.info("saved %s to %s (aliases: %s)", manifest.version, store_uri, ", ".join(aliases))
+    if workers is not None:
+        # The checkpoints of both fits have served: gc removes them after their retention.
+        for name in run_names(workers):
+            runs.mark_saved(workers["storage_path"], name, manifest.version)
     return manifest.version

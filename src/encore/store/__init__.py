@@ -1,7 +1,8 @@
 """Versioned model store: model folders saved with a manifest to a local folder or S3.
 
 See :class:`ModelStore`; ``python -m encore.store --help`` lists, inspects, promotes,
-rolls back and garbage-collects versions from the command line.
+rolls back and garbage-collects versions from the command line, and removes Ray Train runs
+past retention (:mod:`encore.store.runs`).
 """
 
 from encore.store.core import LoadedVersion, ModelStore

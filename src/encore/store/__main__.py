@@ -7,7 +7,8 @@ import os
 import sys
 from collections import defaultdict
 
-from encore.store import Manifest, ModelStore, StoreError
+from encore import fs
+from encore.store import Manifest, ModelStore, StoreError, runs
 
 HEADLINE_METRICS = 2
 # Shown first in `list` when a model reports them; nested metrics are named like "test.ndcg@10".
@@ -108,10 +109,59 @@ def build_parser() -> argparse.ArgumentParser:
         "--alias", action="append", default=[], help="alias to point at it, as promote would (repeatable)"
     )
 
-    gc = commands.add_parser("gc", help="delete old unaliased versions and leftovers of failed saves")
+    gc = commands.add_parser(
+        "gc",
+        help="delete old unaliased versions, leftovers of failed saves, and Ray Train runs past retention",
+        description="Delete versions nobody needs (older than the newest --keep of their kind and named by no "
+        "alias, or left incomplete by a failed save) and Ray Train runs under --checkpoints past retention: "
+        "a run whose job saved its model more than --checkpoint-days ago, or an unfinished run (its job never "
+        "saved: crashed or still running) not written to for --unfinished-days. Prints every run kept and why.",
+    )
     gc.add_argument("--keep", type=int, default=5, help="newest versions to keep per kind (default: 5)")
+    gc.add_argument(
+        "--checkpoints",
+        metavar="PATH",
+        help="Ray Train storage of the training jobs: folder or s3:// prefix (default: STORE/ray-train, "
+        "their default --storage / --train-storage)",
+    )
+    gc.add_argument(
+        "--checkpoint-days",
+        type=float,
+        metavar="DAYS",
+        default=runs.DEFAULT_CHECKPOINT_DAYS,
+        help="keep a finished run's checkpoints this many days after its job saved the model (default: %(default)g)",
+    )
+    gc.add_argument(
+        "--unfinished-days",
+        type=float,
+        metavar="DAYS",
+        default=runs.DEFAULT_UNFINISHED_DAYS,
+        help="keep an unfinished run, resumable by running its job again, this many days after its last write "
+        "(default: %(default)g)",
+    )
     gc.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
     return parser
+
+
+def _gc(args: argparse.Namespace, store: ModelStore) -> str:
+    for option, days in (("--checkpoint-days", args.checkpoint_days), ("--unfinished-days", args.unfinished_days)):
+        if not days >= 0:  # refused before anything is removed
+            raise ValueError(f"{option} must be >= 0, got {days}")
+    removed = store.gc(keep=args.keep, dry_run=args.dry_run)
+    checkpoints = args.checkpoints or fs.join(store.uri, "ray-train")
+    decisions = runs.collect_runs(
+        checkpoints,
+        checkpoint_days=args.checkpoint_days,
+        unfinished_days=args.unfinished_days,
+        dry_run=args.dry_run,
+    )
+    verb = "would remove" if args.dry_run else "removed"
+    lines = [f"{verb} {version}" for version in removed]
+    lines += [decision.describe(args.dry_run) for decision in decisions if decision.remove]
+    if not lines:
+        lines.append("nothing to remove")
+    lines += [decision.describe(args.dry_run) for decision in decisions if not decision.remove]
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> str:
@@ -139,9 +189,7 @@ def run(args: argparse.Namespace) -> str:
         case "rollback":
             return f"{args.alias} -> {store.rollback(alias=args.alias)}"
         case "gc":
-            removed = store.gc(keep=args.keep, dry_run=args.dry_run)
-            verb = "would remove" if args.dry_run else "removed"
-            return "\n".join(f"{verb} {version}" for version in removed) or "nothing to remove"
+            return _gc(args, store)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -162,6 +162,15 @@ class LocalBackend:
         except FileNotFoundError:
             return []
 
+    def folders(self, prefix: str) -> list[str]:
+        """Folders directly under ``prefix`` (not links to folders, not dot-folders)."""
+        try:
+            entries = list(self.path(prefix).iterdir())
+        except FileNotFoundError:
+            return []
+        return sorted(entry.name for entry in entries if entry.is_dir() and not entry.is_symlink()
+                      and not entry.name.startswith("."))  # fmt: skip
+
     def exists(self, prefix: str) -> bool:
         return self.path(prefix).exists()
 
@@ -288,6 +297,17 @@ class S3Backend:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=start, Delimiter="/"):
                 names.update(entry["Prefix"][len(start) :].rstrip("/") for entry in page.get("CommonPrefixes", []))
                 names.update(entry["Key"][len(start) :] for entry in page.get("Contents", []))
+        return sorted(names)
+
+    def folders(self, prefix: str) -> list[str]:
+        """Common prefixes ("folders") directly under ``prefix``."""
+        start = self._key(prefix).strip("/")
+        start = f"{start}/" if start else ""
+        names = set()
+        with self._errors(prefix):
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=start, Delimiter="/"):
+                names.update(entry["Prefix"][len(start) :].rstrip("/") for entry in page.get("CommonPrefixes", []))
         return sorted(names)
 
     def exists(self, prefix: str) -> bool:
