@@ -8,8 +8,11 @@ only, the pseudonyms of each ``--dataset`` and of the recommender versions the s
 and moves the aliases to them. Nothing is published if a user is missing from the input. See
 ``encore.rotation`` and the README's privacy section for the procedure around it.
 
-    ENCORE_ID_KEY=... ENCORE_ID_KEY_PREVIOUS=... python -m jobs.rotate_key --input data/lastfm-hetrec2k \\
-        --dataset artifacts/datasets/lastfm-hetrec2k --store artifacts
+    export ENCORE_ID_KEY="$(cat ~/.encore/id_key.new)" ENCORE_ID_KEY_PREVIOUS="$(cat ~/.encore/id_key)"
+    python -m jobs.rotate_key --input data/lastfm-hetrec2k --dataset artifacts/datasets/lastfm-hetrec2k \\
+        --store artifacts
+
+It needs no Ray cluster: the translation is built in this process, which is where it must stay.
 """
 
 import argparse

@@ -3,7 +3,9 @@
 User ids are replaced by a keyed hash (HMAC-SHA256) the moment they enter Encore, in the
 ingest job and in the HTTP ingress alike, so the raw id never reaches an artifact or a log.
 The key comes from ``ENCORE_ID_KEY``; ingest and serving must use the same key, and every
-model records a fingerprint of it so that a model built under another key is refused.
+model records a fingerprint of it so that a model built under another key is refused. While the
+key changes (``encore.rotation``), ``ENCORE_ID_KEY_PREVIOUS`` holds the one being replaced and
+serving accepts models built under either.
 """
 
 import hashlib
