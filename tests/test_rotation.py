@@ -64,7 +64,7 @@ def write_input(folder: Path, users: range = range(N_USERS)) -> Path:
     return folder
 
 
-def ingest_here(input_folder: Path, output: Path, key: bytes) -> InteractionDataset:
+def ingest_here(input_folder: Path, output: Path | str, key: bytes) -> InteractionDataset:
     """What jobs.ingest writes, without Ray: parsed under ``key``, split, saved with its rejects."""
     parsed = pd.concat(
         [parse_file(path.read_bytes(), str(path), key) for path in sorted(input_folder.iterdir())], ignore_index=True
@@ -82,12 +82,14 @@ def ingest_here(input_folder: Path, output: Path, key: bytes) -> InteractionData
     return InteractionDataset.load(str(output))
 
 
-def train_here(dataset: InteractionDataset, store: ModelStore, kind: str, aliases=("latest", "production")) -> str:
+def train_here(
+    dataset: InteractionDataset, store: ModelStore, kind: str, aliases=("latest", "production"), work: Path = None
+) -> str:
     """What jobs.train stores, without Ray."""
     model = fit_model(kind, {"factors": 4, "iterations": 3} if kind == "als" else {}, dataset.matrix("train"),
                       dataset.items)  # fmt: skip
     bundle = RecommenderBundle.from_dataset(model, dataset, "train")
-    folder = Path(store.uri) / ".." / f"source-{kind}-{len(store.list())}"
+    folder = (work or Path(store.uri) / "..") / f"source-{kind}-{len(store.list())}"
     bundle.save(folder)
     key = dataset.manifest["id_key_fingerprint"]
     return store.save(folder, kind=kind, config={"params": {}}, metrics={"test": {"ndcg@10": 0.5}},
@@ -153,6 +155,17 @@ def test_translation_refuses_two_users_under_one_pseudonym():
     translation.add(["x"], ["1"])
     with pytest.raises(RotationError, match="share a pseudonym"):
         translation.add(["x"], ["3"])
+
+
+def test_a_hetrec_folder_is_read_as_the_ingest_reads_it(tmp_path):
+    folder = tmp_path / "hetrec"
+    folder.mkdir()
+    lines = ["userID\tartistID\tweight", *(f"{raw_user(u)}\t{50 + u % 3}\t{u + 1}" for u in range(5))]
+    (folder / "user_artists.dat").write_text("\n".join(lines) + "\n")
+    (folder / "artists.dat").write_text("id\tname\n50\tA\n51\tB\n52\tC\n")
+    translation = build_translation(str(folder), OLD, NEW)
+    translated, missing = translation.translate([pseudonymize(raw_user(u), OLD) for u in range(5)])
+    assert missing == 0 and list(translated) == [pseudonymize(raw_user(u), NEW) for u in range(5)]
 
 
 def test_input_suffixes_are_those_of_the_ingest():
@@ -304,3 +317,27 @@ def test_the_job_takes_its_keys_from_the_environment_only(world, monkeypatch, ca
     assert InteractionDataset.load(str(world["dataset"])).manifest["id_key_fingerprint"] == key_fingerprint(NEW)
     for u in range(N_USERS):
         assert raw_user(u) not in done.stderr and pseudonymize(raw_user(u), OLD) not in done.stderr
+
+
+def test_rotation_of_an_input_dataset_and_store_on_s3(s3_bucket, tmp_path, monkeypatch):
+    import boto3
+
+    monkeypatch.setenv("ENCORE_CACHE_DIR", str(tmp_path / "cache"))
+    input_folder = write_input(tmp_path / "input")
+    for path in input_folder.iterdir():
+        boto3.client("s3").upload_file(str(path), s3_bucket, f"input/{path.name}")
+    bucket = f"s3://{s3_bucket}"
+    dataset = ingest_here(input_folder, f"{bucket}/dataset", OLD)
+    store = serving_store(f"{bucket}/store")
+    version = train_here(dataset, store, "als", work=tmp_path)
+    before = answers(store, "production", OLD)
+
+    summary = rotate(f"{bucket}/input", OLD, NEW, [f"{bucket}/dataset"], store.uri)
+    assert summary["aliases"]["production"] == store.resolve("production") != version
+    assert answers(store, "production", NEW) == before
+    rotated = InteractionDataset.load(f"{bucket}/dataset")
+    assert rotated.manifest["id_key_fingerprint"] == key_fingerprint(NEW)
+    assert rotated.users["user_key"].tolist() == [
+        {pseudonymize(raw_user(u), OLD): pseudonymize(raw_user(u), NEW) for u in range(N_USERS)}[k]
+        for k in dataset.users["user_key"]
+    ]
