@@ -208,6 +208,18 @@ def test_rotation_translates_dataset_and_versions_and_answers_the_same(world, ca
                           keep_default_na=False)  # fmt: skip
     assert sorted(rejects["user_key"]) == ["", pseudonymize(raw_user(0), NEW)]
 
+    # What the rotation wrote holds the new pseudonyms only: no file pairs them with the old ones.
+    written = [world["dataset"] / "versions" / rotated.manifest["version"], world["dataset"] / "manifest.json"]
+    written += [Path(store.uri) / "versions" / version for version in summary["versions"].values()]
+    contents = ""
+    for path in (p for folder in written for p in ([folder] if folder.is_file() else sorted(folder.rglob("*")))):
+        if path.suffix == ".parquet":
+            contents += pq.read_table(path).to_pandas().astype(str).to_csv()
+        elif path.is_file():
+            contents += path.read_bytes().decode(errors="replace")
+    assert pseudonymize(raw_user(5), NEW) in contents
+    assert not any(pseudonymize(raw_user(u), OLD) in contents or raw_user(u) in contents for u in range(N_USERS))
+
     # Logs and the summary hold counts and version ids: no raw id, no pseudonym under either key.
     text = caplog.text + json.dumps(summary)
     assert "users translated" in caplog.text
