@@ -237,6 +237,27 @@ def test_a_second_run_leaves_what_is_rotated_alone(world):
     assert InteractionDataset.load(str(world["dataset"])).manifest["version"] == dataset
 
 
+def test_a_run_stopped_before_the_aliases_moved_is_finished_by_the_next(world, monkeypatch):
+    store = world["store"]
+    set_alias = ModelStore.set_alias
+
+    def fail_on_production(self, alias, ref):
+        if alias == "production":
+            raise OSError("the store went away")
+        return set_alias(self, alias, ref)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ModelStore, "set_alias", fail_on_production)
+        with pytest.raises(OSError):
+            rotate(str(world["input"]), OLD, NEW, [str(world["dataset"])], store.uri)
+    assert store.resolve("production") == world["als"] != store.resolve("latest")
+    versions = len(store.list())
+    summary = rotate(str(world["input"]), OLD, NEW, [str(world["dataset"])], store.uri)
+    assert len(store.list()) == versions  # the copies of the first run, not new ones
+    assert store.resolve("production") == store.resolve("latest") == summary["versions"][world["als"]]
+    assert InteractionDataset.load(str(world["dataset"])).manifest["id_key_fingerprint"] == key_fingerprint(NEW)
+
+
 def test_all_versions_rotates_the_unaliased_ones_too(world):
     summary = rotate(str(world["input"]), OLD, NEW, [], world["store"].uri, all_versions=True)
     assert set(summary["versions"]) == {world["als"], world["popularity"], world["unaliased"]}

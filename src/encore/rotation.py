@@ -299,6 +299,17 @@ def publish_version(store: ModelStore, plan: VersionPlan, translation: Translati
         )
 
 
+def rotated_copies(store: ModelStore, translation: Translation) -> dict[str, Manifest]:
+    """``{version: its rotated copy}`` of the versions already rotated to the new key (the newest copy of each):
+    a run that stopped before moving its aliases is finished with them rather than with new copies."""
+    copies: dict[str, Manifest] = {}
+    for manifest in store.list():  # newest first
+        source = (manifest.config.get("rotated_from") or {}).get("version")
+        if source and manifest.preprocessing.get("id_key_fingerprint") == translation.new_fingerprint:
+            copies.setdefault(source, manifest)
+    return copies
+
+
 def admit_rotated(store: ModelStore, manifest: Manifest, alias: str) -> None:
     """The admission of a rotation: ``alias`` may move to ``manifest`` only from the version it was rotated
     from (an alias moved meanwhile stays where it was), with the same preprocessing but the key, and when it
@@ -356,10 +367,15 @@ def rotate(
         "aliases": {},
         "datasets": {},
     }
+    done = rotated_copies(store, translation) if version_plans else {}
     for plan in version_plans:
-        manifest = publish_version(store, plan, translation)
+        manifest = done.get(plan.manifest.version)
+        if manifest is None:
+            manifest = publish_version(store, plan, translation)
+            logger.info("%s -> %s (%d users translated)", plan.manifest.version, manifest.version, len(plan.users))
+        else:  # published by an earlier run that stopped before moving its aliases
+            logger.info("%s -> %s (rotated by an earlier run)", plan.manifest.version, manifest.version)
         summary["versions"][plan.manifest.version] = manifest.version
-        logger.info("%s -> %s (%d users translated)", plan.manifest.version, manifest.version, len(plan.users))
     for plan in version_plans:
         for alias in plan.aliases:
             summary["aliases"][alias] = store.set_alias(alias, summary["versions"][plan.manifest.version])
