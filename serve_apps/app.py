@@ -10,7 +10,9 @@ its newest version); without one it gets the service's alias (``production`` by 
 recommender replica resolves names against the model store at most every ``poll_seconds``, so a
 moved alias is picked up without a restart, and keeps the last few versions it loaded in memory.
 A version that fails its checksums or was built under another pseudonymisation key is refused;
-for the service's own alias, the replica keeps serving the version it has.
+for the service's own alias, the replica keeps serving the version it has. During a change of key
+(``ENCORE_ID_KEY_PREVIOUS`` set, see ``encore.rotation``) versions built under either key are served:
+the ingress pseudonymises a user's id under each key, and the version that answers uses its own.
 
     serve deploy serve_apps/config.yaml        # on a running cluster (see the README)
 """
@@ -62,7 +64,7 @@ from encore.audio_serving import (
     similar_to_upload,
 )
 from encore.composer.service import compose_answer
-from encore.ids import id_key, key_fingerprint, pseudonymize
+from encore.ids import id_keys, pseudonyms
 from encore.serving import FAMILIES, Catalogue, VersionCache, preprocessing, run_until_cancelled
 from encore.soundalike import preprocessing as soundalike_preprocessing
 from encore.store import ModelStore
@@ -128,7 +130,8 @@ class Recommender:
             load=FAMILIES["recommender"].load,
             poll_seconds=poll_seconds,
             capacity=MODELS_PER_REPLICA,
-            expected_preprocessing=preprocessing(key_fingerprint(id_key())),
+            # Versions built under ENCORE_ID_KEY, or under ENCORE_ID_KEY_PREVIOUS during a change of key.
+            expected_preprocessing=[preprocessing(fingerprint) for fingerprint in id_keys()],
         )
         self.catalogue = Catalogue(self.models.store, max_age_seconds=poll_seconds)
 
@@ -156,7 +159,7 @@ class Recommender:
                 answers.append(error)
         return answers
 
-    async def top_items(self, user_key: str, n: int, model: str | None) -> dict:
+    async def top_items(self, user_key: str | dict[str, str], n: int, model: str | None) -> dict:
         bundle, info = await self.models.get(model)
         return {**bundle.top_items(user_key, n), "model": info}
 
@@ -265,7 +268,7 @@ class EncoreAPI:
         self.composer = composer
         self.genres, self.soundalike, self.max_upload_bytes = genres, soundalike, max_upload_bytes
         self.uploads = UploadSlots(max_concurrent_uploads)
-        self.key = id_key()
+        self.keys = id_keys()  # {fingerprint: key}: ENCORE_ID_KEY, and ENCORE_ID_KEY_PREVIOUS during a change
         self.access = Access(api_keys_file, served_aliases)
         self.page = web_page(dashboard_url)
 
@@ -282,7 +285,7 @@ class EncoreAPI:
     async def recommend(self, request: RecommendRequest, client: RecommendClient) -> dict:
         """Top-n items for a user; a user the model has never seen gets the most popular items."""
         self.access.check_model(client, request.model)
-        user_key = pseudonymize(request.user_id, self.key)
+        user_key = pseudonyms(request.user_id, self.keys)
         return await self.recommender.recommend.remote(
             {
                 "user_key": user_key,
@@ -297,7 +300,7 @@ class EncoreAPI:
     async def user_top(self, request: UserTopRequest, client: RecommendClient) -> dict:
         """The items a user played most in the data the model was fitted on; 404 for a user it never saw."""
         self.access.check_model(client, request.model)
-        user_key = pseudonymize(request.user_id, self.key)
+        user_key = pseudonyms(request.user_id, self.keys)
         return await self.recommender.top_items.remote(user_key, request.n, request.model)
 
     @app.get("/v1/models", response_model=ModelsResponse, responses=error_statuses())

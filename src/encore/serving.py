@@ -4,7 +4,9 @@ A bundle folder holds the model's own files (``config.json``, ``state.npz``), ``
 (dense index to pseudonymised user key) and ``items.parquet`` (dense index to item id, name and
 training popularity, which answers users the model has never seen). It is the unit saved in the
 model store, and its ``preprocessing`` record makes a serving process refuse a bundle made
-under another pseudonymisation key.
+under a pseudonymisation key it does not hold. During a change of key (``encore.rotation``) a process
+holds two: a request carries its user's pseudonym under each, and each bundle answers with the one made
+under its own key.
 """
 
 import asyncio
@@ -13,7 +15,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +156,9 @@ class VersionCache:
     nothing is answered ModelUnavailableError (503) at once instead of waiting on it: the S3 backend's
     timeouts and retries (``ENCORE_S3_*``, see :mod:`encore.store.backends`) bound how long the first
     request that finds the outage waits. ``clock`` (seconds, monotonic) times the polls and back-offs; a
-    name never resolved is resolved on first use whatever it reads.
+    name never resolved is resolved on first use whatever it reads. ``expected_preprocessing`` is what a
+    version's preprocessing must match, or a list of such records, any of which it may match (during a
+    change of pseudonymisation key, versions built under either key are served).
     """
 
     NAMES_LIMIT = 1024  # names remembered, the least recently asked forgotten: clients' made-up names stay few
@@ -167,7 +171,7 @@ class VersionCache:
         load: Callable[[LoadedVersion], Any],
         poll_seconds: float = 10.0,
         capacity: int = 4,
-        expected_preprocessing: dict | None = None,
+        expected_preprocessing: dict | list[dict] | None = None,
         clock: Callable[[], float] = time.monotonic,
         refresh_wait_seconds: float | None = 0.0,
         backoff_seconds: float = 1.0,
@@ -206,14 +210,23 @@ class VersionCache:
     def load(self, version: str) -> tuple[Any, dict]:
         """The model of ``version``, loaded (blocking: reads the store, verifies the checksums)."""
         started = time.perf_counter()
-        kind = self.store.show(version).kind
-        if kind not in self.kinds:
+        manifest = self.store.show(version)
+        if manifest.kind not in self.kinds:
             served = ", ".join(sorted(self.kinds))
-            raise UnknownModelError(f"{version} is a {kind} model; this endpoint serves {served}", "model")
-        loaded = self.store.load(version, expected_preprocessing=self.expected_preprocessing)
+            raise UnknownModelError(f"{version} is a {manifest.kind} model; this endpoint serves {served}", "model")
+        loaded = self.store.load(version, expected_preprocessing=self._expected_for(manifest))
         entry = (self._load_model(loaded), {"kind": loaded.manifest.kind, "version": loaded.manifest.version})
         logger.info("loaded %s in %.0f ms", version, 1000 * (time.perf_counter() - started))
         return entry
+
+    def _expected_for(self, manifest: Manifest) -> dict | None:
+        """The accepted preprocessing record ``manifest`` matches, or the first one (the store refuses the
+        version naming it)."""
+        accepted = self.expected_preprocessing
+        if not isinstance(accepted, list):
+            return accepted
+        matching = (e for e in accepted if all(manifest.preprocessing.get(k) == v for k, v in e.items()))
+        return next(matching, accepted[0] if accepted else None)
 
     async def get(self, ref: str | None = None) -> tuple[Any, dict]:
         ref = ref or self.default_ref
@@ -388,7 +401,9 @@ class Family:
 
 
 def _load_recommender(loaded: LoadedVersion) -> "RecommenderBundle":
-    return RecommenderBundle.load(loaded.path, loaded.manifest.kind)
+    bundle = RecommenderBundle.load(loaded.path, loaded.manifest.kind)
+    bundle.id_key_fingerprint = loaded.manifest.preprocessing.get("id_key_fingerprint")
+    return bundle
 
 
 def _load_composer(loaded: LoadedVersion):
@@ -581,6 +596,9 @@ class RecommenderBundle:
     model: Recommender
     users: pd.DataFrame
     items: pd.DataFrame
+    # The pseudonymisation key its user keys were made under (the store's manifest records it), which picks
+    # a request's pseudonym among those made under each key the ingress holds.
+    id_key_fingerprint: str | None = None
 
     @classmethod
     def from_dataset(cls, model: Recommender, dataset: InteractionDataset, *splits: str) -> "RecommenderBundle":
@@ -611,9 +629,25 @@ class RecommenderBundle:
         self._item_index = pd.Index(self.items["item_id"])
         self._items_by_index = self.items.set_index("item_idx")
 
-    def user_index(self, user_key: str) -> int | None:
+    def own_pseudonym(self, user_key: str | Mapping[str, str]) -> str:
+        """The pseudonym of a request's user under this bundle's key: ``user_key`` is one pseudonym (made under
+        the only key its sender holds) or ``{key fingerprint: pseudonym}`` (``encore.ids.pseudonyms``).
+
+        Raises ModelUnavailableError when the request has no pseudonym under this bundle's key: its sender does
+        not hold the key (replicas configured with different keys, for the moment of a redeployment)."""
+        if isinstance(user_key, str):
+            return user_key
+        pseudonym = user_key.get(self.id_key_fingerprint)
+        if pseudonym is None:
+            raise ModelUnavailableError(
+                "this model was built under a pseudonymisation key the service's ingress does not hold; ask again",
+                "model",
+            )
+        return pseudonym
+
+    def user_index(self, user_key: str | Mapping[str, str]) -> int | None:
         """Dense index of a pseudonymised user, or None if the model has never seen them."""
-        position = self._user_index.get_indexer([user_key])[0]
+        position = self._user_index.get_indexer([self.own_pseudonym(user_key)])[0]
         return None if position < 0 else int(self.users["user_idx"].iloc[position])
 
     def item_indices(self, item_ids: list[str], field: str = "items") -> np.ndarray:
@@ -623,7 +657,9 @@ class RecommenderBundle:
             raise UnknownItemError(unknown, field)
         return self.items["item_idx"].to_numpy()[positions]
 
-    def recommend(self, user_key: str, n: int = 10, exclude_seen: bool = True, explain: bool = False) -> dict:
+    def recommend(
+        self, user_key: str | Mapping[str, str], n: int = 10, exclude_seen: bool = True, explain: bool = False
+    ) -> dict:
         """``{"items": [{"item_id", "name", "score"[, "because"]}], "fallback": None | "popular"}``.
 
         A user the model has never seen gets the most popular items, marked as the fallback; with
@@ -642,7 +678,7 @@ class RecommenderBundle:
                 item["because"] = self._because(user, int(item_idx))
         return {"items": items, "fallback": None}
 
-    def top_items(self, user_key: str, n: int = 10) -> dict:
+    def top_items(self, user_key: str | Mapping[str, str], n: int = 10) -> dict:
         """``{"items": [{"item_id", "name", "plays"}]}``: the items a pseudonymised user played most in the
         data the model was fitted on, most played first (ties by item order); UnknownUserError if none."""
         user = self.user_index(user_key)
