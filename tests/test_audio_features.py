@@ -433,22 +433,28 @@ def test_a_crashed_extraction_resumes_from_the_parts_it_wrote(ray_local, tmp_pat
         (source / name).write_bytes((SAMPLES / name).read_bytes())
     (source / "empty.wav").write_bytes(b"")  # an error row is a result too
     listed = sorted(path.name for path in source.iterdir())
-    calls = tmp_path / "calls.log"
 
-    def counting(path, data, sample_rate):  # in the actors' forked children: counted in a file
-        with open(calls, "a") as log:
-            log.write(Path(path).name + "\n")
-        return job.analyze_track(path, data, sample_rate)
+    def counting(run: str):
+        """Analysis that counts the files it decodes in a file of ``run``'s own: the crashed run's actor may
+        still finish a file after the crash, and must not count as the rerun's."""
 
-    def analysed() -> list[str]:
-        names = calls.read_text().split() if calls.exists() else []
-        calls.unlink(missing_ok=True)
-        return sorted(names)
+        def analyse(path, data, sample_rate):  # in the actors' forked children: counted in a file
+            with open(tmp_path / f"{run}.log", "a") as log:
+                log.write(Path(path).name + "\n")
+            return job.analyze_track(path, data, sample_rate)
+
+        return analyse
+
+    def analysed(run: str) -> list[str]:
+        calls = tmp_path / f"{run}.log"
+        return sorted(calls.read_text().split() if calls.exists() else [])
 
     # One file per part, so that the crash lands between files.
-    options = dict(numba_cache_dir=os.environ["NUMBA_CACHE_DIR"], workers=1, batch_size=1, process_file=counting)
-    reference = job.extract_features(str(source), str(tmp_path / "uninterrupted"), **options)
-    assert analysed() == listed and reference["parts"] == 4 and reference["resumed"] == 0
+    options = dict(numba_cache_dir=os.environ["NUMBA_CACHE_DIR"], workers=1, batch_size=1)
+    reference = job.extract_features(
+        str(source), str(tmp_path / "uninterrupted"), **options, process_file=counting("reference")
+    )
+    assert analysed("reference") == listed and reference["parts"] == 4 and reference["resumed"] == 0
     assert not (tmp_path / "uninterrupted" / "_parts").exists()  # removed once the tables are written
 
     def crash_after_the_second_part(number, uri, rows):
@@ -457,17 +463,19 @@ def test_a_crashed_extraction_resumes_from_the_parts_it_wrote(ray_local, tmp_pat
             raise CrashAtPart(uri)
 
     with pytest.raises(CrashAtPart):
-        job.extract_features(str(source), str(output), on_part=crash_after_the_second_part, **options)
+        job.extract_features(
+            str(source), str(output), on_part=crash_after_the_second_part, **options, process_file=counting("crashed")
+        )
     assert not (output / "tracks.parquet").exists()  # nothing published: the run did not finish
     parts = sorted((output / "_parts").glob("*/part-*.parquet"))
     assert len(parts) == 2
     in_parts = sorted(Path(path).name for part in parts for path in pq.read_table(part)["path"].to_pylist())
-    assert len(in_parts) == 2 and set(in_parts) <= set(analysed())
+    assert len(in_parts) == 2 and set(in_parts) <= set(analysed("crashed"))
 
-    resumed = job.extract_features(str(source), str(output), **options)
+    resumed = job.extract_features(str(source), str(output), **options, process_file=counting("resumed"))
 
     # The files the parts held were not decoded again; the others were, once each.
-    assert analysed() == sorted(set(listed) - set(in_parts))
+    assert analysed("resumed") == sorted(set(listed) - set(in_parts))
     assert (resumed["resumed"], resumed["parts"]) == (2, 2)
     for figure in ("files", "analysed", "errors", "segments", "skipped"):
         assert resumed[figure] == reference[figure], figure
