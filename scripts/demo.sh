@@ -32,9 +32,11 @@ if RAY_ADDRESS= ray status --address 127.0.0.1:6379 >/dev/null 2>&1; then
   echo "== Ray head node already running"
 else
   echo "== Starting a local Ray head node (dashboard on 127.0.0.1:8265)"
-  # Started from the repository root: `serve deploy` imports serve_apps.app relative to it.
+  # Started from the repository root: `serve deploy` imports serve_apps.app relative to it. In the
+  # background: the composer's import and the API key need no cluster, and are done meanwhile.
   ray start --head --node-ip-address=127.0.0.1 --port=6379 \
-    --dashboard-host=127.0.0.1 --dashboard-port=8265 --disable-usage-stats >/dev/null
+    --dashboard-host=127.0.0.1 --dashboard-port=8265 --disable-usage-stats >/dev/null &
+  RAY_START_PID=$!
 fi
 
 # The composer ships trained (models/README.md says on what, how, and its figures): imported through the
@@ -53,6 +55,10 @@ if [[ ! -s "$DEMO_KEY_FILE" ]]; then
   echo "== Created the demo's API key in $DEMO_KEY_FILE (its hash in $KEYS_FILE)"
 fi
 export ENCORE_API_KEY="$(cat "$DEMO_KEY_FILE")"
+
+if [[ -n "${RAY_START_PID:-}" ]]; then
+  wait "$RAY_START_PID"
+fi
 
 # Deployed before the models exist: its replicas start while the pipeline trains, and each answers 503
 # model_unavailable until its alias is published, then loads the version.
