@@ -11,6 +11,7 @@ export RAY_ADDRESS="http://127.0.0.1:8265"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
 STORE="$REPO/artifacts"
+mkdir -p "$STORE"
 # Outside the repository: the working directory is packaged while this log grows.
 JOB_LOG="$(mktemp)"
 trap 'rm -f "$JOB_LOG"' EXIT
@@ -41,9 +42,11 @@ fi
 
 # The composer ships trained (models/README.md says on what, how, and its figures): imported through the
 # store's own API, every checksum verified, and promoted; a second run finds it there already.
+# In the background too: the Composer replica picks the alias up whenever it appears.
 COMPOSER_FOLDER="$(ls -d "$REPO"/models/composer-*/ | head -1)"
 echo "== Importing the pretrained composer ${COMPOSER_FOLDER#"$REPO/"}"
-python -m encore.store --uri "$STORE" import "$COMPOSER_FOLDER" --alias composer-latest --alias composer-production
+python -m encore.store --uri "$STORE" import "$COMPOSER_FOLDER" --alias composer-latest --alias composer-production &
+IMPORT_PID=$!
 
 # The service asks every client for an API key. The demo's own, with every scope, is kept beside the
 # store (readable by you only) so that a second run reuses it; the file of keys holds only their hashes.
@@ -78,6 +81,8 @@ ray job submit --working-dir . -- bash -c "\
     --alias soundalike-production" \
   2>&1 | tee "$JOB_LOG"
 JOB_ID="$(grep -oE "raysubmit_[A-Za-z0-9]+" "$JOB_LOG" | head -1)"
+
+wait "$IMPORT_PID"
 
 python scripts/demo_requests.py --url http://127.0.0.1:8000 --wait 180 --out "${TMPDIR:-/tmp}/encore-demo"
 

@@ -35,7 +35,7 @@ from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from encore.serving import ServingError
+from encore.errors import ServingError
 
 SCOPES = ("recommend", "classify", "compose", "catalogue", "admin")
 DEFAULT_RATE = "50/second"

@@ -21,7 +21,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from encore.serving import MAX_CATALOGUE_VERSIONS, MAX_METRICS, ServingError
+from encore.errors import ServingError
+from encore.serving import MAX_CATALOGUE_VERSIONS, MAX_METRICS
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 from encore.audio import AudioDecodeError, AudioLimits
 from encore.audio.schema import WINDOW_SECONDS
-from encore.serving import ServingError
+from encore.errors import ServingError
 from encore.soundalike import UnknownTrackError
 
 MAX_UPLOAD_BYTES = 20_000_000

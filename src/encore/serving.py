@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from encore.errors import ServingError
 from encore.interactions import SCHEMA_VERSION, InteractionDataset
 from encore.models import MODELS, NotSupportedError, Recommender, model_class
 from encore.store import (
@@ -47,18 +48,6 @@ T = TypeVar("T")
 def preprocessing(id_key_fingerprint: str) -> dict:
     """What a serving process must share with the data a recommender was trained on."""
     return {"id_key_fingerprint": id_key_fingerprint, "interactions_schema": SCHEMA_VERSION}
-
-
-class ServingError(Exception):
-    """A request the served model cannot answer; carries the HTTP status, error code and field."""
-
-    status = 400
-    code = "bad_request"
-    headers: dict | None = None
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.message, self.field = message, field
 
 
 def summarise_ids(ids: list[str], shown: int = 3, length: int = 40) -> str:

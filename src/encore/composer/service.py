@@ -2,7 +2,7 @@
 
 :func:`compose_answer` is the blocking work of one ``POST /v1/compose``; the Serve replica runs it
 in a thread so its event loop stays free. Every failure the caller can fix becomes a
-:class:`~encore.serving.ServingError` naming the request field.
+:class:`~encore.errors.ServingError` naming the request field.
 
 The time budget counts from the start of the request: reading the primer spends it too, and what is
 left bounds sampling. Reading the primer is itself bounded before it starts (:data:`PRIMER_LIMITS`,
@@ -28,7 +28,7 @@ from encore.composer.midi import (
     steps_to_midi,
     steps_to_notes,
 )
-from encore.serving import ServingError
+from encore.errors import ServingError
 
 # A primer is the opening of a piece the model continues: a few hundred steps of a few voices. These bound
 # pretty_midi's work to a fraction of a second; the length in steps is the model's own (see decode_primer).
