@@ -9,8 +9,9 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 install: $(INSTALLED)
 
-# Re-runs only when the pins change; `pip install` of pinned versions is idempotent anyway. No byte-code
-# compilation of the 2 GB installed: Python compiles what it imports on first use, a fraction of it. The
+# Re-runs only when the pins change; `pip install` of pinned versions is idempotent anyway. Byte-code is
+# compiled here, once: left to first use, every process the demo starts at once (Ray's, the replicas')
+# would compile the same modules side by side, and Ray's first start alone took a minute. The
 # composer's audio renderer (FluidSynth, a GM SoundFont) and the browser of the web page's tests
 # (Chromium) come from the system's packages: the scripts install them where they may and say what to
 # run where they may not.
@@ -18,7 +19,7 @@ $(INSTALLED): pyproject.toml constraints.txt scripts/install_fluidsynth.sh scrip
 	bash scripts/install_fluidsynth.sh
 	bash scripts/install_chromium.sh
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --no-compile -c constraints.txt -e ".[dev]"
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
 demo: install
