@@ -28,9 +28,14 @@ logger = logging.getLogger("encore.train")
 FITS = (("train",), ("train", "validation"))
 
 
+def run_name(workers: dict, splits: tuple[str, ...]) -> str:
+    """The Ray Train run (a name under ``workers["storage_path"]``) of the fit on ``splits``."""
+    return f"{workers['name']}-{'-'.join(splits)}"
+
+
 def run_names(workers: dict) -> list[str]:
-    """The Ray Train runs (names under ``workers["storage_path"]``) a training with ``workers`` makes."""
-    return [f"{workers['name']}-{'-'.join(splits)}" for splits in FITS]
+    """The Ray Train runs a training with ``workers`` makes, one per fit."""
+    return [run_name(workers, splits) for splits in FITS]
 
 
 def fit_and_evaluate(
@@ -50,7 +55,7 @@ def fit_and_evaluate(
             raise SystemExit(f"error: only als trains on Ray Train workers, not {kind!r}; leave out --workers")
         from encore.models.als_train import fit_on_ray
 
-        run = {**workers, "name": f"{workers['name']}-{'-'.join(splits)}"}
+        run = {**workers, "name": run_name(workers, splits)}
         return fit_on_ray(model_class(kind)(**params), user_items, **run)
 
     started = time.perf_counter()
