@@ -36,7 +36,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.serving import REPO, build_store, free_port
+from benchmarks.serve_load import REPO, build_store, free_port
 
 ATTACKS = ("batch", "uploads", "primer", "outage")
 SECRET_MODEL = "nope-secret-model"
@@ -552,7 +552,7 @@ def main() -> None:
         temp = Path(folder)
         if {"batch", "uploads", "primer"} & set(args.only):
             store = temp / "store"
-            build_store(store)
+            build_store(store, "popularity", ["production"])
             say("store: popularity model as production")
             if "primer" in args.only:
                 publish_tiny_composer(str(store))

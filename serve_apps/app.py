@@ -32,12 +32,17 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from threadpoolctl import threadpool_limits
 
 from encore import genre
 from encore.access import Access, Client
 from encore.api import (
     MAX_ITEMS,
+    MAX_USER_ID,
     UPLOAD_STATUSES,
+    Admission,
+    BatchRequest,
+    BatchResponse,
     ClassifyResponse,
     ComposeRequest,
     ComposeResponse,
@@ -53,6 +58,7 @@ from encore.api import (
     create_app,
     error_response,
     error_statuses,
+    user_error,
 )
 from encore.audio.warmup import warm_up_numba
 from encore.audio_serving import (
@@ -64,8 +70,20 @@ from encore.audio_serving import (
     similar_to_upload,
 )
 from encore.composer.service import compose_answer
+from encore.errors import ServingError
 from encore.ids import id_keys, pseudonyms
-from encore.serving import FAMILIES, Catalogue, VersionCache, preprocessing, run_until_cancelled
+from encore.serving import (
+    FAMILIES,
+    Catalogue,
+    Names,
+    RecommenderBundle,
+    TrafficSplit,
+    UnknownModelError,
+    VersionCache,
+    preprocessing,
+    refusal_reason,
+    run_until_cancelled,
+)
 from encore.soundalike import preprocessing as soundalike_preprocessing
 from encore.store import ModelStore
 
@@ -80,7 +98,8 @@ PAGE_POLICY = (
     "base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
 )
 
-app = create_app(own_body_limits=["/v1/classify", "/v1/similar"])  # uploads: read_upload bounds them
+ADMISSION = Admission()  # bounded by the ingress replica at its start (max_in_flight)
+app = create_app(own_body_limits=["/v1/classify", "/v1/similar"], admission=ADMISSION)  # uploads bound their own
 app.mount("/web", StaticFiles(directory=WEB), name="web")
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="a key from `python -m encore.access`")
 BEARER = HTTPBearer(auto_error=False, description="the same key as a bearer token")
@@ -120,60 +139,36 @@ async def _overloaded(request: Request, exc: BackPressureError) -> JSONResponse:
 
 # Fractional CPUs: the whole application at its minimum replicas reserves less than one CPU, so a
 # 2-CPU node keeps a whole CPU for the 1-CPU tasks of jobs and Tune trials (tests/test_infra.py).
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_queued_requests=128)
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_queued_requests=32)
 class Recommender:
-    def __init__(self, store_uri: str, model_alias: str, poll_seconds: float):
+    """The recommender versions requests select by name, beyond the service's own aliases (which the ingress
+    answers itself): multiplexed by version id, so a request goes to a replica that has its version loaded,
+    and each replica holds at most ``MODELS_PER_REPLICA``, the least recently used unloaded first."""
+
+    def __init__(self, store_uri: str):
+        torch.set_num_threads(1)  # replicas share the node's cores: one thread each for the numeric work
         self.models = VersionCache(
             ModelStore(store_uri),
-            model_alias,
+            "production",
             kinds=FAMILIES["recommender"].kinds,
             load=FAMILIES["recommender"].load,
-            poll_seconds=poll_seconds,
-            capacity=MODELS_PER_REPLICA,
             # Versions built under ENCORE_ID_KEY, or under ENCORE_ID_KEY_PREVIOUS during a change of key.
             expected_preprocessing=[preprocessing(fingerprint) for fingerprint in id_keys()],
         )
-        self.catalogue = Catalogue(self.models.store, max_age_seconds=poll_seconds)
 
-    async def health(self) -> dict:
-        """The version the service's alias serves, and the versions refused behind an alias."""
-        return {"model": (await self.models.get(None))[1], "refused": list(self.models.refused.values())}
+    @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
+    async def _version(self, version: str) -> tuple[RecommenderBundle, dict]:
+        try:
+            return await asyncio.to_thread(self.models.load, version)
+        except ServingError:
+            raise
+        except Exception as error:  # checksums, preprocessing, files: a refusal the client may read
+            raise UnknownModelError(f"model {version} could not be loaded: {refusal_reason(error)}", "model") from None
 
-    async def recommend(self, request: dict) -> dict:
-        """One request's answer. Its error is raised here, outside the batch: Serve hands an exception
-        raised inside a batch to every request in it."""
-        answer = await self._recommend_in_batch(request)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def _recommend_in_batch(self, requests: list[dict]) -> list[dict | Exception]:
-        answers = []
-        for r in requests:
-            try:
-                bundle, info = await self.models.get(r["model"])
-                answer = bundle.recommend(r["user_key"], r["n"], r["exclude_seen"], r["explain"])
-                answers.append({**answer, "model": info})
-            except Exception as error:  # this request's own error, whatever it is
-                answers.append(error)
-        return answers
-
-    async def top_items(self, user_key: str | dict[str, str], n: int, model: str | None) -> dict:
-        bundle, info = await self.models.get(model)
-        return {**bundle.top_items(user_key, n), "model": info}
-
-    async def models_catalogue(self) -> dict:
-        """Every family's aliases and versions: one store holds them all, and this replica reads it anyway."""
-        return await self.catalogue.get()
-
-    async def recommend_for_history(self, item_ids: list[str], n: int, model: str | None) -> dict:
-        bundle, info = await self.models.get(model)
-        return {**bundle.recommend_for_history(item_ids, n), "model": info}
-
-    async def similar_items(self, item_id: str, n: int, model: str | None) -> dict:
-        bundle, info = await self.models.get(model)
-        return {**bundle.similar_items(item_id, n), "model": info}
+    async def answer(self, method: str, *args) -> tuple[Any, dict]:
+        """``method`` of the bundle of the version the request was routed for, with its ``{"kind", "version"}``."""
+        bundle, info = await self._version(serve.get_multiplexed_model_id())
+        return getattr(bundle, method)(*args), info
 
 
 # A composition keeps a core busy for up to its time budget: few at once per replica, and more replicas
@@ -242,12 +237,14 @@ class Soundalike:
         return {**await asyncio.to_thread(similar_to_upload, index, data, n), "model": info}
 
 
-# The ingress awaits the other deployments and the clients' bodies; it does little work of its own, so
-# it takes many requests at once. Beyond its queue the proxy answers 503 with Retry-After at once.
+# The ingress answers the recommendations of the service's aliases itself, from models it holds: a few
+# milliseconds of numeric work each, where another hop to a replica cost more than the work (see
+# benchmarks/RESULTS.md, "Serving under load"). It awaits the other deployments and the clients' bodies.
+# Its queue is bounded: beyond it the proxy answers 503 with Retry-After at once.
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.1},
-    max_ongoing_requests=128,
-    max_queued_requests=256,
+    max_ongoing_requests=1000,  # bounded by max_in_flight below, which answers 503 at once
+    max_queued_requests=64,
     backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
 )
 @serve.ingress(app)
@@ -258,19 +255,62 @@ class EncoreAPI:
         composer: DeploymentHandle,
         genres: DeploymentHandle,
         soundalike: DeploymentHandle,
+        store_uri: str,
+        traffic_split: dict[str, float],
+        poll_seconds: float,
+        max_in_flight: int,
         max_upload_bytes: int,
         max_concurrent_uploads: int,
         api_keys_file: str,
         served_aliases: list[str],
         dashboard_url: str = DEFAULT_DASHBOARD_URL,
     ):
+        torch.set_num_threads(1)  # the replicas share the node's cores: one thread each for the numeric work
+        threadpool_limits(1)
+        ADMISSION.limit = max_in_flight
         self.recommender = recommender
         self.composer = composer
         self.genres, self.soundalike, self.max_upload_bytes = genres, soundalike, max_upload_bytes
         self.uploads = UploadSlots(max_concurrent_uploads)
         self.keys = id_keys()  # {fingerprint: key}: ENCORE_ID_KEY, and ENCORE_ID_KEY_PREVIOUS during a change
+        self.split = TrafficSplit(traffic_split)
+        store = ModelStore(store_uri)
+        self.recommenders = VersionCache(
+            store,
+            self.split.arms[0],
+            kinds=FAMILIES["recommender"].kinds,
+            load=FAMILIES["recommender"].load,
+            poll_seconds=poll_seconds,
+            capacity=2 * len(self.split.arms),  # each arm's version, and the next one while an alias moves
+            # Versions built under ENCORE_ID_KEY, or under ENCORE_ID_KEY_PREVIOUS during a change of key.
+            expected_preprocessing=[preprocessing(fingerprint) for fingerprint in self.keys],
+        )
+        self.names = Names(store, FAMILIES["recommender"].kinds, poll_seconds)
+        self.catalogue = Catalogue(store, max_age_seconds=poll_seconds)
         self.access = Access(api_keys_file, served_aliases)
         self.page = web_page(dashboard_url)
+
+    def _arm(self, ref: str | None, user_key: dict[str, str] | None) -> tuple[str, str | None]:
+        """The name that answers, and the arm of the traffic split if the request named no model: drawn by the
+        user's pseudonym under the current key, the first arm for a request without a user."""
+        if ref is not None:
+            return ref, None
+        arm = self.split.arm(next(iter(user_key.values()))) if user_key else self.split.arms[0]
+        return arm, arm
+
+    async def _answer(self, method: str, ref: str, *args) -> tuple[Any, dict]:
+        """``method`` of the recommender ``ref`` names, and its ``{"kind", "version"}``: the arms are answered
+        here, other names by the ``Recommender`` replicas, routed by the version the name selects now."""
+        if ref in self.split.weights:
+            bundle, info = await self.recommenders.get(ref)
+            return getattr(bundle, method)(*args), info
+        version = await self.names.version(ref)
+        return await self.recommender.options(multiplexed_model_id=version).answer.remote(method, *args)
+
+    async def _recommender(self, method: str, ref: str | None, user_key: dict[str, str] | None, *args) -> dict:
+        ref, arm = self._arm(ref, user_key)
+        answer, info = await self._answer(method, ref, *args)
+        return {**answer, "model": info, "arm": arm}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:
@@ -279,40 +319,68 @@ class EncoreAPI:
 
     @app.get("/healthz", response_model=Health, responses=error_statuses(500, 503, authenticated=False))
     async def healthz(self) -> dict:
-        return {"status": "ok", **await self.recommender.health.remote()}
+        """The version each arm of the traffic split serves, and the versions refused behind an alias."""
+        arms = []
+        for alias, weight in self.split.weights.items():
+            arms.append({"alias": alias, "weight": weight, **(await self.recommenders.get(alias))[1]})
+        model = {"kind": arms[0]["kind"], "version": arms[0]["version"]}
+        return {"status": "ok", "model": model, "arms": arms, "refused": list(self.recommenders.refused.values())}
 
     @app.post("/v1/recommend", response_model=RecommendResponse, responses=error_statuses(400, 404))
     async def recommend(self, request: RecommendRequest, client: RecommendClient) -> dict:
         """Top-n items for a user; a user the model has never seen gets the most popular items."""
         self.access.check_model(client, request.model)
         user_key = pseudonyms(request.user_id, self.keys)
-        return await self.recommender.recommend.remote(
-            {
-                "user_key": user_key,
-                "n": request.n,
-                "exclude_seen": request.exclude_seen,
-                "explain": request.explain,
-                "model": request.model,
-            }
+        return await self._recommender(
+            "recommend", request.model, user_key, user_key, request.n, request.exclude_seen, request.explain
         )
+
+    @app.post("/v1/recommend/batch", response_model=BatchResponse, responses=error_statuses(400, 404))
+    async def recommend_batch(self, request: BatchRequest, client: RecommendClient, http: Request) -> dict:
+        """Top-n items for up to 1,000 users at once, in the order given: each user gets their own answer or
+        their own error (an invalid id; an arm that cannot answer now), never another user's."""
+        self.access.check_model(client, request.model)
+        results: list[dict] = [{}] * len(request.users)
+        groups: dict[tuple[str, str | None], list[int]] = {}
+        user_keys = {}
+        for position, user_id in enumerate(request.users):
+            if not isinstance(user_id, str) or not 1 <= len(user_id) <= MAX_USER_ID:
+                message = f"a user id is a string of 1 to {MAX_USER_ID} characters"
+                results[position] = {"error": user_error(http, "invalid_user_id", message, f"users[{position}]")}
+                continue
+            user_keys[position] = pseudonyms(user_id, self.keys)
+            groups.setdefault(self._arm(request.model, user_keys[position]), []).append(position)
+        for (ref, arm), positions in groups.items():
+            try:
+                answers, info = await self._answer(
+                    "recommend_many", ref, [user_keys[p] for p in positions], request.n, request.exclude_seen
+                )
+            except ServingError as error:
+                if arm is None:  # the model the request named: the whole request's error
+                    raise
+                answers = [{"error": user_error(http, error.code, error.message, error.field)}] * len(positions)
+                info = None
+            for position, answer in zip(positions, answers):
+                results[position] = {**answer, "model": info, "arm": arm}
+        return {"results": results}
 
     @app.post("/v1/users/top", response_model=UserTopResponse, responses=error_statuses(404))
     async def user_top(self, request: UserTopRequest, client: RecommendClient) -> dict:
         """The items a user played most in the data the model was fitted on; 404 for a user it never saw."""
         self.access.check_model(client, request.model)
         user_key = pseudonyms(request.user_id, self.keys)
-        return await self.recommender.top_items.remote(user_key, request.n, request.model)
+        return await self._recommender("top_items", request.model, user_key, user_key, request.n)
 
     @app.get("/v1/models", response_model=ModelsResponse, responses=error_statuses())
     async def models(self, client: CatalogueClient) -> dict:
         """The store's aliases and versions, with kind, family and metrics (scope ``catalogue``)."""
-        return await self.recommender.models_catalogue.remote()
+        return await self.catalogue.get()
 
     @app.post("/v1/recommend/history", response_model=RecommendResponse, responses=error_statuses(400, 404))
     async def recommend_for_history(self, request: HistoryRequest, client: RecommendClient) -> dict:
         """Top-n items for a listener the model has never seen, from the items they played."""
         self.access.check_model(client, request.model)
-        return await self.recommender.recommend_for_history.remote(request.items, request.n, request.model)
+        return await self._recommender("recommend_for_history", request.model, None, request.items, request.n)
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarResponse, responses=error_statuses(400, 404))
     async def similar_items(
@@ -324,7 +392,7 @@ class EncoreAPI:
     ) -> dict:
         """Items most similar to ``item_id`` according to the model."""
         self.access.check_model(client, model)
-        return await self.recommender.similar_items.remote(item_id, n, model)
+        return await self._recommender("similar_items", model, None, item_id, n)
 
     @app.post("/v1/compose", response_model=ComposeResponse, responses=error_statuses(404))
     async def compose(self, request: ComposeRequest, client: ComposeClient) -> dict:
@@ -382,12 +450,15 @@ class EncoreAPI:
 def app_builder(args: dict) -> serve.Application:
     """Build the application; ``args``: ``store_uri`` (default ``$ENCORE_STORE_URI`` or the
     repository's ``artifacts`` folder), ``model_alias`` (default ``production``), ``poll_seconds``,
-    ``composer_alias`` (default ``composer-production``), ``compose_time_budget_s`` (default 20),
+    ``traffic_split`` (aliases and their weights, as ``{"production": 90, "candidate": 10}``: a user
+    who names no model is answered by one arm, drawn by a hash of their pseudonym; default: ``model_alias``
+    alone), ``composer_alias`` (default ``composer-production``), ``compose_time_budget_s`` (default 20),
     ``genre_alias`` (default ``genre-production``), ``soundalike_alias`` (default
-    ``soundalike-production``), ``max_upload_mb`` (default 20), ``max_concurrent_uploads`` (per ingress
-    replica, default 4), ``api_keys_file`` (default ``$ENCORE_API_KEYS_FILE`` or ``api_keys.json`` in
-    the repository's ``artifacts`` folder), ``dashboard_url`` (the Ray dashboard the page links to,
-    default ``$ENCORE_DASHBOARD_URL`` or http://127.0.0.1:8265)."""
+    ``soundalike-production``), ``max_in_flight`` (requests one ingress replica works on at once; beyond
+    them it answers 503 with Retry-After at once; default 32), ``max_upload_mb`` (default 20),
+    ``max_concurrent_uploads`` (per ingress replica, default 4), ``api_keys_file`` (default
+    ``$ENCORE_API_KEYS_FILE`` or ``api_keys.json`` in the repository's ``artifacts`` folder),
+    ``dashboard_url`` (the Ray dashboard the page links to, default ``$ENCORE_DASHBOARD_URL`` or http://127.0.0.1:8265)."""
     store_uri = args.get("store_uri") or os.environ.get("ENCORE_STORE_URI") or str(DEFAULT_STORE)
     poll_seconds = float(args.get("poll_seconds", 10))
     aliases = {
@@ -404,14 +475,22 @@ def app_builder(args: dict) -> serve.Application:
     dashboard_url = args.get("dashboard_url") or os.environ.get("ENCORE_DASHBOARD_URL") or DEFAULT_DASHBOARD_URL
     if not dashboard_url.startswith(("http://", "https://")):
         raise ValueError(f"dashboard_url must be an http(s) URL, not {dashboard_url!r}")
+    traffic_split = args.get("traffic_split") or {aliases["model"]: 1}
+    if not isinstance(traffic_split, dict):
+        raise ValueError(f"traffic_split must map aliases to weights, not {traffic_split!r}")
+    TrafficSplit(traffic_split)  # a bad split fails the deployment here, with its reason
     return EncoreAPI.bind(
-        Recommender.bind(store_uri, aliases["model"], poll_seconds),
+        Recommender.bind(store_uri),
         Composer.bind(store_uri, aliases["composer"], poll_seconds, compose_time_budget_s),
         GenreClassifier.bind(store_uri, aliases["genre"], poll_seconds),
         Soundalike.bind(store_uri, aliases["soundalike"], poll_seconds),
+        store_uri=store_uri,
+        traffic_split=traffic_split,
+        poll_seconds=poll_seconds,
+        max_in_flight=int(args.get("max_in_flight", 32)),
         max_upload_bytes=int(float(args.get("max_upload_mb", 20)) * 1_000_000),
         max_concurrent_uploads=int(args.get("max_concurrent_uploads", 4)),
         api_keys_file=api_keys_file,
-        served_aliases=sorted(aliases.values()),
+        served_aliases=sorted({*aliases.values(), *traffic_split}),
         dashboard_url=dashboard_url,
     )

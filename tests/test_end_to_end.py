@@ -141,7 +141,8 @@ def api(pipeline_run, api_keys):
 def test_healthz_names_the_served_version(api, pipeline_run):
     answer = api.get("/healthz").json()
     model = {"kind": "popularity", "version": pipeline_run["result"]["version"]}
-    assert answer == {"status": "ok", "model": model, "refused": []}
+    arms = [{"alias": "production", "weight": 1.0, **model}]
+    assert answer == {"status": "ok", "model": model, "arms": arms, "refused": []}
 
 
 def test_known_user_gets_unseen_items(api, pipeline_run):
@@ -506,6 +507,34 @@ def test_verbs_a_model_cannot_do_say_so(api):
     assert api.get("/v1/items/track-0/similar", params={"n": 0}).json()["error"]["field"] == "n"
 
 
+def test_a_batch_answers_each_user_in_order_with_its_own_error(api, pipeline_run):
+    raws = list(pipeline_run["histories"])[:3]
+    users = [raws[0], 42, "", "nobody-we-know", raws[1], "x" * 300, raws[2], None]
+    answer = api.post("/v1/recommend/batch", json={"users": users, "n": 4})
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert len(results) == len(users)
+    for position in (1, 2, 5, 7):
+        assert results[position]["items"] is None
+        assert results[position]["error"]["code"] == "invalid_user_id"
+        assert results[position]["error"]["field"] == f"users[{position}]"
+    for position, raw in ((0, raws[0]), (4, raws[1]), (6, raws[2])):
+        alone = api.post("/v1/recommend", json={"user_id": raw, "n": 4}).json()
+        assert results[position]["items"] == alone["items"] and results[position]["error"] is None
+        assert results[position]["model"] == alone["model"] and results[position]["arm"] == "production"
+    assert results[3]["fallback"] == "popular" and len(results[3]["items"]) == 4
+    assert not any(raw in answer.text for raw in raws)  # results are by position: no id is echoed
+
+
+def test_a_batch_is_bounded_and_a_model_it_names_must_exist(api):
+    too_many = api.post("/v1/recommend/batch", json={"users": ["u"] * 1001})
+    assert too_many.status_code == 422 and too_many.json()["error"]["field"] == "users"
+    missing = api.post("/v1/recommend/batch", json={"users": ["u"], "model": "no-such-model"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_model"
+    named = api.post("/v1/recommend/batch", json={"users": ["u", "v"], "model": "popularity"}).json()
+    assert [result["arm"] for result in named["results"]] == [None, None]
+
+
 def test_requests_choose_the_model_by_alias_version_or_kind(api, pipeline_run):
     version = pipeline_run["result"]["version"]
     for ref in (version, "latest", "popularity"):
@@ -687,6 +716,36 @@ def test_an_erased_listener_is_answered_as_an_unknown_user(api, pipeline_run, tm
 # Last in the module: it checks every file and log line the tests above produced.
 def _strings_in_parquet(path: Path) -> str:
     return json.dumps(pq.read_table(path).to_pylist(), default=str)
+
+
+def test_a_traffic_split_answers_each_user_from_one_arm_and_names_it(api, pipeline_run, api_keys):
+    from ray import serve
+
+    from encore.store import ModelStore
+    from encore.training import train
+    from serve_apps.app import app_builder
+
+    root = pipeline_run["root"]
+    store = str(root / "store")
+    production = ModelStore(store).resolve("production")  # earlier tests moved it
+    treatment = train(str(root / "dataset"), "popularity", {"by": "weight"}, store, ["treatment"], reuse=True)
+    args = {"store_uri": store, "poll_seconds": 1, "api_keys_file": api_keys["file"]}
+    serve.run(app_builder({**args, "traffic_split": {"production": 3, "treatment": 1}}), name="encore")
+    try:
+        arms = [(arm["alias"], arm["weight"], arm["version"]) for arm in api.get("/healthz").json()["arms"]]
+        assert arms == [("production", 3, production), ("treatment", 1, treatment)]
+        users, arm_of = [f"listener-{i}" for i in range(200)], {}
+        for user in users:
+            body = api.post("/v1/recommend", json={"user_id": user, "n": 3}).json()
+            assert body["model"]["version"] == {"production": production, "treatment": treatment}[body["arm"]]
+            arm_of[user] = body["arm"]
+        assert 0.15 < sum(arm == "treatment" for arm in arm_of.values()) / len(users) < 0.35
+        batch = api.post("/v1/recommend/batch", json={"users": users, "n": 3}).json()["results"]
+        assert [result["arm"] for result in batch] == [arm_of[user] for user in users]  # a user keeps their arm
+        named = api.post("/v1/recommend", json={"user_id": users[0], "n": 3, "model": "treatment"}).json()
+        assert named["arm"] is None and named["model"]["version"] == treatment
+    finally:
+        serve.run(app_builder(args), name="encore")
 
 
 def test_no_raw_user_id_in_any_artifact_or_log(pipeline_run, api, ray_local):

@@ -11,7 +11,7 @@ import os
 import re
 import uuid
 from collections.abc import Collection
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,11 +22,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from encore.errors import ServingError
-from encore.serving import MAX_CATALOGUE_VERSIONS, MAX_METRICS
+from encore.serving import MAX_ANSWER_ITEMS, MAX_CATALOGUE_VERSIONS, MAX_METRICS
 
 logger = logging.getLogger(__name__)
 
-MAX_ITEMS = 100
+MAX_ITEMS = MAX_ANSWER_ITEMS
+MAX_USER_ID = 256
 BODY_TIMEOUT_S = 30.0
 # A JSON request's body: the largest valid one is a composition with its primer (MAX_PRIMER_BYTES).
 MAX_JSON_BODY_BYTES = 1_000_000
@@ -46,10 +47,26 @@ MODEL_REF = Field(
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    user_id: str = Field(min_length=1, max_length=256, description="the user's id as your systems know it")
+    user_id: str = Field(min_length=1, max_length=MAX_USER_ID, description="the user's id as your systems know it")
     n: int = Field(10, ge=1, le=MAX_ITEMS, description="how many items to return")
     exclude_seen: bool = Field(True, description="leave out items the user already played")
     explain: bool = Field(False, description="give each item the history items it is recommended 'because' of")
+    model: str | None = MODEL_REF
+
+
+MAX_BATCH_USERS = 1000
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    users: list[Any] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_USERS,
+        description="user ids as your systems know them; one that is not a valid id gets its own error",
+    )
+    n: int = Field(10, ge=1, le=MAX_ITEMS, description="how many items to return for each user")
+    exclude_seen: bool = Field(True, description="leave out items each user already played")
     model: str | None = MODEL_REF
 
 
@@ -64,7 +81,7 @@ class HistoryRequest(BaseModel):
 class UserTopRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    user_id: str = Field(min_length=1, max_length=256, description="the user's id as your systems know it")
+    user_id: str = Field(min_length=1, max_length=MAX_USER_ID, description="the user's id as your systems know it")
     n: int = Field(10, ge=1, le=MAX_ITEMS, description="how many items to return")
     model: str | None = MODEL_REF
 
@@ -81,9 +98,15 @@ class ModelInfo(BaseModel):
     version: str
 
 
+ARM = Field(
+    None, description="the arm of the traffic split (an alias) that answered; null when the request named a model"
+)
+
+
 class RecommendResponse(BaseModel):
     items: list[Item]
     model: ModelInfo
+    arm: str | None = ARM
     fallback: Literal["popular"] | None = Field(
         description="'popular' when the user is unknown to the model and gets the most popular items"
     )
@@ -98,6 +121,7 @@ class PlayedItem(BaseModel):
 class UserTopResponse(BaseModel):
     items: list[PlayedItem] = Field(description="the user's most played items, most played first")
     model: ModelInfo
+    arm: str | None = ARM
 
 
 class SimilarResponse(BaseModel):
@@ -250,9 +274,17 @@ class RefusedVersion(BaseModel):
     reason: str
 
 
+class Arm(BaseModel):
+    alias: str
+    weight: float = Field(description="its share of the users who name no model, relative to the other arms")
+    kind: str
+    version: str
+
+
 class Health(BaseModel):
     status: Literal["ok"]
-    model: ModelInfo
+    model: ModelInfo = Field(description="the version of the first arm of the traffic split")
+    arms: list[Arm] = Field(description="the traffic split: each alias, its weight and the version it serves")
     refused: list[RefusedVersion] = Field(
         description="versions an alias names that cannot be served: the version before keeps serving"
     )
@@ -263,6 +295,18 @@ class ErrorBody(BaseModel):
     message: str
     field: str | None
     request_id: str | None = Field(description="also in the X-Request-ID header and, for a 500, in the service log")
+
+
+class UserResult(BaseModel):
+    items: list[Item] | None = Field(None, description="null when this user has an error")
+    fallback: Literal["popular"] | None = None
+    model: ModelInfo | None = None
+    arm: str | None = ARM
+    error: ErrorBody | None = Field(None, description="this user's own error; the others are answered")
+
+
+class BatchResponse(BaseModel):
+    results: list[UserResult] = Field(description="one per user, in the order of the request")
 
 
 class ErrorResponse(BaseModel):
@@ -294,6 +338,11 @@ def error_statuses(*statuses: int, authenticated: bool = True) -> dict:
     """The ``responses`` of an operation: ``statuses``, and the common ones where it takes an API key."""
     listed = {*statuses, *(COMMON_STATUSES if authenticated else ())}
     return {status: {"model": ErrorResponse, "description": ERROR_STATUSES[status]} for status in sorted(listed)}
+
+
+def user_error(request: Request, code: str, message: str, field: str | None) -> dict:
+    """The error of one part of a request whose other parts are answered (a user of a batch)."""
+    return {"code": code, "message": message, "field": field, "request_id": _request_id(request)}
 
 
 def _request_id(request: Request) -> str | None:
@@ -402,15 +451,52 @@ class BodyBounds:
         await self.app(scope, bounded_receive, send)
 
 
-def create_app(own_body_limits: Collection[str] = ()) -> FastAPI:
-    """The API's FastAPI app: error shapes, request ids and body bounds; ``own_body_limits`` are the
-    paths whose routes bound their bodies themselves."""
+class Admission:
+    """How many requests a process works on at once, and its bound: ``limit`` (None: unbounded)."""
+
+    def __init__(self, limit: int | None = None):
+        self.limit, self.in_flight = limit, 0
+
+
+class Admit:
+    """Answer 503 ``overloaded`` with Retry-After at once to a request beyond ``admission.limit`` in flight,
+    rather than queue it: a client told to come back later beats one answered seconds late. Serve's queue in
+    front of a replica (``max_queued_requests``) does not do this here: measured, requests waiting in it for
+    a full replica were retried with back-off and answered seconds late (benchmarks/RESULTS.md)."""
+
+    def __init__(self, app: ASGIApp, admission: Admission):
+        self.app, self.admission = app, admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        admission = self.admission
+        if scope["type"] != "http" or admission.limit is None:
+            await self.app(scope, receive, send)
+            return
+        if admission.in_flight >= admission.limit:
+            request = Request(scope)
+            response = error_response(
+                request, 503, "overloaded", "the service is at capacity", headers={"Retry-After": "1"}
+            )
+            await response(scope, receive, send)
+            return
+        admission.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            admission.in_flight -= 1
+
+
+def create_app(own_body_limits: Collection[str] = (), admission: Admission | None = None) -> FastAPI:
+    """The API's FastAPI app: error shapes, request ids, body bounds and, with ``admission``, a bound on the
+    requests in flight; ``own_body_limits`` are the paths whose routes bound their bodies themselves."""
     app = FastAPI(
         title="Encore",
         version="1",
         description="Music recommendation as a service. User ids are pseudonymised on arrival.",
     )
     app.add_middleware(BodyBounds, max_bytes=MAX_JSON_BODY_BYTES, own_limits=own_body_limits)
+    if admission is not None:
+        app.add_middleware(Admit, admission=admission)
     app.add_middleware(RequestIds)  # added last, so outermost: errors of the deadline carry the id too
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

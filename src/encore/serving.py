@@ -10,6 +10,7 @@ under its own key.
 """
 
 import asyncio
+import hashlib
 import logging
 import math
 import threading
@@ -122,6 +123,34 @@ class _Outcome:
     gone: str | None = None  # the version the name served before, found deleted from the store (erased)
 
 
+class TrafficSplit:
+    """Which of the service's aliases answers a user who names no model: each alias (an arm) takes its share
+    of users by weight, by a hash of the user's pseudonym, so a user stays in one arm from request to request
+    and replica to replica. The hash is salted with the arms' names: a new experiment draws its arms anew
+    rather than giving the same users the new thing every time."""
+
+    MAX_ARMS = 8
+
+    def __init__(self, weights: Mapping[str, float]):
+        if not 1 <= len(weights) <= self.MAX_ARMS:
+            raise ValueError(f"a traffic split has 1 to {self.MAX_ARMS} arms, not {len(weights)}")
+        if not all(isinstance(w, int | float) and math.isfinite(w) and w > 0 for w in weights.values()):
+            raise ValueError(f"traffic split weights must be positive numbers: {dict(weights)}")
+        self.weights = dict(weights)
+        total = sum(self.weights.values())
+        self._bounds = np.cumsum([w / total for w in self.weights.values()])
+        self._salt = hashlib.sha256("\0".join(sorted(self.weights)).encode()).digest()
+
+    @property
+    def arms(self) -> list[str]:
+        return list(self.weights)
+
+    def arm(self, pseudonym: str) -> str:
+        point = int.from_bytes(hashlib.blake2b(pseudonym.encode(), key=self._salt, digest_size=8).digest())
+        position = int(np.searchsorted(self._bounds, point / 2**64, side="right"))
+        return self.arms[min(position, len(self.arms) - 1)]
+
+
 class VersionCache:
     """The model versions one deployment serves, found in the store by alias, version id or kind.
 
@@ -183,18 +212,7 @@ class VersionCache:
 
     def resolve(self, ref: str) -> str:
         """The version ``ref`` names now (blocking: reads the store)."""
-        try:
-            return self.store.resolve(ref)
-        except VersionNotFound:
-            newest = self.store.list(kind=ref) if ref in self.kinds else []
-            if not newest:
-                if ref == self.default_ref:
-                    raise ModelUnavailableError(
-                        f"no {' or '.join(sorted(self.kinds))} model is published as {ref!r} yet", "model"
-                    ) from None
-                message = f"no model {ref!r}: not an alias, version or kind in the store"
-                raise UnknownModelError(message, "model") from None
-            return newest[0].version
+        return resolve_name(self.store, ref, self.kinds, self.default_ref)
 
     def load(self, version: str) -> tuple[Any, dict]:
         """The model of ``version``, loaded (blocking: reads the store, verifies the checksums)."""
@@ -345,8 +363,69 @@ class VersionCache:
         if outcome.version is None:
             logger.error("keeping %s for %r: %r", name.version, ref, outcome.error)
             return
-        self.refused[ref] = {"alias": ref, "version": outcome.version, "reason": _refusal_reason(outcome.error)}
+        self.refused[ref] = {"alias": ref, "version": outcome.version, "reason": refusal_reason(outcome.error)}
         logger.error("keeping %s for %r: %s cannot be served: %r", name.version, ref, outcome.version, outcome.error)
+
+
+def resolve_name(store: ModelStore, ref: str, kinds: Collection[str], default_ref: str | None = None) -> str:
+    """The version ``ref`` (an alias, a version id, or one of ``kinds``: its newest version) names now
+    (blocking: reads the store)."""
+    try:
+        return store.resolve(ref)
+    except VersionNotFound:
+        newest = store.list(kind=ref) if ref in kinds else []
+        if not newest:
+            if ref == default_ref:
+                raise ModelUnavailableError(
+                    f"no {' or '.join(sorted(kinds))} model is published as {ref!r} yet", "model"
+                ) from None
+            raise UnknownModelError(f"no model {ref!r}: not an alias, version or kind in the store", "model") from None
+        return newest[0].version
+
+
+class Names:
+    """The version each name a request selects (an alias, a version id or a kind) names, asked of the store in a
+    thread at most every ``poll_seconds`` a name, its refusals too; the ``NAMES_LIMIT`` most recently asked are
+    remembered. The ingress hands only versions found here, of ``kinds``, to the replicas that load the versions
+    requests select, so a made-up name costs those replicas nothing (loading one would evict a model)."""
+
+    NAMES_LIMIT = VersionCache.NAMES_LIMIT
+
+    def __init__(
+        self,
+        store: ModelStore,
+        kinds: Collection[str],
+        poll_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.store, self.kinds, self.poll_seconds, self.clock = store, frozenset(kinds), poll_seconds, clock
+        self._known: OrderedDict[str, tuple[str | ServingError, float]] = OrderedDict()
+
+    async def version(self, ref: str) -> str:
+        known = self._known.get(ref)
+        if known is None or self.clock() >= known[1]:
+            known = (await asyncio.to_thread(self._look_up, ref), self.clock() + self.poll_seconds)
+            self._known[ref] = known
+        self._known.move_to_end(ref)
+        while len(self._known) > self.NAMES_LIMIT:
+            self._known.popitem(last=False)
+        if isinstance(known[0], ServingError):
+            raise known[0].with_traceback(None)
+        return known[0]
+
+    def _look_up(self, ref: str) -> str | ServingError:
+        try:
+            version = resolve_name(self.store, ref, self.kinds)
+            kind = self.store.show(version).kind
+        except ServingError as error:
+            return error
+        except StoreError as error:
+            logger.error("%r cannot be resolved: %r", ref, error)
+            return ModelUnavailableError("the model store cannot be read now, ask again", "model")
+        if kind not in self.kinds:
+            served = ", ".join(sorted(self.kinds))
+            return UnknownModelError(f"{version} is a {kind} model; this endpoint serves {served}", "model")
+        return version
 
 
 async def _wait(refresh: Future, seconds: float | None) -> None:
@@ -360,12 +439,12 @@ def _unavailable(ref: str, outcome: _Outcome) -> ServingError:
     if outcome.version is None:
         if isinstance(outcome.error, ServingError):  # the store has no such name
             return outcome.error
-        return ModelUnavailableError(f"model {ref!r} cannot be resolved: {_refusal_reason(outcome.error)}", "model")
-    reason = _refusal_reason(outcome.error)
+        return ModelUnavailableError(f"model {ref!r} cannot be resolved: {refusal_reason(outcome.error)}", "model")
+    reason = refusal_reason(outcome.error)
     return UnknownModelError(f"model {ref!r} ({outcome.version}) could not be loaded: {reason}", "model")
 
 
-def _refusal_reason(error: Exception) -> str:
+def refusal_reason(error: Exception) -> str:
     """Why a version cannot be served, in words safe to answer: no store location, no loader internals."""
     if isinstance(error, ServingError):
         return error.message
@@ -578,6 +657,8 @@ def serving_store(uri: str) -> ModelStore:
 
 
 EXPLANATION_ITEMS = 3
+MAX_ANSWER_ITEMS = 100  # the most items one answer holds (encore.api.MAX_ITEMS)
+BULK_CHUNK = 256  # users scored together by recommend_many: 256 x 17,632 scores are 36 MB in float64
 
 
 @dataclass
@@ -614,9 +695,17 @@ class RecommenderBundle:
         )
 
     def __post_init__(self):
-        self._user_index = pd.Index(self.users["user_key"])
+        self._user_rows = dict(zip(self.users["user_key"].tolist(), self.users["user_idx"].tolist()))
         self._item_index = pd.Index(self.items["item_id"])
         self._items_by_index = self.items.set_index("item_idx")
+        by_index = self.items.sort_values("item_idx")
+        if not np.array_equal(by_index["item_idx"].to_numpy(), np.arange(len(by_index))):
+            raise ValueError("items.parquet must number its items 0..n-1")
+        self._item_ids = by_index["item_id"].to_numpy(dtype=object)
+        self._item_names = by_index["name"].to_numpy(dtype=object)
+        popularity = by_index["popularity"].to_numpy()
+        self._popular = np.argsort(-popularity, kind="stable")[:MAX_ANSWER_ITEMS]  # once: users it never saw
+        self._popular_scores = popularity[self._popular].astype(float)
 
     def own_pseudonym(self, user_key: str | Mapping[str, str]) -> str:
         """The pseudonym of a request's user under this bundle's key: ``user_key`` is one pseudonym (made under
@@ -636,8 +725,7 @@ class RecommenderBundle:
 
     def user_index(self, user_key: str | Mapping[str, str]) -> int | None:
         """Dense index of a pseudonymised user, or None if the model has never seen them."""
-        position = self._user_index.get_indexer([self.own_pseudonym(user_key)])[0]
-        return None if position < 0 else int(self.users["user_idx"].iloc[position])
+        return self._user_rows.get(self.own_pseudonym(user_key))
 
     def item_indices(self, item_ids: list[str], field: str = "items") -> np.ndarray:
         positions = self._item_index.get_indexer(item_ids)
@@ -657,15 +745,31 @@ class RecommenderBundle:
         """
         user = self.user_index(user_key)
         if user is None:
-            ids = np.argsort(-self.items["popularity"].to_numpy(), kind="stable")[:n]
-            scores = self.items["popularity"].to_numpy()[ids].astype(float)
-            return {"items": self._describe(ids, scores), "fallback": "popular"}
+            return self._most_popular(n)
         ids, scores = self.model.recommend(user, n, exclude_seen=exclude_seen)
         items = self._describe(ids, scores)
         if explain:
             for item, item_idx in zip(items, ids):
                 item["because"] = self._because(user, int(item_idx))
         return {"items": items, "fallback": None}
+
+    def recommend_many(
+        self, user_keys: list[str | Mapping[str, str]], n: int = 10, exclude_seen: bool = True
+    ) -> list[dict]:
+        """:meth:`recommend` (without explanations) for many users at once, in the order given: the users the
+        model knows are scored together, ``BULK_CHUNK`` at a time, so memory stays bounded."""
+        rows = [self._user_rows.get(self.own_pseudonym(key), -1) for key in user_keys]
+        answers: list[dict] = [self._most_popular(n)] * len(user_keys)  # shared: answers are only read
+        known = [position for position, row in enumerate(rows) if row >= 0]
+        for start in range(0, len(known), BULK_CHUNK):
+            chunk = known[start : start + BULK_CHUNK]
+            ids, scores = self.model.recommend(np.array([rows[p] for p in chunk]), n, exclude_seen=exclude_seen)
+            for answer_at, row_ids, row_scores in zip(chunk, ids, scores):
+                answers[answer_at] = {"items": self._describe(row_ids, row_scores), "fallback": None}
+        return answers
+
+    def _most_popular(self, n: int) -> dict:
+        return {"items": self._describe(self._popular[:n], self._popular_scores[:n]), "fallback": "popular"}
 
     def top_items(self, user_key: str | Mapping[str, str], n: int = 10) -> dict:
         """``{"items": [{"item_id", "name", "plays"}]}``: the items a pseudonymised user played most in the
@@ -709,8 +813,7 @@ class RecommenderBundle:
         return self._items_by_index.loc[top, "name"].tolist()
 
     def _describe(self, ids: np.ndarray, scores: np.ndarray) -> list[dict]:
-        rows = self._items_by_index.loc[ids]
         return [
-            {"item_id": item_id, "name": name, "score": float(score)}
-            for item_id, name, score in zip(rows["item_id"], rows["name"], scores)
+            {"item_id": item_id, "name": name, "score": score}
+            for item_id, name, score in zip(self._item_ids[ids], self._item_names[ids], scores.tolist())
         ]
