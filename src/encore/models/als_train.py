@@ -157,6 +157,7 @@ def fit_on_ray(
     with result.checkpoint.as_directory() as folder, np.load(Path(folder) / CHECKPOINT_FILE) as saved:
         model.user_factors_, model.item_factors_ = saved["users"], saved["items"]
     model._excess_matrix(user_items)  # the learned state beside the factors
+    model.index_items()
     resumed_from = result.metrics["resumed_from"]
     logger.info(
         "fitted ALS on %d workers in sweeps of %.2f s (run %s in %s%s)", num_workers,

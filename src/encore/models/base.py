@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from encore.metrics import top_k
+from encore.models.ann import ItemIndex
 
 
 def standardise(scores: np.ndarray) -> np.ndarray:
@@ -103,16 +104,20 @@ class Recommender(ABC):
 
     def save(self, folder: str | Path) -> None:
         """Write ``config.json`` (kind and hyperparameters) and ``state.npz`` (learned arrays); a
-        learned sub-model (as in a hybrid) goes into a subfolder of its own name."""
+        learned sub-model (as in a hybrid) goes into a subfolder of its own name, and an
+        approximate-search index into ``<name>.faiss``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        arrays, submodels = {}, {}
+        arrays, submodels, indexes = {}, {}, []
         for name, value in vars(self).items():
             if not name.endswith("_"):
                 continue
             if isinstance(value, Recommender):
                 value.save(folder / name)
                 submodels[name] = value.kind
+            elif isinstance(value, ItemIndex):
+                value.save(folder / f"{name}.faiss")
+                indexes.append(name)
             elif sp.issparse(value):
                 value = sp.csr_matrix(value)
                 arrays.update(
@@ -131,6 +136,7 @@ class Recommender(ABC):
             "state_format": self.state_format,
             "params": self.get_params(),
             "submodels": submodels,
+            "indexes": indexes,
         }
         (folder / "config.json").write_text(json.dumps(config, indent=2))
 
@@ -150,6 +156,9 @@ class Recommender(ABC):
         model = cls(**config["params"])
         for name, kind in config.get("submodels", {}).items():
             setattr(model, name, model_class(kind).load(folder / name))
+        # The config names the indexes saved, so a missing file is an error rather than a slower model.
+        for name in config.get("indexes", []):
+            setattr(model, name, ItemIndex.load(folder / f"{name}.faiss"))
         with np.load(folder / "state.npz") as state:
             for key in state.files:
                 name, _, part = key.partition(":")
