@@ -33,7 +33,7 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from encore import genre
+from encore import genre, telemetry
 from encore.access import Access, Client
 from encore.api import (
     MAX_ITEMS,
@@ -279,14 +279,14 @@ class EncoreAPI:
 
     @app.get("/healthz", response_model=Health, responses=error_statuses(500, 503, authenticated=False))
     async def healthz(self) -> dict:
-        return {"status": "ok", **await self.recommender.health.remote()}
+        return telemetry.served({"status": "ok", **await self.recommender.health.remote()})
 
     @app.post("/v1/recommend", response_model=RecommendResponse, responses=error_statuses(400, 404))
     async def recommend(self, request: RecommendRequest, client: RecommendClient) -> dict:
         """Top-n items for a user; a user the model has never seen gets the most popular items."""
         self.access.check_model(client, request.model)
         user_key = pseudonyms(request.user_id, self.keys)
-        return await self.recommender.recommend.remote(
+        answer = await self.recommender.recommend.remote(
             {
                 "user_key": user_key,
                 "n": request.n,
@@ -295,13 +295,14 @@ class EncoreAPI:
                 "model": request.model,
             }
         )
+        return telemetry.served(answer)
 
     @app.post("/v1/users/top", response_model=UserTopResponse, responses=error_statuses(404))
     async def user_top(self, request: UserTopRequest, client: RecommendClient) -> dict:
         """The items a user played most in the data the model was fitted on; 404 for a user it never saw."""
         self.access.check_model(client, request.model)
         user_key = pseudonyms(request.user_id, self.keys)
-        return await self.recommender.top_items.remote(user_key, request.n, request.model)
+        return telemetry.served(await self.recommender.top_items.remote(user_key, request.n, request.model))
 
     @app.get("/v1/models", response_model=ModelsResponse, responses=error_statuses())
     async def models(self, client: CatalogueClient) -> dict:
@@ -312,7 +313,8 @@ class EncoreAPI:
     async def recommend_for_history(self, request: HistoryRequest, client: RecommendClient) -> dict:
         """Top-n items for a listener the model has never seen, from the items they played."""
         self.access.check_model(client, request.model)
-        return await self.recommender.recommend_for_history.remote(request.items, request.n, request.model)
+        answer = await self.recommender.recommend_for_history.remote(request.items, request.n, request.model)
+        return telemetry.served(answer)
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarResponse, responses=error_statuses(400, 404))
     async def similar_items(
@@ -324,13 +326,13 @@ class EncoreAPI:
     ) -> dict:
         """Items most similar to ``item_id`` according to the model."""
         self.access.check_model(client, model)
-        return await self.recommender.similar_items.remote(item_id, n, model)
+        return telemetry.served(await self.recommender.similar_items.remote(item_id, n, model))
 
     @app.post("/v1/compose", response_model=ComposeResponse, responses=error_statuses(404))
     async def compose(self, request: ComposeRequest, client: ComposeClient) -> dict:
         """New music in a style and key, optionally continuing a MIDI primer: MIDI, and WAV on request."""
         self.access.check_model(client, request.model)
-        return await self.composer.compose.remote(request.model_dump())
+        return telemetry.served(await self.composer.compose.remote(request.model_dump()))
 
     @app.post(
         "/v1/classify",
@@ -345,7 +347,7 @@ class EncoreAPI:
         self.access.check_model(client, model)
         async with self.uploads:
             data = await read_upload(request, self.max_upload_bytes)
-        return await self.genres.classify.remote(data, model)
+        return telemetry.served(await self.genres.classify.remote(data, model))
 
     @app.get("/v1/tracks/{track_id}/similar", response_model=TracksResponse, responses=error_statuses(404))
     async def similar_tracks(
@@ -357,7 +359,7 @@ class EncoreAPI:
     ) -> dict:
         """Indexed tracks that sound most like ``track_id``, nearest first."""
         self.access.check_model(client, model)
-        return await self.soundalike.similar_to_track.remote(track_id, n, model)
+        return telemetry.served(await self.soundalike.similar_to_track.remote(track_id, n, model))
 
     @app.post(
         "/v1/similar",
@@ -376,7 +378,7 @@ class EncoreAPI:
         self.access.check_model(client, model)
         async with self.uploads:
             data = await read_upload(request, self.max_upload_bytes)
-        return await self.soundalike.similar_to_upload.remote(data, n, model)
+        return telemetry.served(await self.soundalike.similar_to_upload.remote(data, n, model))
 
 
 def app_builder(args: dict) -> serve.Application:
