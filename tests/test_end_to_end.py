@@ -702,7 +702,7 @@ def test_request_and_model_metrics_reach_rays_prometheus_endpoint(api, pipeline_
     assert answer.status_code == 200
     version = answer.json()["model"]["version"]
     assert api.post("/v1/recommend", json={"user_id": raw, "n": 0}).status_code == 422
-    not_supported = api.get("/v1/items/track-1/similar", params={"model": version})  # a popularity model
+    not_supported = api.get("/v1/items/track-1/similar", params={"model": "popularity"})  # cannot do similarity
     assert not_supported.status_code == 400 and not_supported.json()["error"]["code"] == "not_supported"
     assert api.get(f"/v1/no-such-route/{raw}").status_code == 404
     wanted = {  # (name, labels it must carry): each must count at least one
