@@ -204,3 +204,21 @@ def test_the_dashboard_parses_and_queries_only_metrics_the_code_defines():
             base = re.sub(r"_(total|bucket|sum|count)$", "", name)[len("ray_") :]
             keys = set(re.findall(r"([a-z_]+)\s*[=!~]", labels))
             assert keys <= {*telemetry.METRICS[base][2], "le"}, (query, keys)
+
+
+def test_a_mounted_folder_is_one_endpoint_whatever_file_is_asked(recorded, tmp_path):
+    from fastapi.staticfiles import StaticFiles
+
+    (tmp_path / "app.js").write_text("//")
+    app = create_app()
+    app.mount("/web", StaticFiles(directory=tmp_path), name="web")
+    client = TestClient(app)
+    assert client.get("/web/app.js").status_code == 200
+    assert client.get(f"/web/{PLANTED}.js").status_code == 404
+    assert client.get("/docs").status_code == 200
+    assert [(t["endpoint"], t["status"]) for t in tags(recorded, "encore_requests")] == [
+        ("/web/{path}", "200"),
+        ("/web/{path}", "404"),
+        ("/docs", "200"),
+    ]
+    assert tags(recorded, "encore_errors") == [{"endpoint": "/web/{path}", "code": "not_found"}]

@@ -200,12 +200,27 @@ class RequestMetrics:
             record_request(scope, status, request, time.perf_counter() - started)
 
 
+def _endpoint(scope: Scope) -> str:
+    """The template of the route that took the request: FastAPI names its own routes in the scope; a plain
+    Starlette route (``/docs``) or a mount (``/web/{path}``) is found among the router's by the app it ran."""
+    path = getattr(scope.get("route"), "path", None)
+    if path is not None:
+        return path
+    ran = scope.get("endpoint")
+    if ran is not None:
+        for route in getattr(scope.get("router"), "routes", ()):
+            if getattr(route, "endpoint", None) is ran:
+                return route.path
+            if getattr(route, "app", None) is ran and hasattr(route, "routes"):  # a Mount
+                return route.path + "/{path}"
+    return UNMATCHED
+
+
 def record_request(scope: Scope, status: int, request: _Request, seconds: float) -> None:
     metrics = _instruments()
     if metrics is None:
         return
-    route = scope.get("route")
-    endpoint = getattr(route, "path", None) or UNMATCHED
+    endpoint = _endpoint(scope)
     version = _bounded(request.version, _VERSION, _seen_versions)
     metrics["encore_requests"].inc(tags={"endpoint": endpoint, "status": str(status), "model_version": version})
     metrics["encore_request_seconds"].observe(seconds, tags={"endpoint": endpoint, "model_version": version})
