@@ -34,7 +34,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from threadpoolctl import threadpool_limits
 
-from encore import genre
+from encore import genre, telemetry
 from encore.access import Access, Client
 from encore.api import (
     MAX_ITEMS,
@@ -310,7 +310,7 @@ class EncoreAPI:
     async def _recommender(self, method: str, ref: str | None, user_key: dict[str, str] | None, *args) -> dict:
         ref, arm = self._arm(ref, user_key)
         answer, info = await self._answer(method, ref, *args)
-        return {**answer, "model": info, "arm": arm}
+        return telemetry.served({**answer, "model": info, "arm": arm})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:
@@ -324,7 +324,8 @@ class EncoreAPI:
         for alias, weight in self.split.weights.items():
             arms.append({"alias": alias, "weight": weight, **(await self.recommenders.get(alias))[1]})
         model = {"kind": arms[0]["kind"], "version": arms[0]["version"]}
-        return {"status": "ok", "model": model, "arms": arms, "refused": list(self.recommenders.refused.values())}
+        refused = list(self.recommenders.refused.values())
+        return telemetry.served({"status": "ok", "model": model, "arms": arms, "refused": refused})
 
     @app.post("/v1/recommend", response_model=RecommendResponse, responses=error_statuses(400, 404))
     async def recommend(self, request: RecommendRequest, client: RecommendClient) -> dict:
@@ -398,7 +399,7 @@ class EncoreAPI:
     async def compose(self, request: ComposeRequest, client: ComposeClient) -> dict:
         """New music in a style and key, optionally continuing a MIDI primer: MIDI, and WAV on request."""
         self.access.check_model(client, request.model)
-        return await self.composer.compose.remote(request.model_dump())
+        return telemetry.served(await self.composer.compose.remote(request.model_dump()))
 
     @app.post(
         "/v1/classify",
@@ -413,7 +414,7 @@ class EncoreAPI:
         self.access.check_model(client, model)
         async with self.uploads:
             data = await read_upload(request, self.max_upload_bytes)
-        return await self.genres.classify.remote(data, model)
+        return telemetry.served(await self.genres.classify.remote(data, model))
 
     @app.get("/v1/tracks/{track_id}/similar", response_model=TracksResponse, responses=error_statuses(404))
     async def similar_tracks(
@@ -425,7 +426,7 @@ class EncoreAPI:
     ) -> dict:
         """Indexed tracks that sound most like ``track_id``, nearest first."""
         self.access.check_model(client, model)
-        return await self.soundalike.similar_to_track.remote(track_id, n, model)
+        return telemetry.served(await self.soundalike.similar_to_track.remote(track_id, n, model))
 
     @app.post(
         "/v1/similar",
@@ -444,7 +445,7 @@ class EncoreAPI:
         self.access.check_model(client, model)
         async with self.uploads:
             data = await read_upload(request, self.max_upload_bytes)
-        return await self.soundalike.similar_to_upload.remote(data, n, model)
+        return telemetry.served(await self.soundalike.similar_to_upload.remote(data, n, model))
 
 
 def app_builder(args: dict) -> serve.Application:

@@ -713,6 +713,60 @@ def test_an_erased_listener_is_answered_as_an_unknown_user(api, pipeline_run, tm
     assert erased.status_code == 404 and erased.json()["error"]["code"] == "unknown_model"
 
 
+def _scrape(port: int) -> tuple[str, list]:
+    """Ray's Prometheus endpoint on this node: its text, and its samples."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return text, [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def test_request_and_model_metrics_reach_rays_prometheus_endpoint(api, pipeline_run, ray_local):
+    """The ingress's request metrics and the recommender's model metrics, as Prometheus scrapes them from Ray
+    (encore.telemetry; the names are the ones infra/grafana/encore-dashboard.json queries). Ray exports
+    what its processes recorded every few seconds (RAY_metrics_report_interval_ms, 10 s by default): the
+    endpoint is polled until everything is there, for two minutes at most."""
+    raw = f"{PLANTED_PREFIX}-0011"
+    answer = api.post("/v1/recommend", json={"user_id": raw, "n": 3})
+    assert answer.status_code == 200
+    version = answer.json()["model"]["version"]
+    assert api.post("/v1/recommend", json={"user_id": raw, "n": 0}).status_code == 422
+    not_supported = api.get("/v1/items/track-1/similar", params={"model": "popularity"})  # cannot do similarity
+    assert not_supported.status_code == 400 and not_supported.json()["error"]["code"] == "not_supported"
+    assert api.get(f"/v1/no-such-route/{raw}").status_code == 404
+    wanted = {  # (name, labels it must carry): each must count at least one
+        ("ray_encore_requests_total", ("endpoint", "/v1/recommend"), ("status", "200"), ("model_version", version)),
+        ("ray_encore_requests_total", ("endpoint", "/v1/recommend"), ("status", "422"), ("model_version", "none")),
+        ("ray_encore_request_seconds_count", ("endpoint", "/v1/recommend"), ("model_version", version)),
+        ("ray_encore_errors_total", ("endpoint", "/v1/recommend"), ("code", "invalid_request")),
+        ("ray_encore_errors_total", ("endpoint", "/v1/items/{item_id}/similar"), ("code", "not_supported")),
+        ("ray_encore_errors_total", ("endpoint", "unmatched"), ("code", "not_found")),
+        ("ray_encore_model_cache_total", ("family", "recommender"), ("result", "miss")),
+        ("ray_encore_model_load_seconds_count", ("family", "recommender"), ("kind", "popularity")),
+    }
+    port = ray_local._private.worker.global_worker.node.metrics_export_port
+    deadline = time.monotonic() + 120
+    while True:
+        text, samples = _scrape(port)
+        missing = {
+            want
+            for want in wanted
+            if not any(s.name == want[0] and set(want[1:]) <= set(s.labels.items()) and s.value >= 1 for s in samples)
+        }
+        if not missing:
+            break
+        assert time.monotonic() < deadline, f"not exported within 2 minutes: {sorted(missing)}"
+        time.sleep(2)
+    ours = [s for s in samples if s.name.startswith("ray_encore_")]
+    latencies = [
+        s for s in ours if s.name == "ray_encore_request_seconds_bucket" and s.labels["endpoint"] == "/v1/recommend"
+    ]
+    assert {s.labels["le"] for s in latencies} >= {"0.05", "1.0", "+Inf"}
+    endpoints = {s.labels["endpoint"] for s in ours if "endpoint" in s.labels}
+    assert all(e == "unmatched" or e.startswith("/") and "track-1" not in e for e in endpoints), endpoints
+    assert PLANTED_PREFIX not in text
+
+
 # Last in the module: it checks every file and log line the tests above produced.
 def _strings_in_parquet(path: Path) -> str:
     return json.dumps(pq.read_table(path).to_pylist(), default=str)

@@ -21,6 +21,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from encore import telemetry
 from encore.errors import ServingError
 from encore.serving import MAX_ANSWER_ITEMS, MAX_CATALOGUE_VERSIONS, MAX_METRICS
 
@@ -353,6 +354,7 @@ def error_response(
     request: Request, status: int, code: str, message: str, field: str | None = None, headers: dict | None = None
 ) -> JSONResponse:
     request_id = _request_id(request)
+    telemetry.failed(code)
     body = {"error": {"code": code, "message": message, "field": field, "request_id": request_id}}
     return JSONResponse(status_code=status, content=body, headers=headers)
 
@@ -487,8 +489,9 @@ class Admit:
 
 
 def create_app(own_body_limits: Collection[str] = (), admission: Admission | None = None) -> FastAPI:
-    """The API's FastAPI app: error shapes, request ids, body bounds and, with ``admission``, a bound on the
-    requests in flight; ``own_body_limits`` are the paths whose routes bound their bodies themselves."""
+    """The API's FastAPI app: error shapes, request ids, body bounds, request metrics (:mod:`encore.telemetry`)
+    and, with ``admission``, a bound on the requests in flight; ``own_body_limits`` are the paths whose routes
+    bound their bodies themselves."""
     app = FastAPI(
         title="Encore",
         version="1",
@@ -497,7 +500,8 @@ def create_app(own_body_limits: Collection[str] = (), admission: Admission | Non
     app.add_middleware(BodyBounds, max_bytes=MAX_JSON_BODY_BYTES, own_limits=own_body_limits)
     if admission is not None:
         app.add_middleware(Admit, admission=admission)
-    app.add_middleware(RequestIds)  # added last, so outermost: errors of the deadline carry the id too
+    app.add_middleware(RequestIds)  # errors of the deadline and of admission carry the id too
+    app.add_middleware(telemetry.RequestMetrics)  # added last, so outermost: it times and sees every answer
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ServingError, _serving_error)

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from encore import telemetry
 from encore.errors import ServingError
 from encore.interactions import SCHEMA_VERSION, InteractionDataset
 from encore.models import MODELS, NotSupportedError, Recommender, model_class
@@ -209,6 +210,7 @@ class VersionCache:
         self._store_failures, self._store_retry_at = 0, -math.inf
         # The versions refused for a name while an older one keeps serving it, for health checks.
         self.refused: dict[str, dict] = {}
+        self.family = next((f.name for f in FAMILIES.values() if self.kinds <= f.kinds), "other")  # metrics tag
 
     def resolve(self, ref: str) -> str:
         """The version ``ref`` names now (blocking: reads the store)."""
@@ -224,6 +226,7 @@ class VersionCache:
         loaded = self.store.load(version, expected_preprocessing=self._expected_for(manifest))
         entry = (self._load_model(loaded), {"kind": loaded.manifest.kind, "version": loaded.manifest.version})
         logger.info("loaded %s in %.0f ms", version, 1000 * (time.perf_counter() - started))
+        telemetry.model_loaded(self.family, loaded.manifest.kind, version, time.perf_counter() - started)
         return entry
 
     def _expected_for(self, manifest: Manifest) -> dict | None:
@@ -279,9 +282,13 @@ class VersionCache:
         version = None
         try:
             version = self.resolve(ref)
-            entry = self._loaded.get(version) or self.load(version)
+            cached = self._loaded.get(version)
+            entry = cached or self.load(version)
         except Exception as error:  # told the request, on the event loop
+            if version is not None:  # resolved, but cannot be served (a name the store has not is no lookup)
+                telemetry.model_cache(self.family, "refused")
             return _Outcome(version, None, error, self.clock(), self._gone(served, version))
+        telemetry.model_cache(self.family, "hit" if cached is not None else "miss")
         return _Outcome(version, entry, None, self.clock(), self._gone(served, version))
 
     def _gone(self, served: str | None, current: str | None) -> str | None:
