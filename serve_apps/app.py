@@ -168,7 +168,7 @@ class Recommender:
     async def answer(self, method: str, *args) -> tuple[Any, dict]:
         """``method`` of the bundle of the version the request was routed for, with its ``{"kind", "version"}``."""
         bundle, info = await self._version(serve.get_multiplexed_model_id())
-        return getattr(bundle, method)(*args), info
+        return await asyncio.to_thread(getattr(bundle, method), *args), info
 
 
 # A composition keeps a core busy for up to its time budget: few at once per replica, and more replicas
@@ -303,7 +303,8 @@ class EncoreAPI:
         here, other names by the ``Recommender`` replicas, routed by the version the name selects now."""
         if ref in self.split.weights:
             bundle, info = await self.recommenders.get(ref)
-            return getattr(bundle, method)(*args), info
+            # In a thread: the event loop keeps taking requests while a batch of 1,000 users is scored.
+            return await asyncio.to_thread(getattr(bundle, method), *args), info
         version = await self.names.version(ref)
         return await self.recommender.options(multiplexed_model_id=version).answer.remote(method, *args)
 
