@@ -230,7 +230,7 @@ def start_encore(store: Path) -> tuple[str, dict, float]:
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     keys_file = store / "api_keys.json"
-    headers = {"X-API-Key": create_key(keys_file, "benchmark", ["recommend"], rate="1000000/second")}
+    headers = {"X-API-Key": create_key(keys_file, "benchmark", ["recommend"], rate="1000000/second", models=["*"])}
     url = f"http://127.0.0.1:{port}"
     deploy(store, keys_file, url)
     return url, headers, time.perf_counter() - started

@@ -35,7 +35,8 @@ else
   echo "== Starting a local Ray head node (dashboard on 127.0.0.1:8265)"
   # Started from the repository root: `serve deploy` imports serve_apps.app relative to it. In the
   # background: the composer's import and the API key need no cluster, and are done meanwhile.
-  ray start --head --node-ip-address=127.0.0.1 --port=6379 \
+  # Serve's HTTP goes through HAProxy to the ingress replica's own server (encore.runtime.use_haproxy_ingress).
+  RAY_SERVE_ENABLE_HA_PROXY=1 ray start --head --node-ip-address=127.0.0.1 --port=6379 \
     --dashboard-host=127.0.0.1 --dashboard-port=8265 --disable-usage-stats >/dev/null &
   RAY_START_PID=$!
 fi

@@ -134,6 +134,8 @@ def ray_local(s3_endpoint, tmp_path_factory):
     """
     import ray
 
+    from encore.runtime import use_haproxy_ingress
+
     os.environ.pop("RAY_ADDRESS", None)
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keeps every Ray port on loopback
@@ -146,6 +148,7 @@ def ray_local(s3_endpoint, tmp_path_factory):
     os.environ["ENCORE_BODY_TIMEOUT_S"] = str(BODY_TIMEOUT_S)
     # Workers import `jobs` and `serve_apps` from the repository, wherever pytest was started.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    use_haproxy_ingress(str(tmp_path_factory.mktemp("haproxy")))  # Serve's HTTP as the demo's and Kubernetes'
     ray.init(
         address="local",
         # As the demo's node: the Serve application of test_end_to_end must leave a CPU for the 1-CPU

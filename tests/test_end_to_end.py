@@ -784,22 +784,20 @@ def test_a_traffic_split_answers_each_user_from_one_arm_and_names_it(api, pipeli
     production = ModelStore(store).resolve("production")  # earlier tests moved it
     treatment = train(str(root / "dataset"), "popularity", {"by": "weight"}, store, ["treatment"], reuse=True)
     args = {"store_uri": store, "poll_seconds": 1, "api_keys_file": api_keys["file"]}
+    # Redeployed for good: the tests after this one hold for any split (the module's last deployment).
     serve.run(app_builder({**args, "traffic_split": {"production": 3, "treatment": 1}}), name="encore")
-    try:
-        arms = [(arm["alias"], arm["weight"], arm["version"]) for arm in api.get("/healthz").json()["arms"]]
-        assert arms == [("production", 3, production), ("treatment", 1, treatment)]
-        users, arm_of = [f"listener-{i}" for i in range(200)], {}
-        for user in users:
-            body = api.post("/v1/recommend", json={"user_id": user, "n": 3}).json()
-            assert body["model"]["version"] == {"production": production, "treatment": treatment}[body["arm"]]
-            arm_of[user] = body["arm"]
-        assert 0.15 < sum(arm == "treatment" for arm in arm_of.values()) / len(users) < 0.35
-        batch = api.post("/v1/recommend/batch", json={"users": users, "n": 3}).json()["results"]
-        assert [result["arm"] for result in batch] == [arm_of[user] for user in users]  # a user keeps their arm
-        named = api.post("/v1/recommend", json={"user_id": users[0], "n": 3, "model": "treatment"}).json()
-        assert named["arm"] is None and named["model"]["version"] == treatment
-    finally:
-        serve.run(app_builder(args), name="encore")
+    arms = [(arm["alias"], arm["weight"], arm["version"]) for arm in api.get("/healthz").json()["arms"]]
+    assert arms == [("production", 3, production), ("treatment", 1, treatment)]
+    users, arm_of = [f"listener-{i}" for i in range(200)], {}
+    for user in users:
+        body = api.post("/v1/recommend", json={"user_id": user, "n": 3}).json()
+        assert body["model"]["version"] == {"production": production, "treatment": treatment}[body["arm"]]
+        arm_of[user] = body["arm"]
+    assert 0.15 < sum(arm == "treatment" for arm in arm_of.values()) / len(users) < 0.35
+    batch = api.post("/v1/recommend/batch", json={"users": users, "n": 3}).json()["results"]
+    assert [result["arm"] for result in batch] == [arm_of[user] for user in users]  # a user keeps their arm
+    named = api.post("/v1/recommend", json={"user_id": users[0], "n": 3, "model": "treatment"}).json()
+    assert named["arm"] is None and named["model"]["version"] == treatment
 
 
 def test_no_raw_user_id_in_any_artifact_or_log(pipeline_run, api, ray_local):
