@@ -58,6 +58,23 @@ def run_driver(ray_local, module_args: list[str], until_checkpoint: Path | None 
     return None
 
 
+def shutdown_serve(seconds: float = 120) -> None:
+    """Shut Serve down and wait until its controller is gone: with HAProxy, the controller is killed a while
+    after ``serve.shutdown`` returns, and the next module's ``serve.start`` would find the dying one."""
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+        except ValueError:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"Serve's controller still runs {seconds:.0f} s after serve.shutdown()")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -148,7 +165,7 @@ def ray_local(s3_endpoint, tmp_path_factory):
     os.environ["ENCORE_BODY_TIMEOUT_S"] = str(BODY_TIMEOUT_S)
     # Workers import `jobs` and `serve_apps` from the repository, wherever pytest was started.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    use_haproxy_ingress(str(tmp_path_factory.mktemp("haproxy")))  # Serve's HTTP as the demo's and Kubernetes'
+    use_haproxy_ingress()  # Serve's HTTP as in the demo and on Kubernetes
     ray.init(
         address="local",
         # As the demo's node: the Serve application of test_end_to_end must leave a CPU for the 1-CPU

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import free_port
+from conftest import free_port, shutdown_serve
 
 PLANTED_PREFIX = "PLANTEDUSER-q7x3"
 N_USERS, N_ITEMS = 30, 40
@@ -135,7 +135,7 @@ def api(pipeline_run, api_keys):
     headers = {"X-API-Key": api_keys["suite"]}
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=headers) as client:
         yield client
-    serve.shutdown()
+    shutdown_serve()
 
 
 def test_healthz_names_the_served_version(api, pipeline_run):

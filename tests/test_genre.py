@@ -304,7 +304,7 @@ def api(stored, api_keys):
 
     from serve_apps.app import app_builder
 
-    from conftest import free_port
+    from conftest import free_port, shutdown_serve
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -315,7 +315,7 @@ def api(stored, api_keys):
     headers = {"X-API-Key": api_keys["suite"]}
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=headers) as client:
         yield client
-    serve.shutdown()
+    shutdown_serve()
 
 
 def upload(client, path: str, data: bytes, **params):

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import TEST_ID_KEY, free_port
+from conftest import TEST_ID_KEY, free_port, shutdown_serve
 
 OLD, NEW = TEST_ID_KEY, "rotation-serving-new-key"  # the session's workers ingest and train under TEST_ID_KEY
 RAW_PREFIX = "ROTATEDLISTENER-p4m8"
@@ -79,7 +79,7 @@ def setting(ray_local, api_keys, tmp_path_factory):
     try:
         yield setting
     finally:
-        serve.shutdown()
+        shutdown_serve()
 
 
 def answer_of(client: httpx.Client, user: str) -> tuple[int, dict]:

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, shutdown_serve
 
 # The extraction workers and the Serve replicas keep librosa's numba cache here (see test_audio_features).
 _NUMBA_CACHE = tempfile.TemporaryDirectory(prefix="encore-test-numba-")
@@ -86,7 +86,7 @@ def service(store, api_keys):
     }
     serve.run(app_builder(args), name="encore")
     yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+    shutdown_serve()
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,10 @@
 """Connecting to Ray the same way from every job, test and script."""
 
+import atexit
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import tempfile
 
@@ -11,12 +13,15 @@ import ray
 logger = logging.getLogger(__name__)
 
 
-def use_haproxy_ingress(folder: str) -> None:
+def use_haproxy_ingress() -> None:
     """Serve HTTP through HAProxy straight to the ingress replicas' own servers, rather than Serve's Python
     proxy and an actor call a request: measured here, 4 to 6 times the requests a second at 1 to 8 clients
     (benchmarks/RESULTS.md, "Serving under load"). Set before Ray starts, for an in-process instance: its
-    HAProxy's files go in ``folder`` and its stats and metrics listen on free ports, so that it runs beside a
-    demo cluster's own (which uses the defaults, /tmp/haproxy-serve and ports 8404 and 9101)."""
+    HAProxy's files go in a folder of its own and its stats and metrics listen on free ports, so that it runs
+    beside a demo cluster's (which uses the defaults, /tmp/haproxy-serve and ports 8404 and 9101). The folder
+    is short-named in /tmp: Ray adds the node's id to it, and a Unix socket's path has at most 107 bytes."""
+    folder = tempfile.mkdtemp(prefix="hap-", dir="/tmp")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     for name, file in [
         ("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "haproxy.cfg"),
@@ -50,7 +55,7 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init()
         logger.info("joined the Ray cluster at %s", os.environ["RAY_ADDRESS"])
     else:
-        use_haproxy_ingress(tempfile.mkdtemp(prefix="encore-haproxy-"))
+        use_haproxy_ingress()
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
         logger.info("started a local Ray instance (set RAY_ADDRESS to use a cluster)")
 
