@@ -12,6 +12,7 @@ Scenarios (``--scenarios``, all by default):
 - ``load``: both servers at each ``--clients`` level, side by side with the ratio;
 - ``rollout``: Encore under 8 clients while ``production`` moves between two versions four times;
 - ``bulk``: ``POST /v1/recommend/batch`` with 1,000 users a request, recommendations per second;
+- ``multiplex``: 8 clients naming one of ``--versions`` stored versions, through the multiplexed replicas;
 - ``large``: a synthetic 1,000,000-item ALS model served through its approximate index, p99 at 8
   clients beside the HetRec figure and the index's recall@10.
 

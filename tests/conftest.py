@@ -166,6 +166,9 @@ def ray_local(s3_endpoint, tmp_path_factory):
     # Workers import `jobs` and `serve_apps` from the repository, wherever pytest was started.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     use_haproxy_ingress()  # Serve's HTTP as in the demo and on Kubernetes
+    # An ingress replica that stops stays open 30 s (capped by its 20 s shutdown budget) for load balancers
+    # to let it go; HAProxy here takes a tenth of a second. 2 s keeps the suite's shutdowns short.
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "2"
     ray.init(
         address="local",
         # As the demo's node: the Serve application of test_end_to_end must leave a CPU for the 1-CPU
