@@ -22,7 +22,6 @@ Scenarios (``--scenarios``, all by default):
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,17 +32,13 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
+from encore.runtime import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "lastfm-hetrec2k"
 MAX_RETRY_AFTER_S = 2.0
 N_USERS = 1892  # the sample's listeners; ids run from 2 to 2100 with gaps, unknown ones get the fallback
 LARGE_USERS = 2000  # the synthetic model's listeners, ids "0" to "1999"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def build_store(store: Path, model_kind: str, aliases: list[str], seed: int = 0) -> str:

@@ -18,6 +18,8 @@ from pathlib import Path
 import boto3
 import pytest
 
+from encore.runtime import free_port  # the test modules import it from here too
+
 REPO = Path(__file__).resolve().parents[1]
 TEST_ID_KEY = "encore-test-suite-key"
 BODY_TIMEOUT_S = 12
@@ -73,12 +75,6 @@ def shutdown_serve(seconds: float = 120) -> None:
             return
         time.sleep(0.5)
     raise TimeoutError(f"Serve's controller still runs {seconds:.0f} s after serve.shutdown()")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
