@@ -24,8 +24,8 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from benchmarks.als_speed import lastfm, synthetic
-from encore.models.als import ALS
-from encore.models.als_train import fit_on_ray
+from encore.recsys.models.als import ALS
+from encore.recsys.models.als_train import fit_on_ray
 
 
 def timed(fit: Callable[[int], ALS], iterations: int) -> tuple[ALS, float, float, float]:

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from encore.models.als import ALS
+from encore.recsys.models.als import ALS
 
 REPO = Path(__file__).resolve().parents[1]
 THREADS = 2

@@ -16,7 +16,7 @@ sampled users. ``hnswlib-l2`` runs the standard MIPS-to-nearest-neighbour reduct
 library's inner-product metric. ``build_large_store`` writes a servable 1M-item ALS version for
 ``benchmarks/serve_load.py``. One run prints one table.
 
-faiss is Encore's (``encore.models.ann``); hnswlib and usearch, which it was chosen against, are not
+faiss is Encore's (``encore.recsys.models.ann``); hnswlib and usearch, which it was chosen against, are not
 dependencies: ``pip install hnswlib==0.8.0 usearch==2.26.6`` to measure them again.
 
     python -m benchmarks.ann [--items 1000000] [--factors 128] [--users 300] [--libraries ...]
@@ -259,9 +259,9 @@ def build_large_store(
     work to do. Saving builds the model's approximate-search index (``ALS.ann_min_items``)."""
     import pandas as pd
 
-    from encore.ids import id_key, key_fingerprint, pseudonymize
-    from encore.models.als import ALS
-    from encore.serving import RecommenderBundle, preprocessing
+    from encore.privacy.ids import id_key, key_fingerprint, pseudonymize
+    from encore.recsys.bundle import RecommenderBundle, preprocessing
+    from encore.recsys.models.als import ALS
     from encore.store import ModelStore
 
     rng = np.random.default_rng(seed)

@@ -1,6 +1,6 @@
 """Genre classification on GTZAN: Encore's classifier against tuned scikit-learn baselines.
 
-Every model (``encore.genre_tuning.MODELS``: Encore's classifier, logistic regression, RBF SVM,
+Every model (``encore.genre.search.MODELS``: Encore's classifier, logistic regression, RBF SVM,
 random forest, gradient boosting) gets the same Ray Tune search: ``--num-samples`` trials proposed
 by optuna's seeded TPE sampler, which fit on the train part of the fault-filtered, artist-disjoint
 split (Kereliuk, Sturm and Larsen 2015) and are ranked by validation log-loss. The winner of each is
@@ -20,8 +20,9 @@ import time
 
 import ray
 
-from encore import genre, genre_tuning
-from encore.runtime import init_ray
+from encore.core.runtime import init_ray
+from encore.genre import classifier as genre
+from encore.genre import search as genre_tuning
 
 NAMES = {
     "encore": "Encore (log features, wide-and-deep ensemble)",

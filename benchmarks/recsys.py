@@ -15,7 +15,7 @@ blend as its collaborative model and adds the tag content model, its weighting s
 validation the same way (item tags count no tagging event of a validation or test pair). One
 table: the chosen configuration, validation NDCG@10, test NDCG@10 with a bootstrap 95% interval
 over users, Recall@20, MAP@10, NDCG@10 on cold test items (at most
-``encore.metrics.COLD_MAX_LISTENERS`` training listeners) and fit time; then Encore's best on
+``encore.recsys.metrics.COLD_MAX_LISTENERS`` training listeners) and fit time; then Encore's best on
 validation against the best reference on test.
 
 Split: the bundled HetRec sample, seed 42, pseudonymisation with the development key (the split
@@ -40,12 +40,12 @@ import tuning.ease
 import tuning.hybrid
 import tuning.item_knn
 import tuning.rp3beta
-from encore import hetrec
-from encore.ids import DEVELOPMENT_KEY
-from encore.interactions import InteractionDataset, SplitConfig, merge_duplicates, parse_file
-from encore.metrics import bootstrap_interval, cold_items, evaluate, per_user_metrics, restrict_items
-from encore.models import fit_model
-from encore.models.base import standardise
+from encore.privacy.ids import DEVELOPMENT_KEY
+from encore.recsys import hetrec
+from encore.recsys.interactions import InteractionDataset, SplitConfig, merge_duplicates, parse_file
+from encore.recsys.metrics import bootstrap_interval, cold_items, evaluate, per_user_metrics, restrict_items
+from encore.recsys.models import fit_model
+from encore.recsys.models.base import standardise
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "lastfm-hetrec2k"
 THREADS = 2

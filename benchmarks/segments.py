@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from encore import genre, genre_tuning
 from encore.audio.vectors import feature_matrix
+from encore.genre import classifier as genre
+from encore.genre import search as genre_tuning
 
 DEFAULT_SEGMENTS = (
     Path(__file__).resolve().parents[2]

@@ -32,7 +32,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from encore.runtime import free_port
+from encore.core.runtime import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "lastfm-hetrec2k"
@@ -45,11 +45,11 @@ def build_store(store: Path, model_kind: str, aliases: list[str], seed: int = 0)
     """Ingest the sample in-process, fit ``model_kind`` and save it under ``aliases``; its version id."""
     import json
 
-    from encore import hetrec
-    from encore.ids import id_key, key_fingerprint
-    from encore.interactions import InteractionDataset, SplitConfig, merge_duplicates, parse_file
-    from encore.models import model_class
-    from encore.serving import RecommenderBundle, preprocessing
+    from encore.privacy.ids import id_key, key_fingerprint
+    from encore.recsys import hetrec
+    from encore.recsys.bundle import RecommenderBundle, preprocessing
+    from encore.recsys.interactions import InteractionDataset, SplitConfig, merge_duplicates, parse_file
+    from encore.recsys.models import model_class
     from encore.store import ModelStore
 
     key = id_key()
@@ -94,9 +94,9 @@ def reference_app(store: str):
     import torch
     from threadpoolctl import threadpool_limits
 
-    from encore.api import RecommendRequest, RecommendResponse, create_app
-    from encore.ids import id_key, pseudonymize
-    from encore.serving import RecommenderBundle
+    from encore.privacy.ids import id_key, pseudonymize
+    from encore.recsys.bundle import RecommenderBundle
+    from encore.serving.api import RecommendRequest, RecommendResponse, create_app
     from encore.store import ModelStore
 
     # One BLAS thread, as in Encore's replicas: with more, the threads of concurrent requests fight over the cores.
@@ -217,8 +217,8 @@ def start_encore(store: Path) -> tuple[str, dict, float]:
     key made for this run, and the seconds it took to answer."""
     from ray import serve
 
-    from encore.access import create_key
-    from encore.runtime import init_ray
+    from encore.core.runtime import init_ray
+    from encore.serving.access import create_key
 
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     started = time.perf_counter()
@@ -328,8 +328,8 @@ def rollout_scenario(store: Path, url: str, headers: dict, args) -> None:
 
 def bulk_scenario(store: Path, url: str, headers: dict, args) -> None:
     """``POST /v1/recommend/batch`` of 1,000 users (top-10), 1 and 2 clients, against the model called in-process."""
-    from encore.ids import id_key, pseudonymize
-    from encore.serving import RecommenderBundle
+    from encore.privacy.ids import id_key, pseudonymize
+    from encore.recsys.bundle import RecommenderBundle
     from encore.store import ModelStore
 
     users = [str(2 + i % N_USERS) for i in range(1000)]
@@ -393,9 +393,9 @@ def large_scenario(folder: Path, url: str, headers: dict, args) -> None:
     import httpx
 
     from benchmarks.ann import build_large_store
-    from encore.ids import id_key, pseudonymize
-    from encore.metrics import top_k
-    from encore.serving import RecommenderBundle
+    from encore.privacy.ids import id_key, pseudonymize
+    from encore.recsys.bundle import RecommenderBundle
+    from encore.recsys.metrics import top_k
     from encore.store import ModelStore
 
     hetrec = run_level(f"{url}/v1/recommend", 8, args.seconds, args.max_requests, headers)

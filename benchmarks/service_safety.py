@@ -104,7 +104,7 @@ def publish_tiny_composer(store_uri: str) -> None:
 
 def publish_tiny_genre_model(store_uri: str) -> None:
     """A logistic regression (one member, two epochs) on the GTZAN feature table, as genre-production."""
-    from encore import genre
+    from encore.genre import classifier as genre
     from encore.store import ModelStore
 
     table = genre.load_table()
@@ -127,7 +127,7 @@ def start_app(store: Path, temp: Path, body_timeout_s: float) -> str:
     import ray
     from ray import serve
 
-    from encore.access import SCOPES, create_key
+    from encore.serving.access import SCOPES, create_key
     from serve_apps.app import app_builder
 
     os.environ.pop("RAY_ADDRESS", None)
@@ -410,7 +410,7 @@ async def gets_for(versions, seconds: float, clients: int = 8) -> dict:
 def store_outage(temp: Path, outage_seconds: float, baseline_seconds: float = 5.0) -> dict:
     import boto3
 
-    from encore.serving import VersionCache
+    from encore.serving.versions import VersionCache
     from encore.store import ModelStore
 
     proc, endpoint = start_moto(temp / "moto.log")

@@ -1,5 +1,5 @@
 """What the request metrics cost per request: an ASGI app that answers at once, called directly (no server,
-no network), with and without ``encore.telemetry.RequestMetrics`` around it; the app notes a served
+no network), with and without ``encore.serving.telemetry.RequestMetrics`` around it; the app notes a served
 version as a handler does. The difference is the middleware's own time: timing, the route's template,
 the served version, and recording a counter and a histogram.
 
@@ -14,7 +14,7 @@ import asyncio
 import statistics
 import time
 
-from encore import telemetry
+from encore.serving import telemetry
 
 
 class _Route:

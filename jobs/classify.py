@@ -26,9 +26,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from encore import fs, genre
 from encore.audio.schema import AUDIO_SUFFIXES, GTZAN_FEATURES, WINDOW_SECONDS
-from encore.runtime import init_ray, setup_logging, user_errors
+from encore.core import fs
+from encore.core.runtime import init_ray, setup_logging, user_errors
+from encore.genre import classifier as genre
 from encore.store import ModelStore
 from jobs.extract_features import extract_features
 

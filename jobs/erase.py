@@ -1,4 +1,4 @@
-"""Erase a listener from every dataset, model version and Ray Train checkpoint (``encore.erasure``).
+"""Erase a listener from every dataset, model version and Ray Train checkpoint (``encore.privacy.erasure``).
 
     python -m jobs.erase --user RAW_ID --store artifacts --report /secure/erasures/ticket-123.json
     python -m jobs.erase --user-key 3f2a... --store s3://bucket/prod --dataset s3://bucket/data/lastfm
@@ -18,9 +18,9 @@ import json
 import logging
 import sys
 
-from encore.erasure import ErasureError, check_user_key, erase
-from encore.ids import id_key, key_fingerprint, pseudonymize
-from encore.runtime import init_ray, setup_logging, user_errors
+from encore.core.runtime import init_ray, setup_logging, user_errors
+from encore.privacy.erasure import ErasureError, check_user_key, erase
+from encore.privacy.ids import id_key, key_fingerprint, pseudonymize
 
 logger = logging.getLogger("encore.erase")
 

@@ -18,12 +18,12 @@ import time
 
 import ray
 
-from encore import fs
-from encore.interactions import InteractionDataset
-from encore.metrics import COLD_MAX_LISTENERS, bootstrap_interval, cold_items, per_user_metrics, restrict_items
-from encore.models import fit_model
-from encore.runtime import init_ray, setup_logging, user_errors
-from encore.serving import RecommenderBundle
+from encore.core import fs
+from encore.core.runtime import init_ray, setup_logging, user_errors
+from encore.recsys.bundle import RecommenderBundle
+from encore.recsys.interactions import InteractionDataset
+from encore.recsys.metrics import COLD_MAX_LISTENERS, bootstrap_interval, cold_items, per_user_metrics, restrict_items
+from encore.recsys.models import fit_model
 from encore.store import ModelStore
 
 logger = logging.getLogger("encore.evaluate")

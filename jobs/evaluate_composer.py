@@ -30,13 +30,13 @@ from pathlib import Path
 import ray
 import torch
 
-from encore import fs
 from encore.composer import DataError, load_jsb
 from encore.composer.checks import compare, parse_key
 from encore.composer.checks import statistics as piece_statistics
 from encore.composer.compose import ComposerBundle
 from encore.composer.data import Corpus, load_corpus
-from encore.runtime import init_ray, setup_logging, user_errors
+from encore.core import fs
+from encore.core.runtime import init_ray, setup_logging, user_errors
 from encore.store import ModelStore
 from jobs.evaluate import write_report
 from jobs.train_composer import DEFAULT_DATA

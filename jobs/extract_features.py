@@ -45,12 +45,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from encore import fs
 from encore.audio import AudioDecodeError
 from encore.audio.isolation import ChildCrashed, ChildTimedOut, run_forked
 from encore.audio.schema import AUDIO_SUFFIXES, FEATURE_VERSION, GTZAN_FEATURES, SAMPLE_RATE, SEGMENT_SECONDS
 from encore.audio.warmup import default_numba_cache_dir, warm_up_numba
-from encore.runtime import init_ray, setup_logging, user_errors
+from encore.core import fs
+from encore.core.runtime import init_ray, setup_logging, user_errors
 
 if TYPE_CHECKING:
     from encore.audio.features import TrackAnalysis

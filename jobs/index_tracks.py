@@ -1,7 +1,7 @@
 """Build the sound-alike index of every extracted track and save it in the model store.
 
 Reads ``tracks.parquet`` of an extraction run (``jobs.extract_features``; a folder or ``s3://``
-prefix), indexes the tracks' standardised GTZAN feature vectors (``encore.soundalike``) and saves
+prefix), indexes the tracks' standardised GTZAN feature vectors (``encore.soundalike.index``) and saves
 the index as kind ``soundalike``, moving the aliases given (default ``soundalike-latest``). The
 index fits in seconds on one core, so the job runs in the driver.
 
@@ -15,11 +15,11 @@ import tempfile
 
 import pyarrow.parquet as pq
 
-from encore import fs
 from encore.audio.schema import FEATURE_VERSION
-from encore.runtime import setup_logging, user_errors
-from encore.serving import serving_store
-from encore.soundalike import SoundalikeIndex, preprocessing
+from encore.core import fs
+from encore.core.runtime import setup_logging, user_errors
+from encore.serving.versions import serving_store
+from encore.soundalike.index import SoundalikeIndex, preprocessing
 
 logger = logging.getLogger("encore.index_tracks")
 

@@ -8,7 +8,7 @@ their source, line, reason and pseudonymised user key (empty where the user fiel
 located); no part of a rejected record is copied, as malformed input can put a raw id anywhere.
 The dataset (dense id maps, a seeded per-user train/validation/test split and a fingerprint) is
 written as Parquet, a new version beside the previous one, published when complete (see
-``encore.interactions``): an ingest that dies leaves the previous dataset as it was.
+``encore.recsys.interactions``): an ingest that dies leaves the previous dataset as it was.
 
 For a catalogue whose items are audio files, ``--audio-features`` names the output of an extraction
 run (``jobs.extract_features``): each track becomes item ``<file name without suffix>`` with one
@@ -26,12 +26,13 @@ import logging
 import pandas as pd
 import ray
 
-from encore import fs, hetrec
 from encore.audio.schema import GTZAN_FEATURES
 from encore.audio.vectors import FeatureScaler, feature_matrix
-from encore.ids import id_key, key_fingerprint
-from encore.interactions import AUDIO_PREFIX, InteractionDataset, SplitConfig, merge_duplicates, parse_file
-from encore.runtime import init_ray, setup_logging, user_errors
+from encore.core import fs
+from encore.core.runtime import init_ray, setup_logging, user_errors
+from encore.privacy.ids import id_key, key_fingerprint
+from encore.recsys import hetrec
+from encore.recsys.interactions import AUDIO_PREFIX, InteractionDataset, SplitConfig, merge_duplicates, parse_file
 from jobs.index_tracks import read_tracks
 
 logger = logging.getLogger("encore.ingest")

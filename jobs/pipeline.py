@@ -13,9 +13,9 @@ import json
 import logging
 from pathlib import Path
 
-from encore.models import MODELS
-from encore.runtime import init_ray, setup_logging, user_errors
-from encore.training import train
+from encore.core.runtime import init_ray, setup_logging, user_errors
+from encore.recsys.models import MODELS
+from encore.recsys.train import train
 from jobs.ingest import add_split_arguments, ingest, split_config
 from jobs.train_genre import train as train_genre
 

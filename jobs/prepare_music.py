@@ -28,13 +28,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from encore import fs
 from encore.composer.checks import estimate_key, key_name
 from encore.composer.corpus import CORPUS_PREFIX, STYLES, corpus_files, parse_corpus_file
 from encore.composer.data import ERROR_SCHEMA, ERRORS_FILE, PIECE_SCHEMA, PIECES_FILE
 from encore.composer.midi import read_midi
 from encore.composer.tokens import DataError
-from encore.runtime import init_ray, setup_logging, user_errors
+from encore.core import fs
+from encore.core.runtime import init_ray, setup_logging, user_errors
 
 logger = logging.getLogger("encore.prepare_music")
 

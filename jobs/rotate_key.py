@@ -6,7 +6,7 @@ The keys come from the environment, never the command line: ``ENCORE_ID_KEY`` th
 only, the pseudonyms of each ``--dataset`` and of the recommender versions the store's aliases name
 (``--all-versions``: every recommender version under the previous key), publishes them as new versions
 and moves the aliases to them. Nothing is published if a user is missing from the input. See
-``encore.rotation`` and the README's privacy section for the procedure around it.
+``encore.privacy.rotation`` and the README's privacy section for the procedure around it.
 
     export ENCORE_ID_KEY="$(cat ~/.encore/id_key.new)" ENCORE_ID_KEY_PREVIOUS="$(cat ~/.encore/id_key)"
     python -m jobs.rotate_key --input data/lastfm-hetrec2k --dataset artifacts/datasets/lastfm-hetrec2k \\
@@ -20,8 +20,8 @@ import json
 import logging
 import os
 
-from encore.rotation import rotate, rotation_keys
-from encore.runtime import setup_logging, user_errors
+from encore.core.runtime import setup_logging, user_errors
+from encore.privacy.rotation import rotate, rotation_keys
 
 logger = logging.getLogger("encore.rotate_key")
 

@@ -2,7 +2,7 @@
 
 The model is fitted on the train split and scored on validation (the figure to select on),
 then refitted on train + validation and scored on test; the refitted model is what is stored,
-with both sets of metrics and the config a retrain repeats (``encore.training``).
+with both sets of metrics and the config a retrain repeats (``encore.recsys.train``).
 
     python -m jobs.train --dataset artifacts/datasets/lastfm --model popularity --store artifacts
 """
@@ -11,11 +11,11 @@ import argparse
 import json
 import time
 
-from encore import fs
-from encore.models import MODELS
-from encore.runtime import init_ray, setup_logging, user_errors
+from encore.core import fs
+from encore.core.runtime import init_ray, setup_logging, user_errors
+from encore.recsys.models import MODELS
+from encore.recsys.train import train
 from encore.store import runs
-from encore.training import train
 
 
 def main(argv: list[str] | None = None) -> str:

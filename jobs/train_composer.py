@@ -34,14 +34,14 @@ import ray.train.torch
 import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
-from encore import fs
 from encore.composer import TOKENIZER_VERSION, Composer, ComposerConfig, DataError, TrainConfig, fit
 from encore.composer.compose import ComposerBundle
 from encore.composer.corpus import style_program
 from encore.composer.data import load_corpus
 from encore.composer.train import add_arguments, configs_from_arguments
-from encore.runtime import init_ray, setup_logging, user_errors
-from encore.serving import serving_store
+from encore.core import fs
+from encore.core.runtime import init_ray, setup_logging, user_errors
+from encore.serving.versions import serving_store
 from encore.store import runs
 
 logger = logging.getLogger("encore.train_composer")

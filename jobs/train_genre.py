@@ -18,10 +18,11 @@ from pathlib import Path
 import pandas as pd
 import ray
 
-from encore import fs, genre
-from encore.genre_tuning import fit_and_evaluate, random_folds
-from encore.runtime import init_ray, setup_logging, user_errors
-from encore.serving import serving_store
+from encore.core import fs
+from encore.core.runtime import init_ray, setup_logging, user_errors
+from encore.genre import classifier as genre
+from encore.genre.search import fit_and_evaluate, random_folds
+from encore.serving.versions import serving_store
 
 logger = logging.getLogger("encore.train_genre")
 

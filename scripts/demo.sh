@@ -35,7 +35,7 @@ else
   echo "== Starting a local Ray head node (dashboard on 127.0.0.1:8265)"
   # Started from the repository root: `serve deploy` imports serve_apps.app relative to it. In the
   # background: the composer's import and the API key need no cluster, and are done meanwhile.
-  # Serve's HTTP goes through HAProxy to the ingress replica's own server (encore.runtime.use_haproxy_ingress).
+  # Serve's HTTP goes through HAProxy to the ingress replica's own server (encore.core.runtime.use_haproxy_ingress).
   RAY_SERVE_ENABLE_HA_PROXY=1 ray start --head --node-ip-address=127.0.0.1 --port=6379 \
     --dashboard-host=127.0.0.1 --dashboard-port=8265 --disable-usage-stats >/dev/null &
   RAY_START_PID=$!
@@ -54,7 +54,7 @@ IMPORT_PID=$!
 KEYS_FILE="$STORE/api_keys.json"
 DEMO_KEY_FILE="$STORE/demo_api_key"
 if [[ ! -s "$DEMO_KEY_FILE" ]]; then
-  (umask 077; python -m encore.access --file "$KEYS_FILE" create --name demo \
+  (umask 077; python -m encore.serving.access --file "$KEYS_FILE" create --name demo \
     --scopes recommend,classify,compose,admin --rate 100/second >"$DEMO_KEY_FILE")
   echo "== Created the demo's API key in $DEMO_KEY_FILE (its hash in $KEYS_FILE)"
 fi
@@ -97,7 +97,7 @@ cat <<INFO
   API key     $ENCORE_API_KEY
               curl -H "X-API-Key: \$(cat $DEMO_KEY_FILE)" -H 'content-type: application/json' \\
                 -d '{"user_id": "2", "n": 5}' http://127.0.0.1:8000/v1/recommend
-  More keys   python -m encore.access --file "$KEYS_FILE" create --name my-app --scopes recommend
+  More keys   python -m encore.serving.access --file "$KEYS_FILE" create --name my-app --scopes recommend
   Models      python -m encore.store --uri "$STORE" list
   Stop        make stop
 INFO

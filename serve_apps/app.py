@@ -11,7 +11,7 @@ recommender replica resolves names against the model store at most every ``poll_
 moved alias is picked up without a restart, and keeps the last few versions it loaded in memory.
 A version that fails its checksums or was built under another pseudonymisation key is refused;
 for the service's own alias, the replica keeps serving the version it has. During a change of key
-(``ENCORE_ID_KEY_PREVIOUS`` set, see ``encore.rotation``) versions built under either key are served:
+(``ENCORE_ID_KEY_PREVIOUS`` set, see ``encore.privacy.rotation``) versions built under either key are served:
 the ingress pseudonymises a user's id under each key, and the version that answers uses its own.
 
     serve deploy serve_apps/config.yaml        # on a running cluster (see the README)
@@ -34,9 +34,15 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from threadpoolctl import threadpool_limits
 
-from encore import genre, telemetry
-from encore.access import Access, Client
-from encore.api import (
+from encore.audio.warmup import warm_up_numba
+from encore.composer.service import compose_answer
+from encore.core.errors import ServingError, UnknownModelError
+from encore.genre import classifier as genre
+from encore.privacy.ids import id_keys, pseudonyms
+from encore.recsys.bundle import RecommenderBundle, preprocessing
+from encore.serving import telemetry
+from encore.serving.access import Access, Client
+from encore.serving.api import (
     MAX_ITEMS,
     MAX_USER_ID,
     UPLOAD_STATUSES,
@@ -60,8 +66,7 @@ from encore.api import (
     error_statuses,
     user_error,
 )
-from encore.audio.warmup import warm_up_numba
-from encore.audio_serving import (
+from encore.serving.uploads import (
     UPLOAD_BODY,
     UploadSlots,
     classify_upload,
@@ -69,22 +74,16 @@ from encore.audio_serving import (
     similar_to_track,
     similar_to_upload,
 )
-from encore.composer.service import compose_answer
-from encore.errors import ServingError
-from encore.ids import id_keys, pseudonyms
-from encore.serving import (
+from encore.serving.versions import (
     FAMILIES,
     Catalogue,
     Names,
-    RecommenderBundle,
     TrafficSplit,
-    UnknownModelError,
     VersionCache,
-    preprocessing,
     refusal_reason,
     run_until_cancelled,
 )
-from encore.soundalike import preprocessing as soundalike_preprocessing
+from encore.soundalike.index import preprocessing as soundalike_preprocessing
 from encore.store import ModelStore
 
 DEFAULT_STORE = Path(__file__).resolve().parents[1] / "artifacts"
@@ -101,7 +100,9 @@ PAGE_POLICY = (
 ADMISSION = Admission()  # bounded by the ingress replica at its start (max_in_flight)
 app = create_app(own_body_limits=["/v1/classify", "/v1/similar"], admission=ADMISSION)  # uploads bound their own
 app.mount("/web", StaticFiles(directory=WEB), name="web")
-API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="a key from `python -m encore.access`")
+API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="a key from `python -m encore.serving.access`"
+)
 BEARER = HTTPBearer(auto_error=False, description="the same key as a bearer token")
 
 

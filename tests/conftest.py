@@ -18,7 +18,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from encore.runtime import free_port  # the test modules import it from here too
+from encore.core.runtime import free_port  # the test modules import it from here too
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_ID_KEY = "encore-test-suite-key"
@@ -34,7 +34,7 @@ def run_driver(ray_local, module_args: list[str], until_checkpoint: Path | None 
     import json
     import signal
 
-    from encore.models.als_train import RUN_SNAPSHOT_FILE
+    from encore.recsys.models.als_train import RUN_SNAPSHOT_FILE
 
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     process = subprocess.Popen([sys.executable, "-m", *module_args], cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -147,7 +147,7 @@ def ray_local(s3_endpoint, tmp_path_factory):
     """
     import ray
 
-    from encore.runtime import use_haproxy_ingress
+    from encore.core.runtime import use_haproxy_ingress
 
     os.environ.pop("RAY_ADDRESS", None)
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -182,7 +182,7 @@ def ray_local(s3_endpoint, tmp_path_factory):
 def api_keys(tmp_path_factory) -> dict:
     """A key file for the Serve applications of the tests: ``file``, and a key per client by name:
     ``suite`` may do anything, the others are what the access tests try."""
-    from encore.access import SCOPES, create_key
+    from encore.serving.access import SCOPES, create_key
 
     path = tmp_path_factory.mktemp("access") / "api_keys.json"
     keys = {

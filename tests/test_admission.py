@@ -1,8 +1,8 @@
-"""The ingress's bound on requests in flight (encore.api.Admit): beyond it, 503 at once, never queued."""
+"""The ingress's bound on requests in flight (encore.serving.api.Admit): beyond it, 503 at once, never queued."""
 
 from fastapi.testclient import TestClient
 
-from encore.api import Admission, create_app
+from encore.serving.api import Admission, create_app
 
 
 def test_a_request_beyond_the_bound_is_answered_503_with_retry_after_and_the_bound_frees():

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from encore.models.als import ALS
+from encore.recsys.models.als import ALS
 
 BLOCKS, USERS_PER_BLOCK, ITEMS_PER_BLOCK = 3, 12, 8
 

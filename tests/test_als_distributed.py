@@ -5,8 +5,8 @@ import json
 import numpy as np
 import scipy.sparse as sp
 
-from encore.models import ALS
-from encore.models.als_train import CHECKPOINT_FILE, RUN_SNAPSHOT_FILE, fit_on_ray
+from encore.recsys.models import ALS
+from encore.recsys.models.als_train import CHECKPOINT_FILE, RUN_SNAPSHOT_FILE, fit_on_ray
 from encore.store import runs
 
 from conftest import run_driver
@@ -74,8 +74,8 @@ def test_a_run_killed_anywhere_resumes_to_what_an_uninterrupted_run_computes(ray
 def synthetic_dataset(path, n_users=3_000, n_items=1_500, per_user=30, seed=1):
     import pandas as pd
 
-    from encore.ids import id_key, key_fingerprint
-    from encore.interactions import InteractionDataset, SplitConfig
+    from encore.privacy.ids import id_key, key_fingerprint
+    from encore.recsys.interactions import InteractionDataset, SplitConfig
 
     rng = np.random.default_rng(seed)
     popularity = 1 / np.arange(1, n_items + 1) ** 0.8
@@ -104,9 +104,9 @@ def run_training_job(ray_local, dataset, store, storage, params, until_checkpoin
 
 
 def test_a_killed_job_resumes_from_its_last_checkpoint(ray_local, tmp_path):
-    from encore.interactions import InteractionDataset
-    from encore.metrics import evaluate
-    from encore.serving import RecommenderBundle
+    from encore.recsys.bundle import RecommenderBundle
+    from encore.recsys.interactions import InteractionDataset
+    from encore.recsys.metrics import evaluate
     from encore.store import ModelStore
 
     synthetic_dataset(tmp_path / "dataset")

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from encore.models import als
-from encore.models.als import ALS
-from encore.models.ann import IndexFileError
-from encore.models.base import Recommender
-from encore.serving import RecommenderBundle
+from encore.recsys.bundle import RecommenderBundle
+from encore.recsys.models import als
+from encore.recsys.models.als import ALS
+from encore.recsys.models.ann import IndexFileError
+from encore.recsys.models.base import Recommender
 from encore.store import ChecksumError, ModelStore
 
 ITEMS, FACTORS, USERS, CLUSTERS = 4000, 16, 60, 40
@@ -122,8 +122,8 @@ def test_the_index_is_saved_in_the_bundle_and_covered_by_the_store(model, tmp_pa
 
 LOAD = """
 import sys
-from encore.models.als import ALS
-from encore.models.ann import IndexFileError
+from encore.recsys.models.als import ALS
+from encore.recsys.models.ann import IndexFileError
 for folder in sys.argv[1:]:
     try:
         ALS.load(folder)

@@ -22,10 +22,10 @@ import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from encore import fs  # noqa: E402
 from encore.audio import AudioDecodeError, features  # noqa: E402
 from encore.audio.isolation import ChildCrashed, ChildRaised, ChildTimedOut, run_forked  # noqa: E402
 from encore.audio.schema import GTZAN_FEATURES, PITCH_CLASSES, SAMPLE_RATE  # noqa: E402
+from encore.core import fs  # noqa: E402
 from jobs import extract_features as job  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,7 +208,7 @@ def long_silence(seconds: float, sr: int) -> bytes:
 
 
 def upload_error(data: bytes, **options):
-    from encore.audio_serving import UploadError, decode_upload
+    from encore.serving.uploads import UploadError, decode_upload
 
     with pytest.raises(UploadError) as refused:
         decode_upload(data, **options)
@@ -216,7 +216,7 @@ def upload_error(data: bytes, **options):
 
 
 def test_upload_declaring_two_hours_of_eight_channels_at_96_khz_is_refused_from_its_header(monkeypatch):
-    from encore.audio_serving import MAX_TRACK_SECONDS
+    from encore.serving.uploads import MAX_TRACK_SECONDS
 
     eight = encoded(np.tile(tone(69, 1.0, sr=96_000)[:, None], 8), 96_000, "FLAC")
     fail_if_decoded(monkeypatch)
@@ -255,7 +255,7 @@ def test_channels_are_averaged_a_block_at_a_time(monkeypatch):
 
 
 def test_similar_analyses_the_middle_excerpt_of_a_long_upload(monkeypatch):
-    from encore import audio_serving
+    from encore.serving import uploads as audio_serving
 
     decoded, analysed = [], []
     read_mono = features.read_mono

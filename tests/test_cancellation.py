@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_composer import encode, tiny_model
 
-from encore.serving import run_until_cancelled
+from encore.serving.versions import run_until_cancelled
 
 
 def test_a_cancelled_request_stops_its_thread_at_the_next_check():

@@ -17,7 +17,6 @@ import pytest
 import soundfile
 import torch
 
-from encore import fs
 from encore.composer import Composer, ComposerConfig, DataError, TrainConfig
 from encore.composer import checks as C
 from encore.composer import midi as M
@@ -31,6 +30,7 @@ from encore.composer.service import (
     UnknownStyleError,
     compose_answer,
 )
+from encore.core import fs
 from encore.store import ModelStore
 
 # Held notes, a rest in the middle, a chord change under a held top voice, a lone low note at the end.
@@ -317,7 +317,7 @@ def fail_if_read_as_music(monkeypatch):
 
 
 def test_stacked_notes_primer_is_refused_from_the_scan_before_it_is_read(monkeypatch):
-    from encore.api import MAX_PRIMER_BYTES
+    from encore.serving.api import MAX_PRIMER_BYTES
 
     bundle = tiny_bundle()  # 64 steps of half a beat
     bundle.model.generate = lambda *args, **kwargs: pytest.fail("composed from a primer over the limits")
@@ -393,7 +393,7 @@ def test_reading_the_primer_spends_the_time_budget(monkeypatch):
 def test_compose_request_bounds_the_instrument():
     from pydantic import ValidationError
 
-    from encore.api import ComposeRequest
+    from encore.serving.api import ComposeRequest
 
     assert ComposeRequest().program is None  # the composer's instrument for the style
     assert ComposeRequest(program=127).program == 127

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from encore.models import fit_model, model_class
-from encore.models.content import item_features
+from encore.recsys.models import fit_model, model_class
+from encore.recsys.models.content import item_features
 
 # Items 0-3 are rock, 4-7 are jazz; item 3 and item 7 were never played.
 TAGS = [["rock", "guitar"], ["rock"], ["rock", "loud"], ["rock", "guitar"],
@@ -90,7 +90,7 @@ BLEND = [
 
 
 def test_blend_is_the_weighted_sum_of_standardised_parts(tmp_path):
-    from encore.models.base import standardise
+    from encore.recsys.models.base import standardise
 
     model = fit_model("blend", {"parts": BLEND}, plays(), catalogue())
     users = np.arange(6)

@@ -107,8 +107,8 @@ def test_pipeline_stores_an_evaluated_version_as_production(pipeline_run):
 
 
 def test_a_rerun_reuses_the_version_trained_on_the_same_data_with_the_same_settings(pipeline_run):
+    from encore.recsys.train import train
     from encore.store import ModelStore
-    from encore.training import train
 
     root = pipeline_run["root"]
     dataset, store = str(root / "dataset"), str(root / "store")
@@ -225,7 +225,7 @@ def test_openapi_lists_the_error_statuses_each_operation_answers(api, method, pa
 
 
 def test_new_production_version_is_picked_up_without_restart(api, pipeline_run):
-    from encore.training import train
+    from encore.recsys.train import train
 
     root = pipeline_run["root"]
     new_version = train(str(root / "dataset"), "popularity", {"by": "weight"}, str(root / "store"), ["production"])
@@ -339,7 +339,7 @@ def test_slow_uploads_never_hold_up_other_requests(api):
 def test_api_keys_identify_clients_and_bound_what_they_may_do(api, api_keys):
     """No key or a wrong one: 401, even for a malformed body; a key without the scope, or selecting a model
     beyond the service's aliases: 403; past its rate: 429 with Retry-After; revoked: 401 within seconds."""
-    from encore.access import revoke_key
+    from encore.serving.access import revoke_key
 
     def ask(key: str | None, body: dict | None = None, path: str = "/v1/recommend") -> httpx.Response:
         headers = {"X-API-Key": key} if key is not None else {}
@@ -546,7 +546,7 @@ def test_requests_choose_the_model_by_alias_version_or_kind(api, pipeline_run):
 
 
 def test_a_model_that_explains_answers_because_and_similar_items(api, pipeline_run):
-    from encore.training import train
+    from encore.recsys.train import train
 
     root = pipeline_run["root"]
     params = {"factors": 8, "iterations": 5, "regularization": 0.1}
@@ -689,8 +689,8 @@ def test_a_primer_that_would_cost_too_much_to_read_is_refused(api):
 
 def test_an_erased_listener_is_answered_as_an_unknown_user(api, pipeline_run, tmp_path):
     """After every test that reads the planted listeners: the erasure republishes the aliased versions."""
-    from encore.erasure import erase
-    from encore.ids import pseudonymize
+    from encore.privacy.erasure import erase
+    from encore.privacy.ids import pseudonymize
 
     from conftest import TEST_ID_KEY
 
@@ -723,7 +723,7 @@ def _scrape(port: int) -> tuple[str, list]:
 
 def test_request_and_model_metrics_reach_rays_prometheus_endpoint(api, pipeline_run, ray_local):
     """The ingress's request metrics and the recommender's model metrics, as Prometheus scrapes them from Ray
-    (encore.telemetry; the names are the ones infra/grafana/encore-dashboard.json queries). Ray exports
+    (encore.serving.telemetry; the names are the ones infra/grafana/encore-dashboard.json queries). Ray exports
     what its processes recorded every few seconds (RAY_metrics_report_interval_ms, 10 s by default): the
     endpoint is polled until everything is there, for two minutes at most."""
     raw = f"{PLANTED_PREFIX}-0011"
@@ -775,8 +775,8 @@ def _strings_in_parquet(path: Path) -> str:
 def test_a_traffic_split_answers_each_user_from_one_arm_and_names_it(api, pipeline_run, api_keys):
     from ray import serve
 
+    from encore.recsys.train import train
     from encore.store import ModelStore
-    from encore.training import train
     from serve_apps.app import app_builder
 
     root = pipeline_run["root"]

@@ -45,8 +45,8 @@ def catalogue(n_items: int = 7) -> pd.DataFrame:
     ],
 )
 def test_exact_removal_is_the_fit_without_the_listener(kind, params):
-    from encore.erasure import exactly_removable, remove_user
-    from encore.models import fit_model
+    from encore.privacy.erasure import exactly_removable, remove_user
+    from encore.recsys.models import fit_model
 
     user_items, items, row = plays(), catalogue(), 4
     model = fit_model(kind, params, user_items, items)
@@ -61,8 +61,8 @@ def test_exact_removal_is_the_fit_without_the_listener(kind, params):
 
 
 def test_models_whose_items_depend_on_every_listener_need_a_retrain():
-    from encore.erasure import exactly_removable
-    from encore.models import fit_model
+    from encore.privacy.erasure import exactly_removable
+    from encore.recsys.models import fit_model
 
     for kind, params in [("als", {"factors": 2, "iterations": 1}), ("ease", {}), ("item_knn", {}), ("rp3beta", {})]:
         assert not exactly_removable(fit_model(kind, params, plays(), catalogue())), kind
@@ -103,13 +103,15 @@ def plant_run(storage: Path, name: str, checkpoint_file: str) -> Path:
 
 
 def test_an_erased_listener_is_in_no_file_and_gets_the_unknown_users_answer(ray_local, tmp_path):
-    from encore.erasure import EXACT, RETRAIN
-    from encore.ids import pseudonymize
-    from encore.interactions import InteractionDataset, SplitConfig
-    from encore.models import fit_model
-    from encore.serving import FAMILIES, RecommenderBundle, UnknownModelError, VersionCache
+    from encore.core.errors import UnknownModelError
+    from encore.privacy.erasure import EXACT, RETRAIN
+    from encore.privacy.ids import pseudonymize
+    from encore.recsys.bundle import RecommenderBundle
+    from encore.recsys.interactions import InteractionDataset, SplitConfig
+    from encore.recsys.models import fit_model
+    from encore.recsys.train import train
+    from encore.serving.versions import FAMILIES, VersionCache
     from encore.store import ModelStore
-    from encore.training import train
     from jobs.ingest import ingest
 
     key = pseudonymize(PLANTED, TEST_ID_KEY.encode())
@@ -198,7 +200,7 @@ def test_an_erased_listener_is_in_no_file_and_gets_the_unknown_users_answer(ray_
 
 
 def test_the_report_never_lands_where_the_key_is_erased(tmp_path):
-    from encore.erasure import ErasureError, erase
+    from encore.privacy.erasure import ErasureError, erase
 
     with pytest.raises(ErasureError, match="outside the store"):
         erase("0" * 32, str(tmp_path / "store"), report_uri=str(tmp_path / "store" / "report.json"))
@@ -208,10 +210,10 @@ def test_the_report_never_lands_where_the_key_is_erased(tmp_path):
 
 def tiny_dataset_and_store(dataset_uri: str, store_uri: str, tmp_path: Path, kinds=("popularity",), played=5):
     """A dataset and a store holding the planted listener, made without Ray: (key, users, store, versions)."""
-    from encore.ids import key_fingerprint, pseudonymize
-    from encore.interactions import InteractionDataset, SplitConfig
-    from encore.models import fit_model
-    from encore.serving import RecommenderBundle, preprocessing
+    from encore.privacy.ids import key_fingerprint, pseudonymize
+    from encore.recsys.bundle import RecommenderBundle, preprocessing
+    from encore.recsys.interactions import InteractionDataset, SplitConfig
+    from encore.recsys.models import fit_model
     from encore.store import ModelStore
 
     key, key_print = pseudonymize(PLANTED, b"tiny-key"), key_fingerprint(b"tiny-key")
@@ -238,7 +240,7 @@ def tiny_dataset_and_store(dataset_uri: str, store_uri: str, tmp_path: Path, kin
 
 
 def test_a_dry_run_finds_and_plans_and_changes_nothing(tmp_path):
-    from encore.erasure import erase
+    from encore.privacy.erasure import erase
 
     dataset_uri, store_uri = str(tmp_path / "dataset"), str(tmp_path / "store")
     key, _, store, (popularity, ease) = tiny_dataset_and_store(dataset_uri, store_uri, tmp_path, ("popularity", "ease"))
@@ -256,8 +258,8 @@ def test_erasure_on_s3_rewrites_the_dataset_deletes_versions_and_cached_copies(s
     """No Ray: a popularity model is removed from exactly, so nothing is retrained."""
     import boto3
 
-    from encore.erasure import erase
-    from encore.interactions import InteractionDataset
+    from encore.privacy.erasure import erase
+    from encore.recsys.interactions import InteractionDataset
 
     monkeypatch.setenv("ENCORE_CACHE_DIR", str(tmp_path / "cache"))
     dataset_uri, store_uri = f"s3://{s3_bucket}/data/plays", f"s3://{s3_bucket}/prod"
@@ -296,7 +298,7 @@ def pa_buffer(data: bytes):
 def test_the_bucket_expires_deleted_versions_within_the_window_the_readme_states():
     import re
 
-    from encore.erasure import DEFAULT_NONCURRENT_DAYS
+    from encore.privacy.erasure import DEFAULT_NONCURRENT_DAYS
 
     from conftest import REPO
 
@@ -310,7 +312,8 @@ def test_the_bucket_expires_deleted_versions_within_the_window_the_readme_states
 
 def test_a_deleted_version_is_never_served_again_and_leaves_no_rollback(tmp_path):
     """The store's delete and a replica's cache, without Ray: the alias moves, the old version goes."""
-    from encore.serving import UnknownModelError, VersionCache
+    from encore.core.errors import UnknownModelError
+    from encore.serving.versions import VersionCache
     from encore.store import ModelStore, StoreError
 
     store = ModelStore(tmp_path / "store")

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from encore import genre
 from encore.audio.vectors import FeatureScaler
+from encore.genre import classifier as genre
 
 # The extraction workers and the Serve replicas keep librosa's numba cache here (see test_audio_features).
 _NUMBA_CACHE = tempfile.TemporaryDirectory(prefix="encore-test-numba-")
@@ -245,8 +245,8 @@ def test_classify_job_predicts_every_good_file_and_reports_the_bad_ones(stored):
 
 def test_ingested_audio_features_feed_the_content_recommender(stored, tmp_path):
     from encore.audio.schema import GTZAN_FEATURES
-    from encore.interactions import AUDIO_PREFIX, InteractionDataset
-    from encore.models import fit_model
+    from encore.recsys.interactions import AUDIO_PREFIX, InteractionDataset
+    from encore.recsys.models import fit_model
     from jobs import ingest
 
     plays = "user,item,plays\nalice,flute-A4,5\nalice,x1,2\nbob,sine-440,3\nbob,x1,1\ncarol,flute-A4,2\n"
@@ -380,7 +380,7 @@ def test_uploads_must_be_multipart_with_a_file(api):
 
 
 def test_similar_tracks_by_id_and_by_upload(api, stored):
-    from encore.soundalike import SoundalikeIndex
+    from encore.soundalike.index import SoundalikeIndex
     from encore.store import ModelStore
 
     index = SoundalikeIndex.load(ModelStore(stored["store"]).load("soundalike-production").path)

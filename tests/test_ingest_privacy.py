@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from encore.ids import pseudonymize
-from encore.interactions import parse_file
+from encore.privacy.ids import pseudonymize
+from encore.recsys.interactions import parse_file
 
 MARKER = "zq7"
 KEY = b"test-key"
@@ -98,7 +98,7 @@ def _texts(path: Path) -> str:
 
 
 def test_the_ingest_job_writes_and_logs_no_raw_id(ray_local, tmp_path, caplog):
-    from encore.interactions import SplitConfig
+    from encore.recsys.interactions import SplitConfig
     from jobs.ingest import ingest
 
     (tmp_path / "input").mkdir()

@@ -14,9 +14,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from encore import fs, hetrec
-from encore.ids import key_fingerprint, pseudonymize
-from encore.interactions import (
+from encore.core import fs
+from encore.privacy.ids import key_fingerprint, pseudonymize
+from encore.recsys import hetrec
+from encore.recsys.interactions import (
     SCHEMA_VERSION,
     TABLES,
     DatasetError,
@@ -214,7 +215,7 @@ def assert_same_dataset(loaded: InteractionDataset, expected: InteractionDataset
 # write number argv[3] (0-based; the manifest's is the last): a writer dying at a known point.
 KILLED_SAVE = """
 import os, pickle, signal, sys
-from encore import fs
+from encore.core import fs
 uri, pickled, survive = sys.argv[1], sys.argv[2], int(sys.argv[3])
 write, written = fs.write_bytes, []
 def write_or_die(target, data):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from encore.metrics import evaluate, top_k, user_metrics
+from encore.recsys.metrics import evaluate, top_k, user_metrics
 
 
 def test_user_metrics_by_hand():
@@ -71,7 +71,7 @@ def test_evaluate_rejects_mismatched_shapes():
 
 
 def test_bootstrap_interval_brackets_the_mean():
-    from encore.metrics import bootstrap_interval
+    from encore.recsys.metrics import bootstrap_interval
 
     values = np.random.default_rng(0).random(500)
     low, high = bootstrap_interval(values)
@@ -81,7 +81,7 @@ def test_bootstrap_interval_brackets_the_mean():
 
 
 def test_cold_items_have_at_most_so_many_listeners():
-    from encore.metrics import cold_items
+    from encore.recsys.metrics import cold_items
 
     seen = sp.csr_matrix(np.array([[3, 0, 1, 0], [1, 0, 0, 0], [2, 0, 5, 0], [0, 0, 0, 7]]))
     assert cold_items(seen, max_listeners=1).tolist() == [1, 3]
@@ -89,7 +89,7 @@ def test_cold_items_have_at_most_so_many_listeners():
 
 
 def test_restrict_items_keeps_only_those_columns():
-    from encore.metrics import restrict_items
+    from encore.recsys.metrics import restrict_items
 
     held_out = sp.csr_matrix(np.array([[1, 0, 1], [0, 1, 0]]))
     restricted = restrict_items(held_out, np.array([2]))

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from encore.models.base import NotSupportedError
-from encore.models.ease import EASE
-from encore.models.knn import SIMILARITIES, ItemKNN, UserKNN, pairwise_similarity
-from encore.models.rp3beta import RP3beta
+from encore.recsys.models.base import NotSupportedError
+from encore.recsys.models.ease import EASE
+from encore.recsys.models.knn import SIMILARITIES, ItemKNN, UserKNN, pairwise_similarity
+from encore.recsys.models.rp3beta import RP3beta
 
 BLOCK_USERS, BLOCK_ITEMS, PLAYED_PER_USER = 12, 10, 6
 

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from encore.models import fit_model
-from encore.serving import RecommenderBundle, serving_store
+from encore.recsys.bundle import RecommenderBundle
+from encore.recsys.models import fit_model
+from encore.serving.versions import serving_store
 from encore.store import ModelStore, PromotionRefused
 
 PREPROCESSING = {"id_key_fingerprint": "k1", "interactions_schema": 1}

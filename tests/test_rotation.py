@@ -14,10 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from encore.ids import id_keys, key_fingerprint, pseudonymize, pseudonyms
-from encore.interactions import InteractionDataset, SplitConfig, merge_duplicates, parse_file
-from encore.models import fit_model
-from encore.rotation import (
+from encore.core.errors import ModelUnavailableError
+from encore.privacy.ids import id_keys, key_fingerprint, pseudonymize, pseudonyms
+from encore.privacy.rotation import (
     MissingUsers,
     RotationError,
     Translation,
@@ -26,14 +25,10 @@ from encore.rotation import (
     rotated_fingerprint,
     rotation_keys,
 )
-from encore.serving import (
-    FAMILIES,
-    ModelUnavailableError,
-    RecommenderBundle,
-    VersionCache,
-    preprocessing,
-    serving_store,
-)
+from encore.recsys.bundle import RecommenderBundle, preprocessing
+from encore.recsys.interactions import InteractionDataset, SplitConfig, merge_duplicates, parse_file
+from encore.recsys.models import fit_model
+from encore.serving.versions import FAMILIES, VersionCache, serving_store
 from encore.store import ModelStore, PreprocessingMismatch
 
 from conftest import REPO
@@ -169,7 +164,7 @@ def test_a_hetrec_folder_is_read_as_the_ingest_reads_it(tmp_path):
 
 
 def test_input_suffixes_are_those_of_the_ingest():
-    from encore.rotation import INPUT_SUFFIXES
+    from encore.privacy.rotation import INPUT_SUFFIXES
     from jobs.ingest import INPUT_SUFFIXES as INGESTED
 
     assert INPUT_SUFFIXES == INGESTED
@@ -285,7 +280,7 @@ def test_a_dataset_or_version_under_a_third_key_is_refused(world):
 
 
 def test_an_alias_moved_during_the_rotation_stays_where_it_was(world, monkeypatch):
-    from encore import rotation
+    from encore.privacy import rotation
     from encore.store import PromotionRefused
 
     publish = rotation.publish_version

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 
 
 def test_pipeline_reads_and_writes_s3(ray_local, s3_bucket, tmp_path, monkeypatch):
-    from encore import fs
-    from encore.interactions import InteractionDataset
+    from encore.core import fs
+    from encore.recsys.interactions import InteractionDataset
     from encore.store import ModelStore
     from jobs import pipeline
 

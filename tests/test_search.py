@@ -3,7 +3,7 @@
 import optuna
 from ray import tune
 
-from encore.search import _HoldingTrial, run_search
+from encore.core.search import _HoldingTrial, run_search
 
 
 def space(trial) -> dict:

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from encore import genre
-from encore.soundalike import SoundalikeIndex, UnknownTrackError
+from encore.genre import classifier as genre
+from encore.soundalike.index import SoundalikeIndex, UnknownTrackError
 
 
 @pytest.fixture(scope="module")

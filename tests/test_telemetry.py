@@ -1,4 +1,4 @@
-"""Request and model metrics (encore.telemetry) without Ray: what the middleware and the model cache record,
+"""Request and model metrics (encore.serving.telemetry) without Ray: what the middleware and the model cache record,
 with which tags, and the Grafana dashboard's queries against the names the code defines. The same metrics on
 Ray's Prometheus endpoint, from the real Serve application: tests/test_end_to_end.py."""
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from encore import telemetry
-from encore.api import create_app, error_response
-from encore.errors import ServingError
+from encore.core.errors import ServingError
+from encore.serving import telemetry
+from encore.serving.api import create_app, error_response
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "infra" / "grafana" / "encore-dashboard.json"
@@ -130,7 +130,7 @@ def test_nothing_is_recorded_without_ray(client, monkeypatch):
 def test_the_model_cache_counts_hits_misses_refusals_and_times_loads(recorded, tmp_path):
     import asyncio
 
-    from encore.serving import FAMILIES, VersionCache
+    from encore.serving.versions import FAMILIES, VersionCache
     from encore.store import ModelStore
 
     store = ModelStore(tmp_path / "store")

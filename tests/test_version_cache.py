@@ -11,7 +11,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from encore.serving import ModelUnavailableError, UnknownModelError, VersionCache
+from encore.core.errors import ModelUnavailableError, UnknownModelError
+from encore.serving.versions import VersionCache
 from encore.store import ModelStore
 
 from conftest import moto_server
@@ -151,7 +152,7 @@ def test_whatever_lands_behind_the_alias_the_working_version_keeps_serving(store
     ).version
     if damage == "a missing file":
         (tmp_path / "store" / "versions" / bad / "model.txt").unlink()
-    with caplog.at_level("ERROR", logger="encore.serving"):
+    with caplog.at_level("ERROR", logger="encore.serving.versions"):
         for now in (10, 11, 15, 20):  # two polls: the refusal is logged at each, not at every request
             clock.now = now
             assert get(versions) == ("first", {"kind": "genre", "version": working})

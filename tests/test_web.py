@@ -47,7 +47,7 @@ def store(ray_local, tmp_path_factory) -> Path:
     """Every family's model in one store, each under the alias the service serves it from."""
     from test_end_to_end import _publish_tiny_composer
 
-    from encore.training import train
+    from encore.recsys.train import train
     from jobs import extract_features, index_tracks, ingest, train_genre
 
     root = tmp_path_factory.mktemp("web")
@@ -150,8 +150,8 @@ def test_page_is_served_from_the_repository_with_a_strict_policy(service):
 
 
 def test_new_endpoints_answer_the_users_top_items_and_the_catalogue(service, store, api_keys):
-    from encore.ids import id_key, pseudonymize
-    from encore.serving import RecommenderBundle
+    from encore.privacy.ids import id_key, pseudonymize
+    from encore.recsys.bundle import RecommenderBundle
     from encore.store import ModelStore
 
     headers = {"X-API-Key": api_keys["suite"]}

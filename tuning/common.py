@@ -3,17 +3,18 @@
 import argparse
 import logging
 
-from encore import fs, tuning
-from encore.runtime import init_ray, setup_logging, user_errors
-from encore.search import fixed_settings
-from encore.training import train
+from encore.core import fs
+from encore.core.runtime import init_ray, setup_logging, user_errors
+from encore.core.search import fixed_settings
+from encore.recsys import search as tuning
+from encore.recsys.train import train
 
-logger = logging.getLogger("encore.tuning")
+logger = logging.getLogger("encore.recsys.search")
 
 
 def main(kind: str, param_space, argv: list[str] | None = None, scheduler=None) -> dict:
     """Parse the arguments, run the search, save the best configuration's model in the store;
-    ``param_space`` as ``encore.tuning.search`` takes it."""
+    ``param_space`` as ``encore.recsys.search.search`` takes it."""
     parser = argparse.ArgumentParser(description=f"Ray Tune search for the {kind} recommender (selects on validation).")
     parser.add_argument("--dataset", required=True, help="ingested dataset folder or s3:// prefix")
     parser.add_argument("--store", default="./artifacts", help="model store for the best configuration")

@@ -12,15 +12,15 @@ its config and Tune's results under ``STORE/tune/``.
 import argparse
 import logging
 
-from encore import fs
 from encore.composer import DataError
 from encore.composer.data import load_corpus
 from encore.composer.search import SELECTION_METRIC, configs, search
 from encore.composer.train import add_arguments, configs_from_arguments
-from encore.runtime import init_ray, setup_logging, user_errors
+from encore.core import fs
+from encore.core.runtime import init_ray, setup_logging, user_errors
 from jobs.train_composer import DEFAULT_DATA, train_composer
 
-logger = logging.getLogger("encore.tuning")
+logger = logging.getLogger("encore.recsys.search")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -11,12 +11,14 @@ evaluated by ``jobs.train_genre`` and stored as kind ``genre`` under ``--alias``
 import argparse
 import logging
 
-from encore import fs, genre, genre_tuning
-from encore.runtime import init_ray, setup_logging, user_errors
-from encore.search import fixed_settings
+from encore.core import fs
+from encore.core.runtime import init_ray, setup_logging, user_errors
+from encore.core.search import fixed_settings
+from encore.genre import classifier as genre
+from encore.genre import search as genre_tuning
 from jobs.train_genre import train
 
-logger = logging.getLogger("encore.tuning")
+logger = logging.getLogger("encore.recsys.search")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -2,7 +2,7 @@
 
 Each trial trains a model in-process (one Ray task with ``cpus_per_trial`` CPUs) on the train split
 and reports the validation NLL per time step after every epoch, so ASHA stops the poor ones early;
-test never takes part in the choice. As in the recommender searches (``encore.tuning``), optuna's
+test never takes part in the choice. As in the recommender searches (``encore.recsys.search``), optuna's
 TPE proposes the configurations of :func:`param_space`: the learning rate, the width (``d_model``,
 with a feed-forward layer four times as wide), the depth and the dropout; every other setting comes
 from the base configurations. A dict of Tune domains (a small grid) is searched as it is.
@@ -20,7 +20,7 @@ from ray.tune.schedulers import ASHAScheduler
 from encore.composer.data import Corpus
 from encore.composer.model import Composer, ComposerConfig
 from encore.composer.train import TrainConfig, fit
-from encore.search import run_search
+from encore.core.search import run_search
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 :func:`compose_answer` is the blocking work of one ``POST /v1/compose``; the Serve replica runs it
 in a thread so its event loop stays free. Every failure the caller can fix becomes a
-:class:`~encore.errors.ServingError` naming the request field.
+:class:`~encore.core.errors.ServingError` naming the request field.
 
 The time budget counts from the start of the request: reading the primer spends it too, and what is
 left bounds sampling. Reading the primer is itself bounded before it starts (:data:`PRIMER_LIMITS`,
@@ -28,7 +28,7 @@ from encore.composer.midi import (
     steps_to_midi,
     steps_to_notes,
 )
-from encore.errors import ServingError
+from encore.core.errors import ServingError
 
 # A primer is the opening of a piece the model continues: a few hundred steps of a few voices. These bound
 # pretty_midi's work to a fraction of a second; the length in steps is the model's own (see decode_primer).
@@ -70,7 +70,7 @@ def decode_primer(primer_midi: str, step_beats: float, max_steps: int = PRIMER_L
 def compose_answer(
     bundle: ComposerBundle, request: dict, time_budget_s: float, cancelled: threading.Event | None = None
 ) -> dict:
-    """Compose what ``request`` asks (the fields of ``encore.api.ComposeRequest`` but ``model``).
+    """Compose what ``request`` asks (the fields of ``encore.serving.api.ComposeRequest`` but ``model``).
 
     Returns ``{"midi", "wav", "renderer", "notes", "settings", "seconds"}``, MIDI and WAV in base64, the
     MIDI's notes as ``{"pitch", "start", "end"}`` in beats (a client draws them without parsing MIDI). The

@@ -7,7 +7,7 @@ import os
 import sys
 from collections import defaultdict
 
-from encore import fs
+from encore.core import fs
 from encore.store import Manifest, ModelStore, StoreError, runs
 
 HEADLINE_METRICS = 2
@@ -175,13 +175,13 @@ def run(args: argparse.Namespace) -> str:
             manifest = store.verify(args.ref)
             return f"ok: {manifest.version} ({len(manifest.files)} files match the manifest)"
         case "promote":
-            from encore.serving import serving_store  # the models' code: only promote needs it
+            from encore.serving.versions import serving_store  # the models' code: only promote needs it
 
             return f"{args.alias} -> {serving_store(args.uri).promote(args.ref, alias=args.alias)}"
         case "export":
             return f"exported to {store.export(args.ref, args.folder)}"
         case "import":
-            from encore.serving import serving_store
+            from encore.serving.versions import serving_store
 
             manifest = serving_store(args.uri).import_version(args.folder, aliases=args.alias)
             pointed = "".join(f"\n{alias} -> {manifest.version}" for alias in args.alias)

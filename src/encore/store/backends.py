@@ -32,7 +32,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from encore.fs import replace_file
+from encore.core.fs import replace_file
 from encore.store.errors import StoreError
 
 CHUNK_SIZE = 1 << 20

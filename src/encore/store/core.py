@@ -116,7 +116,7 @@ class ModelStore:
         A local path (made absolute) or ``s3://bucket/prefix``.
     admit : callable, optional
         ``admit(store, manifest, alias)`` is called before an alias moves to a version and raises
-        :class:`PromotionRefused` to keep it where it is (``encore.serving.serving_store`` refuses
+        :class:`PromotionRefused` to keep it where it is (``encore.serving.versions.serving_store`` refuses
         what the Serve application could not serve).
 
     Examples

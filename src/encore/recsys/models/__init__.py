@@ -1,0 +1,35 @@
+"""Recommendation models, by kind."""
+
+import pandas as pd
+import scipy.sparse as sp
+
+from encore.recsys.models.als import ALS
+from encore.recsys.models.base import NotSupportedError, Recommender
+from encore.recsys.models.blend import Blend
+from encore.recsys.models.content import ContentBased, Hybrid
+from encore.recsys.models.ease import EASE
+from encore.recsys.models.knn import ItemKNN, UserKNN
+from encore.recsys.models.popularity import Popularity
+from encore.recsys.models.rp3beta import RP3beta
+
+MODELS: dict[str, type[Recommender]] = {
+    model.kind: model for model in (Popularity, ALS, EASE, ItemKNN, UserKNN, RP3beta, ContentBased, Hybrid, Blend)
+}
+
+
+def model_class(kind: str) -> type[Recommender]:
+    if kind not in MODELS:
+        raise ValueError(f"unknown model {kind!r}; available: {', '.join(sorted(MODELS))}")
+    return MODELS[kind]
+
+
+def fit_model(kind: str, params: dict, user_items: sp.csr_matrix, items: pd.DataFrame) -> Recommender:
+    """Fit a model by kind; ``items`` is the item catalogue (id, name, tags, audio features...)."""
+    model = model_class(kind)(**params)
+    return model.fit(user_items, items) if model.uses_item_catalogue else model.fit(user_items)
+
+
+__all__ = [
+    "ALS", "Blend", "EASE", "MODELS", "ContentBased", "Hybrid", "ItemKNN", "NotSupportedError", "Popularity",
+    "RP3beta", "Recommender", "UserKNN", "fit_model", "model_class",
+]  # fmt: skip

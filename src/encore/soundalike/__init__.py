@@ -1,0 +1,1 @@
+"""Sound-alike search: the nearest tracks in scaled GTZAN feature space (``index``)."""
