@@ -28,7 +28,7 @@ from sklearn.metrics import confusion_matrix, f1_score, log_loss, precision_reca
 from encore.audio.schema import FEATURE_VERSION, GTZAN_FEATURES, SAMPLE_RATE, WINDOW_SECONDS
 from encore.audio.vectors import FeatureScaler, feature_matrix
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "gtzan-features"
+DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "gtzan-features"
 TABLE_NAME = "features_30_sec.csv"
 SPLITS = ("train", "valid", "test")
 SPLIT_FILE = "splits/gtzan_fault_filtered_{}.txt"
