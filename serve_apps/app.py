@@ -71,7 +71,6 @@ from encore.serving.uploads import (
     UploadSlots,
     classify_upload,
     read_upload,
-    similar_to_track,
     similar_to_upload,
 )
 from encore.serving.versions import (
@@ -231,7 +230,7 @@ class Soundalike:
 
     async def similar_to_track(self, track_id: str, n: int, model: str | None) -> dict:
         index, info = await self.models.get(model)
-        return {**similar_to_track(index, track_id, n), "model": info}
+        return {"tracks": index.similar(track_id, n), "model": info}
 
     async def similar_to_upload(self, data: bytes, n: int, model: str | None) -> dict:
         index, info = await self.models.get(model)

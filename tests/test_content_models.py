@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from encore.core.errors import NotSupportedError
 from encore.recsys.models import fit_model, model_class
 from encore.recsys.models.content import item_features
 
@@ -112,7 +113,7 @@ def test_blend_explains_and_finds_similar_items_through_its_parts():
     only_popular = fit_model(
         "blend", {"parts": [{"kind": "popularity", "params": {}, "weight": 1.0}]}, plays(), catalogue()
     )
-    with pytest.raises(NotImplementedError, match="no part of this blend"):
+    with pytest.raises(NotSupportedError, match="no part of this blend"):
         only_popular.explain(0, 3)
     with pytest.raises(ValueError, match="keys kind, params and weight"):
         model_class("blend")(parts=[{"kind": "ease"}])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from encore.recsys.models.base import NotSupportedError
+from encore.core.errors import NotSupportedError
 from encore.recsys.models.ease import EASE
 from encore.recsys.models.knn import SIMILARITIES, ItemKNN, UserKNN, pairwise_similarity
 from encore.recsys.models.rp3beta import RP3beta

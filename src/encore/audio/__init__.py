@@ -9,8 +9,10 @@ Here: the error of unusable audio and the limits of decoding, which a caller set
 import math
 from dataclasses import dataclass
 
+from encore.core.errors import InputError
 
-class AudioDecodeError(ValueError):
+
+class AudioDecodeError(InputError, ValueError):
     """Audio that cannot be analysed; ``reason`` is one of ``empty``, ``unsupported``, ``corrupt``,
     ``truncated``, ``silent``, ``too_short``, or a limit of its header: ``too_many_channels``,
     ``sample_rate_too_high``, ``too_long``; the message starts with it."""

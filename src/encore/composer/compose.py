@@ -28,13 +28,14 @@ from encore.composer.corpus import style_program
 from encore.composer.data import parse_meter, thin
 from encore.composer.model import Composer
 from encore.composer.tokens import TOKENIZER_VERSION, Chorale, conditioning_tokens, decode, encode, key_pitch_classes
+from encore.core.errors import InputError
 
 BUNDLE_FILE = "composer.json"
 #: Sampling of a bundle that records none: the model's own distribution.
 DEFAULT_SAMPLING = {"temperature": 1.0, "top_k": None, "top_p": None}
 
 
-class CompositionError(ValueError):
+class CompositionError(InputError, ValueError):
     """A composition request the model cannot honour; ``field`` names the request field at fault."""
 
     def __init__(self, message: str, field: str):

@@ -35,20 +35,16 @@ from encore.core.errors import ServingError
 PRIMER_LIMITS = MidiLimits(tracks=64, events=50_000, notes=20_000)
 
 
-class CompositionRequestError(ServingError):
-    status, code = 422, "invalid_request"
+class CompositionRequestError(ServingError, status=422, code="invalid_request"): ...
 
 
-class UnknownStyleError(ServingError):
-    status, code = 422, "unknown_style"
+class UnknownStyleError(ServingError, status=422, code="unknown_style"): ...
 
 
-class PrimerTooLarge(ServingError):
-    status, code = 413, "too_large"
+class PrimerTooLarge(ServingError, status=413, code="too_large"): ...
 
 
-class CompositionTimeout(ServingError):
-    status, code = 503, "generation_timeout"
+class CompositionTimeout(ServingError, status=503, code="generation_timeout"): ...
 
 
 def decode_primer(primer_midi: str, step_beats: float, max_steps: int = PRIMER_LIMITS.steps) -> list[list[int]]:

@@ -36,6 +36,8 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 
+from encore.core.errors import InputError
+
 TOKENIZER_VERSION = "composer-steps/v1"
 
 PAD = 0
@@ -60,7 +62,7 @@ JSB_SPLITS = ("train", "valid", "test")
 Chorale = list[list[int]]
 
 
-class DataError(ValueError):
+class DataError(InputError, ValueError):
     """A data file or a piece that cannot be tokenised; the message names the bad entry."""
 
 

@@ -10,6 +10,8 @@ import tempfile
 
 import ray
 
+from encore.core.errors import EncoreError
+
 logger = logging.getLogger(__name__)
 
 
@@ -66,11 +68,8 @@ def setup_logging() -> None:
 
 @contextlib.contextmanager
 def user_errors():
-    """Turn errors about the user's input into ``error: ...`` and exit status 1, without a traceback."""
-    from encore.recsys.interactions import IngestError
-    from encore.store import StoreError
-
+    """Turn Encore's own errors and missing files into ``error: ...`` and exit status 1, without a traceback."""
     try:
         yield
-    except (FileNotFoundError, IngestError, StoreError) as error:
+    except (FileNotFoundError, EncoreError) as error:
         raise SystemExit(f"error: {error}") from None

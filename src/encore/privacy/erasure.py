@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from encore.core import fs
+from encore.core.errors import EncoreError
 from encore.recsys.bundle import RecommenderBundle
 from encore.recsys.interactions import (
     MANIFEST_FILE,
@@ -87,7 +88,7 @@ RETRAIN = {
 }
 
 
-class ErasureError(Exception):
+class ErasureError(EncoreError):
     """The erasure cannot be carried out as asked (and says why); nothing unsafe was left half done."""
 
 

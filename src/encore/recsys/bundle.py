@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from encore.core.errors import ModelUnavailableError, ServingError, UnsupportedError
+from encore.core.errors import ModelUnavailableError, NotSupportedError, ServingError
 from encore.recsys.interactions import SCHEMA_VERSION, InteractionDataset
-from encore.recsys.models import NotSupportedError, Recommender, model_class
+from encore.recsys.models import Recommender, model_class
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,21 +42,14 @@ def summarise_ids(ids: list[str], shown: int = 3, length: int = 40) -> str:
     return f"{len(ids)}: {first}{more}"
 
 
-class UnknownItemError(ServingError):
-    status, code = 404, "unknown_item"
-
+class UnknownItemError(ServingError, status=404, code="unknown_item"):
     def __init__(self, item_ids: list[str], field: str = "items"):
         super().__init__(f"unknown item ids, {summarise_ids(item_ids)}", field)
 
 
-class UnknownUserError(ServingError):
-    status, code = 404, "unknown_user"
-
+class UnknownUserError(ServingError, status=404, code="unknown_user"):
     def __init__(self):
         super().__init__("the model has no history for this user", "user_id")
-
-    def __reduce__(self):  # pickled to reach the ingress
-        return type(self), ()
 
 
 EXPLANATION_ITEMS = 3
@@ -196,7 +189,7 @@ class RecommenderBundle:
         try:
             ids, scores = self.model.recommend_for_history(self.item_indices(item_ids), n)
         except NotSupportedError as error:
-            raise UnsupportedError(str(error), "items") from None
+            raise NotSupportedError(error.message, "items") from None
         return {"items": self._describe(ids, scores), "fallback": None}
 
     def similar_items(self, item_id: str, n: int = 10) -> dict:
@@ -204,14 +197,14 @@ class RecommenderBundle:
         try:
             ids, scores = self.model.similar_items(item, n)
         except NotSupportedError as error:
-            raise UnsupportedError(str(error), "model") from None
+            raise NotSupportedError(error.message, "model") from None
         return {"items": self._describe(ids, scores)}
 
     def _because(self, user: int, item: int) -> list[str]:
         try:
             contributions = self.model.explain(user, item)
         except NotSupportedError as error:
-            raise UnsupportedError(str(error), "explain") from None
+            raise NotSupportedError(error.message, "explain") from None
         top = [index for index, weight in contributions[:EXPLANATION_ITEMS] if weight > 0]
         return self._items_by_index.loc[top, "name"].tolist()
 

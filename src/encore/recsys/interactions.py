@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from encore.core import fs
+from encore.core.errors import InputError
 from encore.privacy.ids import pseudonymize
 
 SCHEMA_VERSION = "interactions/v1"
@@ -64,7 +65,7 @@ _VERSION_ID = re.compile(r"\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{8}")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.[a-z]+")
 
 
-class IngestError(ValueError):
+class IngestError(InputError, ValueError):
     """A whole input is unusable (no header we understand, unreadable file)."""
 
 

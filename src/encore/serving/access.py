@@ -43,18 +43,17 @@ ANY_MODEL = "*"
 KEY_PREFIX = "enc_"
 
 
-class Unauthorized(ServingError):
-    status, code = 401, "unauthorized"
-    headers = {"WWW-Authenticate": 'Bearer realm="encore"'}
+class Unauthorized(
+    ServingError, status=401, code="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="encore"'}
+):
+    """No key, or one that no client holds."""
 
 
-class Forbidden(ServingError):
-    status, code = 403, "forbidden"
+class Forbidden(ServingError, status=403, code="forbidden"):
+    """A key without the scope, or the model, that the request needs."""
 
 
-class RateLimited(ServingError):
-    status, code = 429, "rate_limited"
-
+class RateLimited(ServingError, status=429, code="rate_limited"):
     def __init__(self, message: str, retry_after_s: int):
         super().__init__(message)
         self.headers = {"Retry-After": str(retry_after_s)}

@@ -20,7 +20,6 @@ from starlette.exceptions import HTTPException
 from encore.audio import AudioDecodeError, AudioLimits
 from encore.audio.schema import WINDOW_SECONDS
 from encore.core.errors import ServingError
-from encore.soundalike.index import UnknownTrackError
 
 MAX_UPLOAD_BYTES = 20_000_000
 MAX_TRACK_SECONDS = 600.0
@@ -57,64 +56,46 @@ UPLOAD_BODY = {
 
 
 class UploadError(ServingError):
-    """A problem with the uploaded file. Each kind is a subclass with its status and code as class
-    attributes: an error raised in a replica reaches the ingress as Ray's wrapper of it, which
-    forwards the instance's own attributes but takes class attributes from its own classes."""
+    """A problem with the uploaded file; each kind is a subclass declaring its status and code."""
 
     def __init__(self, message: str):
         super().__init__(message, UPLOAD_FIELD)
 
-    def __reduce__(self):  # pickled to reach the ingress
-        return type(self), (self.message,)
+
+class EmptyUpload(UploadError, status=400, code="empty_file"): ...
 
 
-class EmptyUpload(UploadError):
-    status, code = 400, "empty_file"
+class InvalidMultipart(UploadError, status=400, code="invalid_multipart"): ...
 
 
-class InvalidMultipart(UploadError):
-    status, code = 400, "invalid_multipart"
+class LengthRequired(UploadError, status=411, code="length_required"): ...
 
 
-class LengthRequired(UploadError):
-    status, code = 411, "length_required"
+class TooLarge(UploadError, status=413, code="too_large"): ...
 
 
-class TooLarge(UploadError):
-    status, code = 413, "too_large"
+class TooLong(UploadError, status=413, code="too_long"): ...
 
 
-class TooLong(UploadError):
-    status, code = 413, "too_long"
+class NotMultipart(UploadError, status=415, code="unsupported_media_type"): ...
 
 
-class NotMultipart(UploadError):
-    status, code = 415, "unsupported_media_type"
+class NotAudio(UploadError, status=415, code="not_audio"): ...
 
 
-class NotAudio(UploadError):
-    status, code = 415, "not_audio"
+class InvalidAudio(UploadError, status=422, code="invalid_audio"): ...
 
 
-class InvalidAudio(UploadError):
-    status, code = 422, "invalid_audio"
+class UnsupportedAudio(UploadError, status=422, code="unsupported_audio"): ...
 
 
-class UnsupportedAudio(UploadError):
-    status, code = 422, "unsupported_audio"
+class MissingFile(UploadError, status=422, code="invalid_request"): ...
 
 
-class MissingFile(UploadError):
-    status, code = 422, "invalid_request"
+class UploadTimeout(UploadError, status=408, code="body_timeout"): ...
 
 
-class UploadTimeout(UploadError):
-    status, code = 408, "body_timeout"
-
-
-class UploadsBusy(UploadError):
-    status, code = 503, "busy"
-    headers = {"Retry-After": "1"}
+class UploadsBusy(UploadError, status=503, code="busy", headers={"Retry-After": "1"}): ...
 
 
 class UploadSlots:
@@ -132,17 +113,6 @@ class UploadSlots:
 
     async def __aexit__(self, *exc_info) -> None:
         self.reading -= 1
-
-
-class TrackNotFound(ServingError):
-    status, code = 404, "unknown_track"
-
-    def __init__(self, track_id: str):
-        super().__init__(f"no track {track_id!r} in the index", "track_id")
-        self.track_id = track_id
-
-    def __reduce__(self):
-        return type(self), (self.track_id,)
 
 
 # AudioDecodeError.reason -> the error answered; corrupt, truncated, silent and too short audio: InvalidAudio
@@ -220,10 +190,3 @@ def similar_to_upload(index, data: bytes, n: int) -> dict:
     audio = decode_upload(data, excerpt=SIMILAR_EXCERPT_SECONDS)
     features = pd.DataFrame([gtzan_features(audio.samples, audio.sample_rate)])
     return {"tracks": index.similar_to_features(features, n)}
-
-
-def similar_to_track(index, track_id: str, n: int) -> dict:
-    try:
-        return {"tracks": index.similar(track_id, n)}
-    except UnknownTrackError:
-        raise TrackNotFound(track_id) from None

@@ -19,6 +19,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from encore.audio.schema import FEATURE_VERSION, SAMPLE_RATE
 from encore.audio.vectors import FeatureScaler, feature_matrix
+from encore.core.errors import ServingError
 
 TRACK_ID_DIGITS = 16
 CONFIG_FILE, TRACKS_FILE, VECTORS_FILE = "config.json", "tracks.parquet", "vectors.npz"
@@ -29,13 +30,9 @@ def preprocessing() -> dict:
     return {"feature_version": FEATURE_VERSION, "sample_rate": SAMPLE_RATE}
 
 
-class UnknownTrackError(KeyError):
+class UnknownTrackError(ServingError, status=404, code="unknown_track"):
     def __init__(self, track_id: str):
-        super().__init__(track_id)
-        self.track_id = track_id
-
-    def __str__(self) -> str:
-        return f"no track {self.track_id!r} in the index"
+        super().__init__(f"no track {track_id!r} in the index", "track_id")
 
 
 class SoundalikeIndex:

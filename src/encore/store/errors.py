@@ -1,7 +1,10 @@
-"""Exceptions raised by the model store; all derive from :class:`StoreError`."""
+"""Exceptions raised by the model store; all derive from :class:`StoreError`, an input error: the
+message names the version, alias or file at fault."""
+
+from encore.core.errors import InputError
 
 
-class StoreError(Exception):
+class StoreError(InputError):
     """A model store operation failed; the message says what and where."""
 
 

@@ -4,7 +4,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from encore.recsys.models.als import ALS
-from encore.recsys.models.base import NotSupportedError, Recommender
+from encore.recsys.models.base import Recommender
 from encore.recsys.models.blend import Blend
 from encore.recsys.models.content import ContentBased, Hybrid
 from encore.recsys.models.ease import EASE
@@ -30,6 +30,6 @@ def fit_model(kind: str, params: dict, user_items: sp.csr_matrix, items: pd.Data
 
 
 __all__ = [
-    "ALS", "Blend", "EASE", "MODELS", "ContentBased", "Hybrid", "ItemKNN", "NotSupportedError", "Popularity",
+    "ALS", "Blend", "EASE", "MODELS", "ContentBased", "Hybrid", "ItemKNN", "Popularity",
     "RP3beta", "Recommender", "UserKNN", "fit_model", "model_class",
 ]  # fmt: skip

@@ -18,13 +18,15 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from encore.core.errors import InputError
+
 # HNSW links per item and build-time search width: 16 and 100 built the 1M-item index in about 5
 # minutes on 2 cores, into 626 MB (the vectors themselves are 488); more cost build time and memory.
 LINKS = 16
 BUILD_WIDTH = 100
 
 
-class IndexFileError(ValueError):
+class IndexFileError(InputError, ValueError):
     """An index file is missing, unreadable, or does not index the model's items."""
 
 

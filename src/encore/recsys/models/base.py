@@ -15,6 +15,7 @@ from typing import ClassVar
 import numpy as np
 import scipy.sparse as sp
 
+from encore.core.errors import NotSupportedError
 from encore.recsys.metrics import top_k
 from encore.recsys.models.ann import ItemIndex
 
@@ -23,10 +24,6 @@ def standardise(scores: np.ndarray) -> np.ndarray:
     """Per-row z-scores, so models on different scales can be blended."""
     std = scores.std(axis=1, keepdims=True)
     return (scores - scores.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1)
-
-
-class NotSupportedError(NotImplementedError):
-    """The model cannot perform this operation (for example, popularity has no explanations)."""
 
 
 class Recommender(ABC):

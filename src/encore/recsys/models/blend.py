@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from encore.recsys.models.base import NotSupportedError, Recommender, standardise
+from encore.core.errors import NotSupportedError
+from encore.recsys.models.base import Recommender, standardise
 
 
 class Blend(Recommender):

@@ -15,8 +15,9 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
+from encore.core.errors import NotSupportedError
 from encore.recsys.interactions import AUDIO_PREFIX
-from encore.recsys.models.base import NotSupportedError, Recommender, standardise
+from encore.recsys.models.base import Recommender, standardise
 
 
 def item_features(items: pd.DataFrame, source: str) -> sp.csr_matrix:

@@ -21,7 +21,8 @@ a negative Pearson correlation says "unlike", which a top-N ranking over plays h
 import numpy as np
 import scipy.sparse as sp
 
-from encore.recsys.models.base import NotSupportedError, Recommender
+from encore.core.errors import NotSupportedError
+from encore.recsys.models.base import Recommender
 
 SIMILARITIES = ("cosine", "pearson", "euclidean")
 
