@@ -128,6 +128,7 @@ def start_app(store: Path, temp: Path, body_timeout_s: float) -> str:
     from ray import serve
 
     from encore.serving.access import SCOPES, create_key
+    from encore.serving.config import ServeAppArgs
     from serve_apps.app import app_builder
 
     os.environ.pop("RAY_ADDRESS", None)
@@ -149,7 +150,8 @@ def start_app(store: Path, temp: Path, body_timeout_s: float) -> str:
     # An admin key, so that attack 1's made-up model reaches the batched replica rather than a 403 at the door.
     keys_file = temp / "api_keys.json"
     os.environ["ENCORE_API_KEY"] = create_key(keys_file, "benchmark", SCOPES, rate="1000000/second")
-    serve.run(app_builder({"store_uri": str(store), "poll_seconds": 1, "api_keys_file": str(keys_file)}), name="encore")
+    args = ServeAppArgs(store_uri=str(store), poll_seconds=1, api_keys_file=str(keys_file))
+    serve.run(app_builder(args), name="encore")
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while httpx.post(f"{url}/v1/recommend", json={"user_id": "2", "n": 1}, headers=api_headers()).status_code != 200:

@@ -19,7 +19,6 @@ the ingress pseudonymises a user's id under each key, and the version that answe
 
 import asyncio
 import html
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -66,6 +65,7 @@ from encore.serving.api import (
     error_statuses,
     user_error,
 )
+from encore.serving.config import DEFAULT_DASHBOARD_URL, ServeAppArgs
 from encore.serving.uploads import (
     UPLOAD_BODY,
     UploadSlots,
@@ -85,9 +85,6 @@ from encore.serving.versions import (
 from encore.soundalike.index import preprocessing as soundalike_preprocessing
 from encore.store import ModelStore
 
-DEFAULT_STORE = Path(__file__).resolve().parents[1] / "artifacts"
-DEFAULT_KEYS_FILE = DEFAULT_STORE / "api_keys.json"
-DEFAULT_DASHBOARD_URL = "http://127.0.0.1:8265"
 MODELS_PER_REPLICA = 4
 WEB = Path(__file__).resolve().parent / "web"
 # The page runs only its own files; the WAV it plays and the MIDI it offers are blob: URLs it makes.
@@ -255,40 +252,32 @@ class EncoreAPI:
         composer: DeploymentHandle,
         genres: DeploymentHandle,
         soundalike: DeploymentHandle,
-        store_uri: str,
-        traffic_split: dict[str, float],
-        poll_seconds: float,
-        max_in_flight: int,
-        max_upload_bytes: int,
-        max_concurrent_uploads: int,
-        api_keys_file: str,
-        served_aliases: list[str],
-        dashboard_url: str = DEFAULT_DASHBOARD_URL,
+        args: ServeAppArgs,
     ):
         torch.set_num_threads(1)  # the replicas share the node's cores: one thread each for the numeric work
         threadpool_limits(1)
-        ADMISSION.limit = max_in_flight
+        ADMISSION.limit = args.max_in_flight
         self.recommender = recommender
         self.composer = composer
-        self.genres, self.soundalike, self.max_upload_bytes = genres, soundalike, max_upload_bytes
-        self.uploads = UploadSlots(max_concurrent_uploads)
+        self.genres, self.soundalike, self.max_upload_bytes = genres, soundalike, args.max_upload_bytes
+        self.uploads = UploadSlots(args.max_concurrent_uploads)
         self.keys = id_keys()  # {fingerprint: key}: ENCORE_ID_KEY, and ENCORE_ID_KEY_PREVIOUS during a change
-        self.split = TrafficSplit(traffic_split)
-        store = ModelStore(store_uri)
+        self.split = TrafficSplit(args.traffic_split)
+        store = ModelStore(args.store_uri)
         self.recommenders = VersionCache(
             store,
             self.split.arms[0],
             kinds=FAMILIES["recommender"].kinds,
             load=FAMILIES["recommender"].load,
-            poll_seconds=poll_seconds,
+            poll_seconds=args.poll_seconds,
             capacity=2 * len(self.split.arms),  # each arm's version, and the next one while an alias moves
             # Versions built under ENCORE_ID_KEY, or under ENCORE_ID_KEY_PREVIOUS during a change of key.
             expected_preprocessing=[preprocessing(fingerprint) for fingerprint in self.keys],
         )
-        self.names = Names(store, FAMILIES["recommender"].kinds, poll_seconds)
-        self.catalogue = Catalogue(store, max_age_seconds=poll_seconds)
-        self.access = Access(api_keys_file, served_aliases)
-        self.page = web_page(dashboard_url)
+        self.names = Names(store, FAMILIES["recommender"].kinds, args.poll_seconds)
+        self.catalogue = Catalogue(store, max_age_seconds=args.poll_seconds)
+        self.access = Access(args.api_keys_file, args.served_aliases)
+        self.page = web_page(args.dashboard_url)
 
     def _arm(self, ref: str | None, user_key: dict[str, str] | None) -> tuple[str, str | None]:
         """The name that answers, and the arm of the traffic split if the request named no model: drawn by the
@@ -449,50 +438,12 @@ class EncoreAPI:
         return telemetry.served(await self.soundalike.similar_to_upload.remote(data, n, model))
 
 
-def app_builder(args: dict) -> serve.Application:
-    """Build the application; ``args``: ``store_uri`` (default ``$ENCORE_STORE_URI`` or the
-    repository's ``artifacts`` folder), ``model_alias`` (default ``production``), ``poll_seconds``,
-    ``traffic_split`` (aliases and their weights, as ``{"production": 90, "candidate": 10}``: a user
-    who names no model is answered by one arm, drawn by a hash of their pseudonym; default: ``model_alias``
-    alone), ``composer_alias`` (default ``composer-production``), ``compose_time_budget_s`` (default 20),
-    ``genre_alias`` (default ``genre-production``), ``soundalike_alias`` (default
-    ``soundalike-production``), ``max_in_flight`` (requests one ingress replica works on at once; beyond
-    them it answers 503 with Retry-After at once; default 32), ``max_upload_mb`` (default 20),
-    ``max_concurrent_uploads`` (per ingress replica, default 4), ``api_keys_file`` (default
-    ``$ENCORE_API_KEYS_FILE`` or ``api_keys.json`` in the repository's ``artifacts`` folder),
-    ``dashboard_url`` (the Ray dashboard the page links to, default ``$ENCORE_DASHBOARD_URL`` or http://127.0.0.1:8265)."""
-    store_uri = args.get("store_uri") or os.environ.get("ENCORE_STORE_URI") or str(DEFAULT_STORE)
-    poll_seconds = float(args.get("poll_seconds", 10))
-    aliases = {
-        family: args.get(f"{family}_alias", default)
-        for family, default in [
-            ("model", "production"),
-            ("composer", "composer-production"),
-            ("genre", "genre-production"),
-            ("soundalike", "soundalike-production"),
-        ]
-    }
-    compose_time_budget_s = float(args.get("compose_time_budget_s", 20))
-    api_keys_file = args.get("api_keys_file") or os.environ.get("ENCORE_API_KEYS_FILE") or str(DEFAULT_KEYS_FILE)
-    dashboard_url = args.get("dashboard_url") or os.environ.get("ENCORE_DASHBOARD_URL") or DEFAULT_DASHBOARD_URL
-    if not dashboard_url.startswith(("http://", "https://")):
-        raise ValueError(f"dashboard_url must be an http(s) URL, not {dashboard_url!r}")
-    traffic_split = args.get("traffic_split") or {aliases["model"]: 1}
-    if not isinstance(traffic_split, dict):
-        raise ValueError(f"traffic_split must map aliases to weights, not {traffic_split!r}")
-    TrafficSplit(traffic_split)  # a bad split fails the deployment here, with its reason
+def app_builder(args: ServeAppArgs) -> serve.Application:
+    """The application; Serve validates ``args`` of config.yaml into ``ServeAppArgs`` (``encore.serving.config``)."""
     return EncoreAPI.bind(
-        Recommender.bind(store_uri),
-        Composer.bind(store_uri, aliases["composer"], poll_seconds, compose_time_budget_s),
-        GenreClassifier.bind(store_uri, aliases["genre"], poll_seconds),
-        Soundalike.bind(store_uri, aliases["soundalike"], poll_seconds),
-        store_uri=store_uri,
-        traffic_split=traffic_split,
-        poll_seconds=poll_seconds,
-        max_in_flight=int(args.get("max_in_flight", 32)),
-        max_upload_bytes=int(float(args.get("max_upload_mb", 20)) * 1_000_000),
-        max_concurrent_uploads=int(args.get("max_concurrent_uploads", 4)),
-        api_keys_file=api_keys_file,
-        served_aliases=sorted({*aliases.values(), *traffic_split}),
-        dashboard_url=dashboard_url,
+        Recommender.bind(args.store_uri),
+        Composer.bind(args.store_uri, args.composer_alias, args.poll_seconds, args.compose_time_budget_s),
+        GenreClassifier.bind(args.store_uri, args.genre_alias, args.poll_seconds),
+        Soundalike.bind(args.store_uri, args.soundalike_alias, args.poll_seconds),
+        args,
     )

@@ -126,12 +126,13 @@ def test_a_rerun_reuses_the_version_trained_on_the_same_data_with_the_same_setti
 def api(pipeline_run, api_keys):
     from ray import serve
 
+    from encore.serving.config import ServeAppArgs
     from serve_apps.app import app_builder
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     store = str(pipeline_run["root"] / "store")
-    serve.run(app_builder({"store_uri": store, "poll_seconds": 1, "api_keys_file": api_keys["file"]}), name="encore")
+    serve.run(app_builder(ServeAppArgs(store_uri=store, poll_seconds=1, api_keys_file=api_keys["file"])), name="encore")
     headers = {"X-API-Key": api_keys["suite"]}
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=headers) as client:
         yield client
@@ -776,6 +777,7 @@ def test_a_traffic_split_answers_each_user_from_one_arm_and_names_it(api, pipeli
     from ray import serve
 
     from encore.recsys.train import train
+    from encore.serving.config import ServeAppArgs
     from encore.store import ModelStore
     from serve_apps.app import app_builder
 
@@ -785,7 +787,7 @@ def test_a_traffic_split_answers_each_user_from_one_arm_and_names_it(api, pipeli
     treatment = train(str(root / "dataset"), "popularity", {"by": "weight"}, store, ["treatment"], reuse=True)
     args = {"store_uri": store, "poll_seconds": 1, "api_keys_file": api_keys["file"]}
     # Redeployed for good: the tests after this one hold for any split (the module's last deployment).
-    serve.run(app_builder({**args, "traffic_split": {"production": 3, "treatment": 1}}), name="encore")
+    serve.run(app_builder(ServeAppArgs(**args, traffic_split={"production": 3, "treatment": 1})), name="encore")
     arms = [(arm["alias"], arm["weight"], arm["version"]) for arm in api.get("/healthz").json()["arms"]]
     assert arms == [("production", 3, production), ("treatment", 1, treatment)]
     users, arm_of = [f"listener-{i}" for i in range(200)], {}

@@ -302,6 +302,7 @@ def api(stored, api_keys):
     import httpx
     from ray import serve
 
+    from encore.serving.config import ServeAppArgs
     from serve_apps.app import app_builder
 
     from conftest import free_port, shutdown_serve
@@ -311,7 +312,7 @@ def api(stored, api_keys):
     # 0.3 MB: the samples fit, a planted 400 kB upload does not.
     args = {"store_uri": str(stored["store"]), "poll_seconds": 1, "max_upload_mb": 0.3}
     args["api_keys_file"] = api_keys["file"]
-    serve.run(app_builder(args), name="encore")
+    serve.run(app_builder(ServeAppArgs(**args)), name="encore")
     headers = {"X-API-Key": api_keys["suite"]}
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=headers) as client:
         yield client

@@ -50,10 +50,11 @@ def serve_app(setting: dict, env: dict) -> None:
     """Deploy (or deploy again, as a rolling update) the application over the store with ``env``."""
     from ray import serve
 
+    from encore.serving.config import ServeAppArgs
     from serve_apps.app import app_builder
 
     args = {"store_uri": str(setting["root"] / "store"), "poll_seconds": 1, "api_keys_file": setting["api_keys_file"]}
-    serve.run(with_env(app_builder(args), env), name="encore")
+    serve.run(with_env(app_builder(ServeAppArgs(**args)), env), name="encore")
 
 
 @pytest.fixture(scope="module")

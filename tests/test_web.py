@@ -74,6 +74,7 @@ def service(store, api_keys):
     """The Serve application over ``store``: its base URL."""
     from ray import serve
 
+    from encore.serving.config import ServeAppArgs
     from serve_apps.app import app_builder
 
     port = free_port()
@@ -84,7 +85,7 @@ def service(store, api_keys):
         "api_keys_file": api_keys["file"],
         "dashboard_url": DASHBOARD_URL,
     }
-    serve.run(app_builder(args), name="encore")
+    serve.run(app_builder(ServeAppArgs(**args)), name="encore")
     yield f"http://127.0.0.1:{port}"
     shutdown_serve()
 

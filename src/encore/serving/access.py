@@ -41,6 +41,7 @@ SCOPES = ("recommend", "classify", "compose", "catalogue", "admin")
 DEFAULT_RATE = "50/second"
 ANY_MODEL = "*"
 KEY_PREFIX = "enc_"
+DEFAULT_KEYS_FILE = os.environ.get("ENCORE_API_KEYS_FILE") or "artifacts/api_keys.json"
 
 
 class Unauthorized(
@@ -188,7 +189,7 @@ class Access:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m encore.serving.access", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--file", default=os.environ.get("ENCORE_API_KEYS_FILE", "artifacts/api_keys.json"))
+    parser.add_argument("--file", default=DEFAULT_KEYS_FILE)
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create", help="add a client and print its new key (shown once)")
     create.add_argument("--name", required=True)

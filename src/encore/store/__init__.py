@@ -5,11 +5,12 @@ rolls back and garbage-collects versions from the command line, and removes Ray 
 past retention (:mod:`encore.store.runs`).
 """
 
-from encore.store.core import LoadedVersion, ModelStore
+from encore.store.core import DEFAULT_STORE_URI, LoadedVersion, ModelStore
 from encore.store.errors import ChecksumError, PreprocessingMismatch, PromotionRefused, StoreError, VersionNotFound
 from encore.store.manifest import Manifest
 
 __all__ = [
+    "DEFAULT_STORE_URI",
     "ChecksumError",
     "LoadedVersion",
     "Manifest",

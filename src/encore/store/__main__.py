@@ -3,12 +3,11 @@
 import argparse
 import json
 import logging
-import os
 import sys
 from collections import defaultdict
 
 from encore.core import fs
-from encore.store import Manifest, ModelStore, StoreError, runs
+from encore.store import DEFAULT_STORE_URI, Manifest, ModelStore, StoreError, runs
 
 HEADLINE_METRICS = 2
 # Shown first in `list` when a model reports them; nested metrics are named like "test.ndcg@10".
@@ -73,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--uri",
-        default=os.environ.get("ENCORE_STORE_URI", "./artifacts"),
+        default=DEFAULT_STORE_URI,
         help="store location: a local path or s3://bucket/prefix (default: $ENCORE_STORE_URI or ./artifacts)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the store does")

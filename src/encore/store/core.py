@@ -107,13 +107,18 @@ def _is_safe_relative(relative: object) -> bool:
     )
 
 
+# The store of whoever names none: the Serve application, the store's command line, the jobs.
+DEFAULT_STORE_URI = os.environ.get("ENCORE_STORE_URI") or "./artifacts"
+
+
 class ModelStore:
     """Versioned storage of model folders in a local directory or an S3 prefix.
 
     Parameters
     ----------
-    uri : str or os.PathLike, default "./artifacts"
-        A local path (made absolute) or ``s3://bucket/prefix``.
+    uri : str or os.PathLike, default DEFAULT_STORE_URI
+        A local path (made absolute) or ``s3://bucket/prefix``; by default ``$ENCORE_STORE_URI``, else
+        ``./artifacts``.
     admit : callable, optional
         ``admit(store, manifest, alias)`` is called before an alias moves to a version and raises
         :class:`PromotionRefused` to keep it where it is (``encore.serving.versions.serving_store`` refuses
@@ -128,7 +133,7 @@ class ModelStore:
     >>> loaded = store.load("production", expected_preprocessing={"id_key": "k1"})
     """
 
-    def __init__(self, uri: str | os.PathLike = "./artifacts", admit: Admission | None = None):
+    def __init__(self, uri: str | os.PathLike = DEFAULT_STORE_URI, admit: Admission | None = None):
         self._backend = open_backend(uri)
         self._admit = admit
 
