@@ -10,19 +10,9 @@ from encore.recsys.models.ease import EASE
 from encore.recsys.models.knn import SIMILARITIES, ItemKNN, UserKNN, pairwise_similarity
 from encore.recsys.models.rp3beta import RP3beta
 
+from helpers import block_matrix
+
 BLOCK_USERS, BLOCK_ITEMS, PLAYED_PER_USER = 12, 10, 6
-
-
-def block_matrix(seed: int = 0) -> sp.csr_matrix:
-    """Users 0-11 play only items 0-9 and users 12-23 only items 10-19, six items each, with
-    random play counts: every user has four unplayed items in their own block."""
-    rng = np.random.default_rng(seed)
-    plays = np.zeros((2 * BLOCK_USERS, 2 * BLOCK_ITEMS), dtype=np.float32)
-    for user in range(2 * BLOCK_USERS):
-        block = user // BLOCK_USERS
-        items = block * BLOCK_ITEMS + rng.choice(BLOCK_ITEMS, PLAYED_PER_USER, replace=False)
-        plays[user, items] = rng.integers(1, 50, size=PLAYED_PER_USER)
-    return sp.csr_matrix(plays)
 
 
 def block_of(items) -> np.ndarray:
@@ -50,7 +40,9 @@ ITEM_MODELS = [param for param in MODELS if not param.id.startswith("user_knn")]
 
 @pytest.fixture(scope="module")
 def blocks() -> sp.csr_matrix:
-    return block_matrix()
+    """Users 0-11 play only items 0-9 and users 12-23 only items 10-19, six items each, 1..49 times:
+    every user has four unplayed items in their own block."""
+    return block_matrix(2, BLOCK_USERS, BLOCK_ITEMS, PLAYED_PER_USER, max_plays=49)
 
 
 def other_block(block: int) -> np.ndarray:
