@@ -98,15 +98,6 @@ def test_explanations_are_history_items_that_sum_to_the_score(make, blocks):
             assert sum(weights) == pytest.approx(scores[item], rel=1e-5, abs=1e-6)
 
 
-@pytest.mark.parametrize("similarity", SIMILARITIES)
-def test_user_knn_refuses_item_similarity_and_explanations(similarity, blocks):
-    model = knn(UserKNN, similarity, neighbours=5).fit(blocks)
-    with pytest.raises(NotSupportedError, match="compares users"):
-        model.similar_items(0)
-    with pytest.raises(NotSupportedError, match="similar users"):
-        model.explain(0, 1)
-
-
 @pytest.mark.parametrize("n_users, n_items, regularization", [(9, 6, 3.0), (1500, 1100, 300.0)])
 def test_ease_matches_the_closed_form(n_users, n_items, regularization):
     # 1,100 items cross the 1,024-row blocks in which the inverse is mirrored; a λ in proportion
@@ -213,18 +204,6 @@ def test_pearson_refuses_weights_it_cannot_centre(blocks):
     model = knn(UserKNN, "pearson").fit(blocks)
     with pytest.raises(NotSupportedError, match="unequal weights"):
         model.score_history(np.array([0, 2, 5]))
-
-
-@pytest.mark.parametrize("make", MODELS)
-def test_save_load_round_trip_keeps_the_scores(make, blocks, tmp_path):
-    model = make().fit(blocks)
-    model.save(tmp_path)
-    loaded = type(model).load(tmp_path)
-    assert loaded.get_params() == model.get_params()
-    users = np.arange(blocks.shape[0])
-    np.testing.assert_array_equal(loaded.score(users), model.score(users))
-    history, weights = np.array([1, 4]), np.array([2.0, 7.0])
-    np.testing.assert_array_equal(loaded.score_history(history, weights), model.score_history(history, weights))
 
 
 @pytest.mark.parametrize("beta, expected", [(0.0, [5 / 7, 2 / 7]), (1.0, [5 / 8, 3 / 8])])
