@@ -33,6 +33,17 @@ def standardise(scores: np.ndarray) -> np.ndarray:
     return (scores - scores.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1)
 
 
+def check_interactions(user_items: sp.spmatrix | np.ndarray, items: pd.DataFrame | None = None) -> sp.csr_matrix:
+    """``user_items`` as float32 CSR, refused unless its weights are finite and non-negative and ``items``,
+    the catalogue if given, has a row per column: what every fit learns from."""
+    user_items = sp.csr_matrix(user_items, dtype=np.float32)
+    if not np.isfinite(user_items.data).all() or (user_items.data < 0).any():
+        raise ValueError("interaction weights must be finite and non-negative")
+    if items is not None and len(items) != user_items.shape[1]:
+        raise ValueError(f"the catalogue has {len(items)} items, the interactions {user_items.shape[1]}")
+    return user_items
+
+
 class NotSupportedError(NotImplementedError):
     """The model cannot perform this operation (for example, popularity has no explanations)."""
 
@@ -61,12 +72,7 @@ class Recommender(ABC):
         after each sweep of an iterative fit, the model usable as that sweep left it; a closed-form fit
         has no sweeps and never calls it.
         """
-        user_items = sp.csr_matrix(user_items, dtype=np.float32)
-        if not np.isfinite(user_items.data).all() or (user_items.data < 0).any():
-            raise ValueError("interaction weights must be finite and non-negative")
-        if items is not None and len(items) != user_items.shape[1]:
-            raise ValueError(f"the catalogue has {len(items)} items, the interactions {user_items.shape[1]}")
-        self._fit(user_items, items, callback)
+        self._fit(check_interactions(user_items, items), items, callback)
         return self
 
     @abstractmethod
