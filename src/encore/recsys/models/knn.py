@@ -201,8 +201,8 @@ class ItemKNN(_Neighbourhood):
 
     def _fit(self, user_items: sp.csr_matrix, items: pd.DataFrame | None, callback: FitCallback | None) -> None:
         self.user_items_ = user_items
-        items = self._weigh(self.user_items_).T.tocsr()
-        similarities = pairwise_similarity(items, items, self.similarity, self.shrinkage)
+        item_vectors = self._weigh(self.user_items_).T.tocsr()
+        similarities = pairwise_similarity(item_vectors, item_vectors, self.similarity, self.shrinkage)
         self.similarity_ = top_neighbours(similarities, self.neighbours, exclude_self=True)
 
     def score(self, users: np.ndarray) -> np.ndarray:
