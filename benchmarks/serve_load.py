@@ -69,12 +69,7 @@ def build_store(store: Path, model_kind: str, aliases: list[str], seed: int = 0)
             model_kind,
             {"factors": 128, "iterations": 10, "random_state": seed} if model_kind == "als" else {},
         )
-    model_type = model_class(kind)
-    model = model_type(**params)
-    if getattr(model_type, "uses_item_catalogue", False):
-        model.fit(dataset.matrix("train", "validation"), dataset.items)
-    else:
-        model.fit(dataset.matrix("train", "validation"))
+    model = model_class(kind)(**params).fit(dataset.matrix("train", "validation"), dataset.items)
     with tempfile.TemporaryDirectory() as folder:
         RecommenderBundle.from_dataset(model, dataset, "train", "validation").save(folder)
         manifest = ModelStore(store).save(

@@ -77,6 +77,18 @@ def shutdown_serve(seconds: float = 120) -> None:
     raise TimeoutError(f"Serve's controller still runs {seconds:.0f} s after serve.shutdown()")
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread: tiny models gain nothing from threads, and on a busy 2-core machine threads
+    spin against each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @contextlib.contextmanager
 def moto_server(log: Path) -> Iterator[tuple[subprocess.Popen, str]]:
     """moto's S3 server as a process of its own on a free loopback port: yields the process and its endpoint.

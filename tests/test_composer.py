@@ -19,13 +19,7 @@ from encore.store import ModelStore, runs
 CADENCE = [[48, 64, 67, 72], [53, 65, 69, 72], [55, 62, 67, 71], [55, 62, 65, 71], [48, 64, 67, 72], []]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine threads spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def chorale(shift: int, repeats: int = 2) -> list[list[int]]:

@@ -38,12 +38,7 @@ PIECE = [[48, 64, 67, 72], [48, 64, 67, 72], [53, 65, 69, 72], [], [55, 62, 67, 
 C_MAJOR_SCALE = [[pitch] for pitch in (60, 62, 64, 65, 67, 69, 71, 72)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("tempo, step_beats", [(100, 1.0), (137.5, 0.5), (61, 1 / 3), (240, 0.25), (45, 1.5)])

@@ -7,6 +7,8 @@ from encore.core.errors import NotSupportedError
 from encore.recsys.models import fit_model, model_class
 from encore.recsys.models.content import item_features
 
+from helpers import block_matrix
+
 # Items 0-3 are rock, 4-7 are jazz; item 3 and item 7 were never played.
 TAGS = [["rock", "guitar"], ["rock"], ["rock", "loud"], ["rock", "guitar"],
         ["jazz", "sax"], ["jazz"], ["jazz", "piano"], ["jazz", "sax"]]  # fmt: skip
@@ -74,15 +76,6 @@ def test_hybrid_trusts_content_for_cold_items_and_collaboration_for_warm_ones():
     assert popular_only.tolist() != [3]
 
 
-def test_hybrid_roundtrip_keeps_both_parts(tmp_path):
-    model = fit_model("hybrid", {"balance": 3.0}, plays(), catalogue())
-    model.save(tmp_path / "hybrid")
-    loaded = model_class("hybrid").load(tmp_path / "hybrid")
-    users = np.arange(6)
-    assert np.allclose(loaded.score(users), model.score(users))
-    assert loaded.collaborative_.kind == "popularity" and loaded.content_.kind == "content"
-
-
 BLEND = [
     {"kind": "item_knn", "params": {"neighbours": 5, "shrinkage": 0.0}, "weight": 0.6},
     {"kind": "content", "params": {}, "weight": 0.4},
@@ -90,7 +83,7 @@ BLEND = [
 ]
 
 
-def test_blend_is_the_weighted_sum_of_standardised_parts(tmp_path):
+def test_blend_is_the_weighted_sum_of_standardised_parts():
     from encore.recsys.models.base import standardise
 
     model = fit_model("blend", {"parts": BLEND}, plays(), catalogue())
@@ -100,8 +93,6 @@ def test_blend_is_the_weighted_sum_of_standardised_parts(tmp_path):
     assert np.allclose(model.score(users), expected)
     ids, _ = model.recommend(0, n=1)
     assert ids.tolist() == [3]  # content lifts the unplayed rock item
-    model.save(tmp_path / "blend")
-    assert np.allclose(model_class("blend").load(tmp_path / "blend").score(users), model.score(users))
 
 
 def test_blend_explains_and_finds_similar_items_through_its_parts():
@@ -117,3 +108,24 @@ def test_blend_explains_and_finds_similar_items_through_its_parts():
         only_popular.explain(0, 3)
     with pytest.raises(ValueError, match="keys kind, params and weight"):
         model_class("blend")(parts=[{"kind": "ease"}])
+
+
+def test_blend_explains_with_every_parts_full_contributions():
+    # A history of 14 items: a part's ten largest contributions would leave some of it out.
+    plays = block_matrix(1, 8, 20, played_per_user=14, max_plays=20)
+    parts = [
+        {"kind": "als", "params": {"factors": 4, "iterations": 5}, "weight": 0.7},
+        {"kind": "item_knn", "params": {"neighbours": 10}, "weight": 0.3},
+    ]
+    model = fit_model("blend", {"parts": parts}, plays)
+    user, history = 0, plays[0].indices
+    item = int(model.recommend(user, n=1)[0][0])
+    expected = dict.fromkeys(history.tolist(), 0.0)
+    for part, spec in zip((model.part0_, model.part1_), parts):
+        std = part.score(np.array([user]))[0].std()
+        for index, contribution in part.explain(user, item, n=len(history)):
+            expected[index] += spec["weight"] * contribution / std
+    explained = model.explain(user, item, n=len(history))
+    assert len(explained) == len(history)
+    assert dict(explained) == pytest.approx(expected)
+    assert model.explain(user, item, n=3) == explained[:3]

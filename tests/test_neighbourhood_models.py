@@ -10,19 +10,9 @@ from encore.recsys.models.ease import EASE
 from encore.recsys.models.knn import SIMILARITIES, ItemKNN, UserKNN, pairwise_similarity
 from encore.recsys.models.rp3beta import RP3beta
 
+from helpers import block_matrix
+
 BLOCK_USERS, BLOCK_ITEMS, PLAYED_PER_USER = 12, 10, 6
-
-
-def block_matrix(seed: int = 0) -> sp.csr_matrix:
-    """Users 0-11 play only items 0-9 and users 12-23 only items 10-19, six items each, with
-    random play counts: every user has four unplayed items in their own block."""
-    rng = np.random.default_rng(seed)
-    plays = np.zeros((2 * BLOCK_USERS, 2 * BLOCK_ITEMS), dtype=np.float32)
-    for user in range(2 * BLOCK_USERS):
-        block = user // BLOCK_USERS
-        items = block * BLOCK_ITEMS + rng.choice(BLOCK_ITEMS, PLAYED_PER_USER, replace=False)
-        plays[user, items] = rng.integers(1, 50, size=PLAYED_PER_USER)
-    return sp.csr_matrix(plays)
 
 
 def block_of(items) -> np.ndarray:
@@ -50,7 +40,9 @@ ITEM_MODELS = [param for param in MODELS if not param.id.startswith("user_knn")]
 
 @pytest.fixture(scope="module")
 def blocks() -> sp.csr_matrix:
-    return block_matrix()
+    """Users 0-11 play only items 0-9 and users 12-23 only items 10-19, six items each, 1..49 times:
+    every user has four unplayed items in their own block."""
+    return block_matrix(2, BLOCK_USERS, BLOCK_ITEMS, PLAYED_PER_USER, max_plays=49)
 
 
 def other_block(block: int) -> np.ndarray:
@@ -104,15 +96,6 @@ def test_explanations_are_history_items_that_sum_to_the_score(make, blocks):
             assert set(items) <= history
             assert weights == sorted(weights, reverse=True)
             assert sum(weights) == pytest.approx(scores[item], rel=1e-5, abs=1e-6)
-
-
-@pytest.mark.parametrize("similarity", SIMILARITIES)
-def test_user_knn_refuses_item_similarity_and_explanations(similarity, blocks):
-    model = knn(UserKNN, similarity, neighbours=5).fit(blocks)
-    with pytest.raises(NotSupportedError, match="compares users"):
-        model.similar_items(0)
-    with pytest.raises(NotSupportedError, match="similar users"):
-        model.explain(0, 1)
 
 
 @pytest.mark.parametrize("n_users, n_items, regularization", [(9, 6, 3.0), (1500, 1100, 300.0)])
@@ -221,18 +204,6 @@ def test_pearson_refuses_weights_it_cannot_centre(blocks):
     model = knn(UserKNN, "pearson").fit(blocks)
     with pytest.raises(NotSupportedError, match="unequal weights"):
         model.score_history(np.array([0, 2, 5]))
-
-
-@pytest.mark.parametrize("make", MODELS)
-def test_save_load_round_trip_keeps_the_scores(make, blocks, tmp_path):
-    model = make().fit(blocks)
-    model.save(tmp_path)
-    loaded = type(model).load(tmp_path)
-    assert loaded.get_params() == model.get_params()
-    users = np.arange(blocks.shape[0])
-    np.testing.assert_array_equal(loaded.score(users), model.score(users))
-    history, weights = np.array([1, 4]), np.array([2.0, 7.0])
-    np.testing.assert_array_equal(loaded.score_history(history, weights), model.score_history(history, weights))
 
 
 @pytest.mark.parametrize("beta, expected", [(0.0, [5 / 7, 2 / 7]), (1.0, [5 / 8, 3 / 8])])

@@ -202,10 +202,10 @@ class RecommenderBundle:
 
     def _because(self, user: int, item: int) -> list[str]:
         try:
-            contributions = self.model.explain(user, item)
+            contributions = self.model.explain(user, item, n=EXPLANATION_ITEMS)
         except NotSupportedError as error:
             raise NotSupportedError(error.message, "explain") from None
-        top = [index for index, weight in contributions[:EXPLANATION_ITEMS] if weight > 0]
+        top = [index for index, weight in contributions if weight > 0]
         return self._items_by_index.loc[top, "name"].tolist()
 
     def _describe(self, ids: np.ndarray, scores: np.ndarray) -> list[dict]:

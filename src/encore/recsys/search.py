@@ -5,7 +5,6 @@ part in the choice. The search's results are kept under ``storage_path`` (Tune's
 the best configuration is trained, evaluated and saved in the model store by ``jobs.train``.
 """
 
-import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from ray import tune
 from encore.core.search import run_search
 from encore.recsys.interactions import InteractionDataset
 from encore.recsys.metrics import evaluate
-from encore.recsys.models import fit_model, model_class
+from encore.recsys.models import model_class
 
 logger = logging.getLogger(__name__)
 
@@ -26,17 +25,19 @@ SELECTION_METRIC = "ndcg@10"
 def _trial(config: dict, kind: str, dataset: InteractionDataset) -> None:
     started = time.perf_counter()
     train, validation = dataset.matrix("train"), dataset.matrix("validation")
-    if "callback" in inspect.signature(model_class(kind).fit).parameters:
-        # An iterative model reports after every sweep, so a scheduler such as ASHA can stop it early.
-        def report(iteration: int, model) -> None:
-            fit_seconds = time.perf_counter() - started
-            tune.report({**evaluate(model, train, validation), "iterations": iteration + 1, "fit_seconds": fit_seconds})
+    sweeps = 0
 
-        model_class(kind)(**config).fit(train, callback=report)
-        return
-    model = fit_model(kind, config, train, dataset.items)
-    fit_seconds = time.perf_counter() - started
-    tune.report({**evaluate(model, train, validation), "fit_seconds": fit_seconds})
+    # An iterative model reports after every sweep, so a scheduler such as ASHA can stop it early.
+    def report(iteration: int, model) -> None:
+        nonlocal sweeps
+        sweeps = iteration + 1
+        fit_seconds = time.perf_counter() - started
+        tune.report({**evaluate(model, train, validation), "iterations": sweeps, "fit_seconds": fit_seconds})
+
+    model = model_class(kind)(**config).fit(train, dataset.items, report)
+    if not sweeps:  # a closed-form fit, with no sweep to report after
+        fit_seconds = time.perf_counter() - started
+        tune.report({**evaluate(model, train, validation), "fit_seconds": fit_seconds})
 
 
 def search(

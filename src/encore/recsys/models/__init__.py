@@ -23,10 +23,9 @@ def model_class(kind: str) -> type[Recommender]:
     return MODELS[kind]
 
 
-def fit_model(kind: str, params: dict, user_items: sp.csr_matrix, items: pd.DataFrame) -> Recommender:
+def fit_model(kind: str, params: dict, user_items: sp.csr_matrix, items: pd.DataFrame | None = None) -> Recommender:
     """Fit a model by kind; ``items`` is the item catalogue (id, name, tags, audio features...)."""
-    model = model_class(kind)(**params)
-    return model.fit(user_items, items) if model.uses_item_catalogue else model.fit(user_items)
+    return model_class(kind)(**params).fit(user_items, items)
 
 
 __all__ = [

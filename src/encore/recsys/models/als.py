@@ -45,15 +45,15 @@ Example
 """
 
 import warnings
-from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 import scipy.linalg
 import scipy.sparse as sp
 import torch
 
 from encore.recsys.models.ann import IndexFileError, ItemIndex
-from encore.recsys.models.base import Recommender
+from encore.recsys.models.base import FitCallback, Recommender
 
 # Candidates one approximate search may fetch: a user whose history would need more (every seen item
 # may come back and be dropped) is scored exactly, which then costs about as much as the search.
@@ -129,24 +129,23 @@ class ALS(Recommender):
         self.ann_min_items = ann_min_items
         self.ann_search_width = ann_search_width
 
-    def fit(self, user_items: sp.csr_matrix, callback: Callable[[int, "ALS"], None] | None = None) -> "ALS":
-        """Factorise ``user_items`` (users x items weights); ``callback(iteration, model)`` runs after each
-        sweep with ``user_factors_`` and ``item_factors_`` set to copies of that sweep's factors."""
+    def _fit(self, user_items: sp.csr_matrix, items: pd.DataFrame | None, callback: FitCallback | None) -> None:
+        """Factorise ``user_items``; each ``callback`` sees ``user_factors_`` and ``item_factors_`` set to
+        copies of that sweep's factors."""
         excess = self._excess_matrix(user_items)
         device = torch.device(self.device)
         by_user = _Interactions(excess, self.factors, device)
         by_item = _Interactions(excess.T.tocsr(), self.factors, device)
         user_penalty, item_penalty = (torch.from_numpy(penalty).to(device) for penalty in self._penalties(excess))
-        users, items = (factors.to(device) for factors in self._initial_factors(*excess.shape))
+        user_factors, item_factors = (initial.to(device) for initial in self._initial_factors(*excess.shape))
         for iteration in range(self.iterations):
-            _least_squares_cg(by_user, users, items, user_penalty, self.cg_steps)
-            _least_squares_cg(by_item, items, users, item_penalty, self.cg_steps)
+            _least_squares_cg(by_user, user_factors, item_factors, user_penalty, self.cg_steps)
+            _least_squares_cg(by_item, item_factors, user_factors, item_penalty, self.cg_steps)
             if callback is not None:
-                self._keep(users, items)
+                self._keep(user_factors, item_factors)
                 callback(iteration, self)
-        self._keep(users, items)
+        self._keep(user_factors, item_factors)
         self.index_items()
-        return self
 
     def index_items(self) -> None:
         """Build ``item_index_`` from the current item factors if the catalogue is large enough, and
@@ -155,23 +154,19 @@ class ALS(Recommender):
         if self.n_items >= self.ann_min_items:
             self.item_index_ = ItemIndex.build(self.item_factors_)
 
-    def recommend(self, user, n: int = 10, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``n`` items for a user index or an array of them (see ``Recommender.recommend``).
-
-        For one user of a model with ``item_index_``, the index proposes ``n`` candidates plus one per
+    def _recommend(self, user, n: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+        """For one user of a model with ``item_index_``, the index proposes ``n`` candidates plus one per
         item the user played (each may come back and be excluded), and those are scored exactly. An
         array of users is scored exactly over every item: one matrix product serves them all at a
         fraction of the per-user cost, and evaluation gets exact answers.
         """
         index = getattr(self, "item_index_", None)
         if index is None or np.ndim(user) != 0:
-            return super().recommend(user, n, exclude_seen)
-        if not 0 <= user < self.n_users:
-            raise IndexError(f"user index out of range [0, {self.n_users})")
+            return super()._recommend(user, n, exclude_seen)
         row = self.user_items_[user]
         seen = row.indices[row.data != 0] if exclude_seen else np.empty(0, dtype=np.int64)
         if n + len(seen) > MAX_CANDIDATES:
-            return super().recommend(user, n, exclude_seen)
+            return super()._recommend(user, n, exclude_seen)
         candidates = index.search(self.user_factors_[user], n + len(seen), self.ann_search_width)
         candidates = np.setdiff1d(candidates, seen)
         if not len(candidates):
@@ -204,7 +199,7 @@ class ALS(Recommender):
         factors (``implicit``'s ``recalculate_user``), scored on every item. ``weights`` default to 1."""
         return self.item_factors_ @ self._fold_in(items, weights)
 
-    def similar_items(self, item: int, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def _similar_items(self, item: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` items whose factors have the highest cosine similarity to ``item``'s, itself excluded."""
         norms = np.linalg.norm(self.item_factors_, axis=1)
         # An item with all-zero factors (never played) is similar to nothing, not NaN.
@@ -214,22 +209,19 @@ class ALS(Recommender):
         ids, best = self._best(cosine, n)
         return ids[0], best[0]
 
-    def explain(self, user: int, item: int, n: int = 10) -> list[tuple[int, float]]:
+    def _contributions(self, user: int, item: int) -> tuple[np.ndarray, np.ndarray]:
         """How much each item ``user`` played contributes to ``item``'s score (Hu et al. 2008, section 5).
 
         With ``W_u = (Y^T C_u Y + reg I)^-1`` the folded-in score is ``sum_j c_uj y_item^T W_u y_j``, one
-        term per played item ``j``; the ``n`` largest terms come back as ``(item_idx, contribution)``,
-        largest first. All the terms sum to ``score_history`` of the user's history at ``item``, which
-        differs from ``score`` only by what the training's CG steps left unsolved.
+        term per played item ``j``. The terms sum to ``score_history`` of the user's history at ``item``,
+        which differs from ``score`` only by what the training's CG steps left unsolved.
         """
         row = self.user_items_[user]
         played = row.data > 0
         history, confidence = row.indices[played], 1 + self._excess_confidence(row.data[played])
         cholesky = scipy.linalg.cho_factor(self._user_system(history, confidence))
         weighted_item = scipy.linalg.cho_solve(cholesky, self.item_factors_[item].astype(np.float64))
-        contributions = confidence * (self.item_factors_[history] @ weighted_item)
-        order = np.argsort(-contributions, kind="stable")[:n]
-        return [(int(history[j]), float(contributions[j])) for j in order]
+        return history, confidence * (self.item_factors_[history] @ weighted_item)
 
     def _excess_matrix(self, user_items: sp.csr_matrix) -> sp.csr_matrix:
         """Keep ``user_items_`` and ``mean_user_confidence_``; return the pattern of positive weights

@@ -28,6 +28,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from encore.core import fs
 from encore.recsys.models.als import ALS, _Interactions, _least_squares_cg
+from encore.recsys.models.base import check_interactions
 from encore.store import runs
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ def fit_on_ray(
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be at least 1, not {checkpoint_every}")
     params = {**model.get_params(), "device": "cuda" if use_gpu else "cpu"}
+    user_items = check_interactions(user_items)
     runs.check_run_name(name)
     _set_aside_torn_snapshot(fs.join(storage_path, name))
     runs.mark_started(storage_path, name)

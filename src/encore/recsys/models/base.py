@@ -4,20 +4,28 @@ Hyperparameters are ``__init__`` arguments; what ``fit`` learns ends with an und
 keeps the user-item matrix it was fitted on (``user_items_``), so serving can exclude what a user
 already played without the training data at hand. A verb a model cannot do raises
 ``NotSupportedError`` rather than answering something made up.
+
+The public verbs live here and check their inputs once, for every model; a model implements the
+protected hooks they call (``_fit``, and ``_similar_items`` and ``_contributions`` where it can).
 """
 
 import inspect
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from encore.core.errors import NotSupportedError
 from encore.recsys.metrics import top_k
 from encore.recsys.models.ann import ItemIndex
+
+# ``callback(iteration, model)`` of an iterative fit (see ``Recommender.fit``).
+FitCallback = Callable[[int, "Recommender"], None]
 
 
 def standardise(scores: np.ndarray) -> np.ndarray:
@@ -26,11 +34,19 @@ def standardise(scores: np.ndarray) -> np.ndarray:
     return (scores - scores.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1)
 
 
+def check_interactions(user_items: sp.spmatrix | np.ndarray, items: pd.DataFrame | None = None) -> sp.csr_matrix:
+    """``user_items`` as float32 CSR, refused unless its weights are finite and non-negative and ``items``,
+    the catalogue if given, has a row per column: what every fit learns from."""
+    user_items = sp.csr_matrix(user_items, dtype=np.float32)
+    if not np.isfinite(user_items.data).all() or (user_items.data < 0).any():
+        raise ValueError("interaction weights must be finite and non-negative")
+    if items is not None and len(items) != user_items.shape[1]:
+        raise ValueError(f"the catalogue has {len(items)} items, the interactions {user_items.shape[1]}")
+    return user_items
+
+
 class Recommender(ABC):
     kind: ClassVar[str]
-    # Models that learn from item side information (tags, audio features) get the item catalogue
-    # in ``fit(user_items, items)``; ``encore.recsys.models.fit_model`` passes it to those that do.
-    uses_item_catalogue: ClassVar[bool] = False
     # Bumped when what a model learns changes form, so that an artifact saved by older code is refused
     # on load with a message instead of failing in the middle of a request.
     state_format: ClassVar[int] = 1
@@ -40,9 +56,25 @@ class Recommender(ABC):
             name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters if name != "self"
         }
 
+    def fit(
+        self,
+        user_items: sp.spmatrix | np.ndarray,
+        items: pd.DataFrame | None = None,
+        callback: FitCallback | None = None,
+    ) -> "Recommender":
+        """Learn from a users x items matrix of interaction weights (e.g. play counts).
+
+        ``items`` is the item catalogue, one row per item (``item_idx``, tags, audio features...): models
+        that learn what items are like need it, the others ignore it. ``callback(iteration, model)`` runs
+        after each sweep of an iterative fit, the model usable as that sweep left it; a closed-form fit
+        has no sweeps and never calls it.
+        """
+        self._fit(check_interactions(user_items, items), items, callback)
+        return self
+
     @abstractmethod
-    def fit(self, user_items: sp.csr_matrix) -> "Recommender":
-        """Learn from a users x items matrix of interaction weights (e.g. play counts)."""
+    def _fit(self, user_items: sp.csr_matrix, items: pd.DataFrame | None, callback: FitCallback | None) -> None:
+        """Set the learned attributes from checked float32 ``user_items``, as ``fit`` documents."""
 
     @abstractmethod
     def score(self, users: np.ndarray) -> np.ndarray:
@@ -65,9 +97,11 @@ class Recommender(ABC):
 
         Returns ``(ids, scores)``, of shape (n,) for a scalar user and (len(users), n) for an array.
         """
+        self._check_users(user)
+        return self._recommend(user, n, exclude_seen)
+
+    def _recommend(self, user, n: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
         users = np.atleast_1d(np.asarray(user))
-        if users.size and (users.min() < 0 or users.max() >= self.n_users):
-            raise IndexError(f"user index out of range [0, {self.n_users})")
         scores = np.asarray(self.score(users), dtype=np.float64)
         if exclude_seen:
             rows, cols = self.user_items_[users].nonzero()
@@ -78,18 +112,45 @@ class Recommender(ABC):
     def recommend_for_history(self, items, n: int = 10, weights=None) -> tuple[np.ndarray, np.ndarray]:
         """Top ``n`` items for an unseen user who played ``items`` (those are excluded), no retraining."""
         items = np.asarray(items, dtype=np.int64)
-        if items.size and (items.min() < 0 or items.max() >= self.n_items):
-            raise IndexError(f"item index out of range [0, {self.n_items})")
+        self._check_items(items)
         scores = np.asarray(self.score_history(items, weights), dtype=np.float64)[None, :]
         scores[0, items] = -np.inf
         ids, best = self._best(scores, n)
         return ids[0], best[0]
 
     def similar_items(self, item: int, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` items most like ``item``, itself excluded: ``(ids, similarities)``, most similar first."""
+        self._check_items(item)
+        return self._similar_items(item, n)
+
+    def _similar_items(self, item: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotSupportedError(f"{self.kind} has no notion of item similarity")
 
-    def explain(self, user: int, item: int) -> list[tuple[int, float]]:
+    def explain(self, user: int, item: int, n: int = 10) -> list[tuple[int, float]]:
+        """Why ``item`` scores as it does for ``user``: the ``n`` items of the user's history that add
+        most to its score, as ``(item_idx, contribution)`` pairs, largest first (ties to the lower index),
+        items that add nothing left out."""
+        self._check_users(user)
+        self._check_items(item)
+        history, contributions = self._contributions(user, item)
+        keep = contributions != 0
+        history, contributions = history[keep], contributions[keep]
+        order = np.lexsort((history, -contributions))[:n]
+        return [(int(history[i]), float(contributions[i])) for i in order]
+
+    def _contributions(self, user: int, item: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every history item of ``user`` with its contribution to ``item``'s score, in any order."""
         raise NotSupportedError(f"{self.kind} cannot explain its recommendations")
+
+    def _check_users(self, users) -> None:
+        users = np.asarray(users)
+        if users.size and (users.min() < 0 or users.max() >= self.n_users):
+            raise IndexError(f"user index out of range [0, {self.n_users})")
+
+    def _check_items(self, items) -> None:
+        items = np.asarray(items)
+        if items.size and (items.min() < 0 or items.max() >= self.n_items):
+            raise IndexError(f"item index out of range [0, {self.n_items})")
 
     @staticmethod
     def _best(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,14 +14,13 @@ import pandas as pd
 import scipy.sparse as sp
 
 from encore.core.errors import NotSupportedError
-from encore.recsys.models.base import Recommender, standardise
+from encore.recsys.models.base import FitCallback, Recommender, standardise
 
 
 class Blend(Recommender):
     """``parts``: a list of ``{"kind", "params", "weight"}``; weights need not sum to one."""
 
     kind = "blend"
-    uses_item_catalogue = True
 
     def __init__(self, parts: list[dict]):
         if not parts:
@@ -31,13 +30,12 @@ class Blend(Recommender):
                 raise ValueError(f"each part has exactly the keys kind, params and weight, not {sorted(part)}")
         self.parts = parts
 
-    def fit(self, user_items: sp.csr_matrix, items: pd.DataFrame) -> "Blend":
+    def _fit(self, user_items: sp.csr_matrix, items: pd.DataFrame | None, callback: FitCallback | None) -> None:
         from encore.recsys.models import fit_model
 
-        self.user_items_ = sp.csr_matrix(user_items, dtype=np.float32)
+        self.user_items_ = user_items
         for index, part in enumerate(self.parts):
             setattr(self, f"part{index}_", fit_model(part["kind"], part["params"], self.user_items_, items))
-        return self
 
     def _models(self) -> list[tuple[Recommender, float]]:
         return [(getattr(self, f"part{index}_"), part["weight"]) for index, part in enumerate(self.parts)]
@@ -50,7 +48,7 @@ class Blend(Recommender):
             weight * standardise(model.score_history(items, weights)[None, :])[0] for model, weight in self._models()
         )
 
-    def similar_items(self, item: int, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def _similar_items(self, item: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """From the heaviest part that knows item similarity."""
         for model, _ in sorted(self._models(), key=lambda pair: -pair[1]):
             try:
@@ -59,19 +57,22 @@ class Blend(Recommender):
                 continue
         raise NotSupportedError("no part of this blend has a notion of item similarity")
 
-    def explain(self, user: int, item: int, n: int = 10) -> list[tuple[int, float]]:
-        """Each history item's contribution, summed over the parts that explain, each scaled as in ``score``."""
-        totals: dict[int, float] = {}
+    def _contributions(self, user: int, item: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each history item's contribution, summed over the parts that explain, each scaled as in ``score``.
+
+        Every part gives all its contributions, so an item counts in full in each part that weighs it,
+        not only where it is among that part's largest."""
+        totals = np.zeros(self.n_items)
         explained = False
         for model, weight in self._models():
             try:
-                contributions = model.explain(user, item)
+                history, contributions = model._contributions(user, item)
             except NotSupportedError:
                 continue
             explained = True
             std = model.score(np.array([user]))[0].std() or 1.0
-            for history_item, value in contributions:
-                totals[history_item] = totals.get(history_item, 0.0) + weight * value / std
+            np.add.at(totals, history, weight * contributions / std)
         if not explained:
             raise NotSupportedError("no part of this blend can explain its recommendations")
-        return sorted(totals.items(), key=lambda pair: -pair[1])[:n]
+        history = self.user_items_[user].indices
+        return history, totals[history]

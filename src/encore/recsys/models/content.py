@@ -17,7 +17,7 @@ from sklearn.preprocessing import normalize
 
 from encore.core.errors import NotSupportedError
 from encore.recsys.interactions import AUDIO_PREFIX
-from encore.recsys.models.base import Recommender, standardise
+from encore.recsys.models.base import FitCallback, Recommender, standardise
 
 
 def item_features(items: pd.DataFrame, source: str) -> sp.csr_matrix:
@@ -53,20 +53,16 @@ class ContentBased(Recommender):
     cosine similarity to it. ``features``: ``"tags"`` or ``"audio"``."""
 
     kind = "content"
-    uses_item_catalogue = True
 
     def __init__(self, features: str = "tags"):
         self.features = features
 
-    def fit(self, user_items: sp.csr_matrix, items: pd.DataFrame) -> "ContentBased":
-        self.user_items_ = sp.csr_matrix(user_items, dtype=np.float32)
+    def _fit(self, user_items: sp.csr_matrix, items: pd.DataFrame | None, callback: FitCallback | None) -> None:
+        if items is None:
+            raise ValueError("a content model learns from the item catalogue: fit(user_items, items)")
+        self.user_items_ = user_items
         self.item_features_ = item_features(items, self.features)
-        if self.item_features_.shape[0] != self.user_items_.shape[1]:
-            raise ValueError(
-                f"catalogue has {self.item_features_.shape[0]} items, the interactions {self.user_items_.shape[1]}"
-            )
         self.user_profiles_ = normalize(_weights(self.user_items_) @ self.item_features_).tocsr()
-        return self
 
     def score(self, users: np.ndarray) -> np.ndarray:
         return (self.user_profiles_[users] @ self.item_features_.T).toarray()
@@ -79,22 +75,20 @@ class ContentBased(Recommender):
         history = sp.csr_matrix((np.log1p(weights), (np.zeros(len(items), dtype=int), items)), shape=(1, self.n_items))
         return normalize(history @ self.item_features_)
 
-    def similar_items(self, item: int, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def _similar_items(self, item: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         scores = (self.item_features_[item] @ self.item_features_.T).toarray()
         scores[0, item] = -np.inf
         ids, best = self._best(scores, n)
         return ids[0], best[0]
 
-    def explain(self, user: int, item: int, n: int = 10) -> list[tuple[int, float]]:
+    def _contributions(self, user: int, item: int) -> tuple[np.ndarray, np.ndarray]:
         """History items by their share of the score: weight x similarity to ``item``, scaled like the profile."""
         history = _weights(self.user_items_[user])
         profile_norm = sp.linalg.norm(history @ self.item_features_)
         if profile_norm == 0:
-            return []
+            return np.empty(0, dtype=np.int64), np.empty(0)
         similarity = (self.item_features_[history.indices] @ self.item_features_[item].T).toarray().ravel()
-        contributions = history.data * similarity / profile_norm
-        order = np.argsort(-contributions)[:n]
-        return [(int(history.indices[i]), float(contributions[i])) for i in order]
+        return history.indices, history.data * similarity / profile_norm
 
 
 class Hybrid(Recommender):
@@ -112,7 +106,6 @@ class Hybrid(Recommender):
     """
 
     kind = "hybrid"
-    uses_item_catalogue = True
     state_format = 2  # 2: listeners_ per item, content added to the collaborative score
 
     def __init__(
@@ -131,14 +124,13 @@ class Hybrid(Recommender):
         self.cold_weight = cold_weight
         self.warm_weight = warm_weight
 
-    def fit(self, user_items: sp.csr_matrix, items: pd.DataFrame) -> "Hybrid":
+    def _fit(self, user_items: sp.csr_matrix, items: pd.DataFrame | None, callback: FitCallback | None) -> None:
         from encore.recsys.models import fit_model
 
-        self.user_items_ = sp.csr_matrix(user_items, dtype=np.float32)
+        self.user_items_ = user_items
         self.collaborative_ = fit_model(self.collaborative, self.collaborative_params or {}, self.user_items_, items)
         self.content_ = ContentBased(self.features).fit(self.user_items_, items)
         self.listeners_ = np.asarray((self.user_items_ > 0).sum(axis=0), dtype=np.float64).ravel()
-        return self
 
     def content_weights(self) -> np.ndarray:
         """``w(c)`` of every item, from the current ``balance``, ``cold_weight`` and ``warm_weight``."""
@@ -157,17 +149,17 @@ class Hybrid(Recommender):
         content = self.content_.score_history(items, weights)[None, :]
         return self.combine(collaborative, content)[0]
 
-    def similar_items(self, item: int, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def _similar_items(self, item: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         try:
             return self.collaborative_.similar_items(item, n)
         except NotSupportedError:
             return self.content_.similar_items(item, n)
 
-    def explain(self, user: int, item: int, n: int = 10) -> list[tuple[int, float]]:
+    def _contributions(self, user: int, item: int) -> tuple[np.ndarray, np.ndarray]:
         # Explanations come from the part that weighs most for this item.
         if self.content_weights()[item] <= 1:
             try:
-                return self.collaborative_.explain(user, item)[:n]
+                return self.collaborative_._contributions(user, item)
             except NotSupportedError:
                 pass
-        return self.content_.explain(user, item, n)
+        return self.content_._contributions(user, item)

@@ -17,11 +17,12 @@ of XᵀX), so the weights matched float64's to 6e-7 relative and validation NDCG
 """
 
 import numpy as np
+import pandas as pd
 import scipy.linalg.lapack as lapack
 import scipy.sparse as sp
 
-from encore.recsys.models.base import Recommender
-from encore.recsys.models.knn import check_weighting, history_row, rank_contributions, weigh
+from encore.recsys.models.base import FitCallback, Recommender
+from encore.recsys.models.knn import check_weighting, history_row, weigh
 
 # Bytes per item pair while fitting, at most: the dense float32 Gram matrix (inverted in place into
 # the weights kept) and the sparse product it is made dense from.
@@ -80,7 +81,7 @@ class EASE(Recommender):
     --------
     >>> model = EASE(regularization=150).fit(user_items)
     >>> ids, scores = model.recommend(0, n=10)
-    >>> model.explain(0, ids[0])[:3]
+    >>> model.explain(0, ids[0], n=3)
     """
 
     kind = "ease"
@@ -100,8 +101,7 @@ class EASE(Recommender):
     def _weigh(self, user_items: sp.csr_matrix) -> sp.csr_matrix:
         return weigh(user_items, self.binarize, self.log_scaling)
 
-    def fit(self, user_items: sp.csr_matrix) -> "EASE":
-        user_items = sp.csr_matrix(user_items, dtype=np.float32)
+    def _fit(self, user_items: sp.csr_matrix, items: pd.DataFrame | None, callback: FitCallback | None) -> None:
         n_items = user_items.shape[1]
         if n_items > self.max_items:
             raise ValueError(
@@ -119,7 +119,6 @@ class EASE(Recommender):
         np.fill_diagonal(precision, 0.0)
         self.played_, self.weights_ = played, precision
         self.user_items_ = user_items
-        return self
 
     def _block_scores(self, histories: sp.csr_matrix) -> np.ndarray:
         """Scores of every item for weighted history rows: B applied among the played items, 0 elsewhere."""
@@ -138,7 +137,7 @@ class EASE(Recommender):
     def score_history(self, items: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         return self._block_scores(self._weigh(history_row(items, weights, self.n_items))).ravel()
 
-    def similar_items(self, item: int, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def _similar_items(self, item: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Items by B's row of ``item``: exactly what someone who played only ``item`` would be
         recommended, so the two answers agree."""
         scores = np.zeros((1, self.n_items))
@@ -149,7 +148,7 @@ class EASE(Recommender):
         ids, best = self._best(scores, n)
         return ids[0], best[0]
 
-    def explain(self, user: int, item: int) -> list[tuple[int, float]]:
+    def _contributions(self, user: int, item: int) -> tuple[np.ndarray, np.ndarray]:
         """Each played item's share of the score, weight x B[played, item]; the shares sum to the score."""
         history = self._weigh(self.user_items_[user])
         position = self._position(item)
@@ -157,4 +156,4 @@ class EASE(Recommender):
             column = np.zeros(len(history.indices), dtype=np.float32)
         else:
             column = self.weights_[np.searchsorted(self.played_, history.indices), position]
-        return rank_contributions(history.indices, history.data * column)
+        return history.indices, history.data * column

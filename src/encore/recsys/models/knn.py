@@ -19,10 +19,11 @@ a negative Pearson correlation says "unlike", which a top-N ranking over plays h
 """
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from encore.core.errors import NotSupportedError
-from encore.recsys.models.base import Recommender
+from encore.recsys.models.base import FitCallback, Recommender
 
 SIMILARITIES = ("cosine", "pearson", "euclidean")
 
@@ -127,14 +128,6 @@ def top_neighbours(similarities: sp.csr_matrix, k: int, exclude_self: bool = Fal
     return sp.csr_matrix((values[keep].astype(np.float32), (rows[keep], cols[keep])), shape=coo.shape)
 
 
-def rank_contributions(items: np.ndarray, contributions: np.ndarray) -> list[tuple[int, float]]:
-    """``(item, contribution)`` pairs, largest first (ties to the lower index), zeros left out."""
-    keep = contributions != 0
-    items, contributions = items[keep], contributions[keep]
-    order = np.lexsort((items, -contributions))
-    return [(int(items[i]), float(contributions[i])) for i in order]
-
-
 def _check_neighbourhood(similarity: str, neighbours: int, shrinkage: float, binarize: bool, log_scaling: bool) -> None:
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}, not {similarity!r}")
@@ -207,12 +200,11 @@ class ItemKNN(_Neighbourhood):
     ):
         super().__init__(similarity, neighbours, shrinkage, binarize, log_scaling)
 
-    def fit(self, user_items: sp.csr_matrix) -> "ItemKNN":
-        self.user_items_ = sp.csr_matrix(user_items, dtype=np.float32)
-        items = self._weigh(self.user_items_).T.tocsr()
-        similarities = pairwise_similarity(items, items, self.similarity, self.shrinkage)
+    def _fit(self, user_items: sp.csr_matrix, items: pd.DataFrame | None, callback: FitCallback | None) -> None:
+        self.user_items_ = user_items
+        item_vectors = self._weigh(self.user_items_).T.tocsr()
+        similarities = pairwise_similarity(item_vectors, item_vectors, self.similarity, self.shrinkage)
         self.similarity_ = top_neighbours(similarities, self.neighbours, exclude_self=True)
-        return self
 
     def score(self, users: np.ndarray) -> np.ndarray:
         return (self._weigh(self.user_items_[users]) @ self.similarity_).toarray()
@@ -221,17 +213,17 @@ class ItemKNN(_Neighbourhood):
         history = self._weigh(history_row(items, weights, self.n_items))
         return (history @ self.similarity_).toarray().ravel()
 
-    def similar_items(self, item: int, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def _similar_items(self, item: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The item's neighbours, most similar first: at most ``neighbours`` of them."""
         row = self.similarity_[item]
         order = np.lexsort((row.indices, -row.data))[:n]
         return row.indices[order], row.data[order]
 
-    def explain(self, user: int, item: int) -> list[tuple[int, float]]:
+    def _contributions(self, user: int, item: int) -> tuple[np.ndarray, np.ndarray]:
         """Each played item's share of the score, weight x similarity; the shares sum to the score."""
         history = self._weigh(self.user_items_[user])
         similarities = self.similarity_[history.indices][:, [item]].toarray().ravel()
-        return rank_contributions(history.indices, history.data * similarities)
+        return history.indices, history.data * similarities
 
 
 class UserKNN(_Neighbourhood):
@@ -275,12 +267,11 @@ class UserKNN(_Neighbourhood):
     ):
         super().__init__(similarity, neighbours, shrinkage, binarize, log_scaling)
 
-    def fit(self, user_items: sp.csr_matrix) -> "UserKNN":
-        self.user_items_ = sp.csr_matrix(user_items, dtype=np.float32)
+    def _fit(self, user_items: sp.csr_matrix, items: pd.DataFrame | None, callback: FitCallback | None) -> None:
+        self.user_items_ = user_items
         users = self._weigh(self.user_items_)
         similarities = pairwise_similarity(users, users, self.similarity, self.shrinkage)
         self.similarity_ = top_neighbours(similarities, self.neighbours, exclude_self=True)
-        return self
 
     def score(self, users: np.ndarray) -> np.ndarray:
         return (self.similarity_[users] @ self._weigh(self.user_items_)).toarray()
@@ -297,10 +288,10 @@ class UserKNN(_Neighbourhood):
         similarities = pairwise_similarity(history, user_items, self.similarity, self.shrinkage)
         return (top_neighbours(similarities, self.neighbours) @ user_items).toarray().ravel()
 
-    def similar_items(self, item: int, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def _similar_items(self, item: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotSupportedError("user_knn compares users, not items; item_knn or ease can find similar items")
 
-    def explain(self, user: int, item: int) -> list[tuple[int, float]]:
+    def _contributions(self, user: int, item: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotSupportedError(
             "user_knn scores an item through similar users' plays, not through the user's "
             "own items, so its scores do not split into history-item contributions"

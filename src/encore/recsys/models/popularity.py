@@ -1,9 +1,10 @@
 """The popularity baseline: every user gets the items the most users played."""
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
-from encore.recsys.models.base import Recommender
+from encore.recsys.models.base import FitCallback, Recommender
 
 
 class Popularity(Recommender):
@@ -17,11 +18,10 @@ class Popularity(Recommender):
             raise ValueError(f"by must be 'users' or 'weight', not {by!r}")
         self.by = by
 
-    def fit(self, user_items: sp.csr_matrix) -> "Popularity":
-        self.user_items_ = sp.csr_matrix(user_items, dtype=np.float32)
+    def _fit(self, user_items: sp.csr_matrix, items: pd.DataFrame | None, callback: FitCallback | None) -> None:
+        self.user_items_ = user_items
         counted = self.user_items_ if self.by == "weight" else (self.user_items_ > 0)
         self.item_scores_ = np.asarray(counted.sum(axis=0), dtype=np.float64).ravel()
-        return self
 
     def score(self, users: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.item_scores_, (len(users), len(self.item_scores_))).copy()

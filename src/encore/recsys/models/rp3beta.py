@@ -13,8 +13,10 @@ this similarity over presence weights.
 """
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
+from encore.recsys.models.base import FitCallback
 from encore.recsys.models.knn import ItemKNN, top_neighbours, weigh
 
 
@@ -62,8 +64,8 @@ class RP3beta(ItemKNN):
         self.beta = beta
         self.neighbours = neighbours
 
-    def fit(self, user_items: sp.csr_matrix) -> "RP3beta":
-        self.user_items_ = sp.csr_matrix(user_items, dtype=np.float32)
+    def _fit(self, user_items: sp.csr_matrix, items: pd.DataFrame | None, callback: FitCallback | None) -> None:
+        self.user_items_ = user_items
         played = weigh(self.user_items_, binarize=True, log_scaling=False).astype(np.float64)
         user_to_item = _row_stochastic(played)
         item_to_user = _row_stochastic(played.T.tocsr())
@@ -72,4 +74,3 @@ class RP3beta(ItemKNN):
         popularity = np.maximum(np.asarray(played.sum(axis=0)).ravel(), 1.0)
         walks = sp.csr_matrix((item_to_user @ user_to_item) @ sp.diags(popularity**-self.beta))
         self.similarity_ = _row_stochastic(top_neighbours(walks, self.neighbours, exclude_self=True)).astype(np.float32)
-        return self
