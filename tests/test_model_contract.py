@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from encore.core.errors import NotSupportedError
 from encore.recsys.bundle import RecommenderBundle
-from encore.recsys.models import MODELS, NotSupportedError, Recommender
+from encore.recsys.models import MODELS, Recommender
 from encore.recsys.models.ease import EASE
 from encore.recsys.models.knn import ItemKNN, UserKNN
 from encore.store import ModelStore
