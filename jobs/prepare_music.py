@@ -28,12 +28,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from encore.composer.checks import estimate_key, key_name
+from encore.composer.checks import estimate_key
 from encore.composer.corpus import CORPUS_PREFIX, STYLES, corpus_files, parse_corpus_file
 from encore.composer.data import ERROR_SCHEMA, ERRORS_FILE, PIECE_SCHEMA, PIECES_FILE
 from encore.composer.midi import read_midi
 from encore.composer.tokens import DataError
 from encore.core import fs
+from encore.core.keys import key_name
 from encore.core.runtime import init_ray, setup_logging, user_errors
 
 logger = logging.getLogger("encore.prepare_music")
@@ -53,7 +54,7 @@ def _piece_row(source: str, style: str, step_beats: float, piece: dict) -> dict:
         "piece": piece["piece"],
         "title": piece["title"],
         "style": style,
-        "key": key_name(*piece["key"]),
+        "key": key_name(*piece["key"]) if piece["key"] else "",
         "tempo": float("nan") if piece["tempo"] is None else float(piece["tempo"]),
         "meter": f"{meter[0]}/{meter[1]}" if meter else "",
         "step_beats": step_beats,

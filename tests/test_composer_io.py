@@ -31,6 +31,7 @@ from encore.composer.service import (
     compose_answer,
 )
 from encore.core import fs
+from encore.core.keys import MODES, find_key, key_name, parse_key
 from encore.store import ModelStore
 
 # Held notes, a rest in the middle, a chord change under a held top voice, a lone low note at the end.
@@ -177,9 +178,18 @@ def test_musical_checks_known_answers():
     assert compared["in_key"]["generated"] == 1.0
     with pytest.raises(ValueError, match="nothing sounds"):
         C.statistics([[[], []]])
-    assert C.parse_key("f# minor") == (6, "minor") and C.parse_key("Bb major") == (10, "major")
+
+
+def test_keys_are_spelled_by_their_signature_and_an_even_spread_has_none():
+    assert [key_name(tonic, "major") for tonic in (1, 6, 8, 10)] == ["Db major", "F# major", "Ab major", "Bb major"]
+    assert [key_name(tonic, "minor") for tonic in (1, 3, 8, 10)] == ["C# minor", "Eb minor", "G# minor", "Bb minor"]
+    assert all(parse_key(key_name(tonic, mode)) == (tonic, mode) for tonic in range(12) for mode in MODES)
+    assert parse_key("f# minor") == (6, "minor") and parse_key("D# minor") == parse_key("Eb minor") == (3, "minor")
     with pytest.raises(ValueError, match="not a key"):
-        C.parse_key("H major")
+        parse_key("H major")
+    assert find_key(np.zeros(12)) is None and find_key(np.ones(12)) is None
+    assert C.estimate_key([[], []]) is None and C.estimate_key([list(range(60, 72))]) is None
+    assert math.isnan(C.statistics([[list(range(60, 72))]])["in_key"])  # no key, so no share in it
 
 
 def test_music21_corpus_gives_labelled_pieces():

@@ -23,11 +23,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from encore.composer.checks import key_name, parse_key
 from encore.composer.corpus import style_program
 from encore.composer.data import parse_meter, thin
 from encore.composer.model import Composer
 from encore.composer.tokens import TOKENIZER_VERSION, Chorale, conditioning_tokens, decode, encode, key_pitch_classes
+from encore.core.keys import key_name, parse_key
 
 BUNDLE_FILE = "composer.json"
 #: Sampling of a bundle that records none: the model's own distribution.

@@ -20,10 +20,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from encore.composer.checks import parse_key
 from encore.composer.corpus import CORPUS_PREFIX, TERMS
 from encore.composer.tokens import N_STYLES, Chorale, DataError, conditioning_tokens, load_jsb
 from encore.core import fs
+from encore.core.keys import parse_key
 
 PIECES_FILE = "pieces.parquet"
 ERRORS_FILE = "errors.parquet"

@@ -36,6 +36,8 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 
+from encore.core.keys import MODES
+
 TOKENIZER_VERSION = "composer-steps/v1"
 
 PAD = 0
@@ -46,7 +48,6 @@ N_PITCHES = 128
 STYLE_OFFSET = PITCH_OFFSET + N_PITCHES
 N_STYLES = 32
 KEY_OFFSET = STYLE_OFFSET + N_STYLES
-MODES = ("major", "minor")
 TEMPO_OFFSET = KEY_OFFSET + 12 * len(MODES)
 # Geometric bands: a tempo is as far from 60 to 66 BPM as from 120 to 132.
 TEMPO_BPMS = tuple(round(40 * 6 ** (band / 15)) for band in range(16))
