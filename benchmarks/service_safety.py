@@ -104,11 +104,12 @@ def publish_tiny_composer(store_uri: str) -> None:
 
 def publish_tiny_genre_model(store_uri: str) -> None:
     """A logistic regression (one member, two epochs) on the GTZAN feature table, as genre-production."""
-    from encore.genre import classifier as genre
+    from encore.genre.classifier import GenreClassifier
+    from encore.genre.data import load_table, preprocessing
     from encore.store import ModelStore
 
-    table = genre.load_table()
-    model = genre.GenreClassifier(hidden=0, members=1, epochs=2).fit(table, table["label"])
+    table = load_table()
+    model = GenreClassifier(hidden=0, members=1, epochs=2).fit(table, table["label"])
     with tempfile.TemporaryDirectory() as folder:
         model.save(folder)
         ModelStore(store_uri).save(
@@ -117,7 +118,7 @@ def publish_tiny_genre_model(store_uri: str) -> None:
             config={},
             metrics={},
             data_fingerprint="benchmark",
-            preprocessing=genre.preprocessing(),
+            preprocessing=preprocessing(),
             aliases=["genre-production"],
         )
 
