@@ -71,9 +71,9 @@ def epoch_batches(
 
     A seeded shuffle shared by all ranks is dealt round the ranks, then cut into pools of
     ``SORT_POOL`` batches sorted by length, so that a batch holds pieces of similar length and pads
-    little (on JSB Chorales 91% of the computed tokens are real against 65% for plain shuffling);
-    the batches are shuffled again. The deal wraps round to a multiple of ``world_size`` because
-    under DDP every rank must take the same number of steps, or the ranks with more wait forever."""
+    little (``benchmarks/RESULTS.md``, "JSB Chorales"); the batches are shuffled again. The deal
+    wraps round to a multiple of ``world_size`` because under DDP every rank must take the same
+    number of steps, or the ranks with more wait forever."""
     rng = np.random.default_rng([config.seed, epoch])
     order = rng.permutation(len(lengths))
     mine = np.resize(order, math.ceil(len(lengths) / world_size) * world_size)[rank::world_size]

@@ -57,8 +57,8 @@ class _WideAndDeep(torch.nn.Module):
 
 @contextlib.contextmanager
 def _one_thread():
-    """Run torch on one thread: these networks are so small that more threads only contend (measured
-    here on 2 cores: 270 s for a fit with torch's default threads, 3 s with one)."""
+    """Run torch on one thread: these networks are so small that more threads only contend (the
+    measurement is in ``benchmarks/RESULTS.md``, "Genre")."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
