@@ -20,11 +20,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from encore.composer.tokens import Chorale, key_pitch_classes
+from encore.composer.tokens import Steps, key_pitch_classes
 from encore.core.keys import find_key
 
 
-def pitch_class_counts(pieces: Sequence[Chorale]) -> np.ndarray:
+def pitch_class_counts(pieces: Sequence[Steps]) -> np.ndarray:
     counts = np.zeros(12)
     for piece in pieces:
         for step in piece:
@@ -33,7 +33,7 @@ def pitch_class_counts(pieces: Sequence[Chorale]) -> np.ndarray:
     return counts
 
 
-def pitch_class_histogram(pieces: Sequence[Chorale]) -> np.ndarray:
+def pitch_class_histogram(pieces: Sequence[Steps]) -> np.ndarray:
     """Share of note-steps on each pitch class (C first); all zeros if nothing sounds."""
     counts = pitch_class_counts(pieces)
     return counts / counts.sum() if counts.sum() else counts
@@ -44,21 +44,21 @@ def histogram_distance(first: np.ndarray, second: np.ndarray) -> float:
     return float(0.5 * np.abs(first - second).sum())
 
 
-def estimate_key(piece: Chorale) -> tuple[int, str] | None:
+def estimate_key(piece: Steps) -> tuple[int, str] | None:
     """The likeliest key of ``piece`` as (tonic pitch class, "major" | "minor"); None when every pitch
     class sounds as often (nothing sounds, for one)."""
     found = find_key(pitch_class_counts([piece]))
     return None if found is None else (found.tonic, found.mode)
 
 
-def in_key_share(piece: Chorale, tonic: int, mode: str) -> float:
+def in_key_share(piece: Steps, tonic: int, mode: str) -> float:
     """Share of ``piece``'s note-steps in the key; NaN if nothing sounds."""
     allowed = key_pitch_classes(tonic, mode)
     pitches = [pitch for step in piece for pitch in step]
     return sum(pitch % 12 in allowed for pitch in pitches) / len(pitches) if pitches else float("nan")
 
 
-def statistics(pieces: Sequence[Chorale], keys: Sequence[tuple[int, str] | None] | None = None) -> dict:
+def statistics(pieces: Sequence[Steps], keys: Sequence[tuple[int, str] | None] | None = None) -> dict:
     """The checks of the module docstring over ``pieces`` (``keys[i]`` is piece i's key, or None to estimate it)."""
     pieces = list(pieces)
     keys = keys or [None] * len(pieces)

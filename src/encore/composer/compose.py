@@ -26,7 +26,7 @@ from pathlib import Path
 from encore.composer.corpus import style_program
 from encore.composer.data import parse_meter, thin
 from encore.composer.model import Composer
-from encore.composer.tokens import TOKENIZER_VERSION, Chorale, conditioning_tokens, decode, encode, key_pitch_classes
+from encore.composer.tokens import TOKENIZER_VERSION, Steps, conditioning_tokens, decode, encode, key_pitch_classes
 from encore.core.keys import key_name, parse_key
 
 BUNDLE_FILE = "composer.json"
@@ -44,7 +44,7 @@ class CompositionError(ValueError):
 
 @dataclass
 class Composition:
-    steps: Chorale  # the primer's steps, then the new ones
+    steps: Steps  # the primer's steps, then the new ones
     settings: dict  # everything that decided the music, so it can be asked for again
 
 
@@ -111,7 +111,7 @@ class ComposerBundle:
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int = 0,
-        primer: Chorale | None = None,
+        primer: Steps | None = None,
         constrain_to_key: bool = False,
         time_budget_s: float | None = None,
         max_seconds: float | None = None,
