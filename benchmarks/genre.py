@@ -21,8 +21,8 @@ import time
 import ray
 
 from encore.core.runtime import init_ray
-from encore.genre import classifier as genre
-from encore.genre import search as genre_tuning
+from encore.genre.data import load_splits, load_table, split_table
+from encore.genre.search import MODELS, fit_and_evaluate, random_folds, search
 
 NAMES = {
     "encore": "Encore (log features, wide-and-deep ensemble)",
@@ -35,8 +35,8 @@ NAMES = {
 
 @ray.remote(num_cpus=1)
 def _score(name: str, config: dict, parts: dict, table, folds: int, seed: int) -> dict:
-    _, metrics = genre_tuning.fit_and_evaluate(name, config, parts)
-    return {**metrics, "random_folds": genre_tuning.random_folds(name, config, table, folds, seed)}
+    _, metrics = fit_and_evaluate(name, config, parts)
+    return {**metrics, "random_folds": random_folds(name, config, table, folds, seed)}
 
 
 def _cell(metrics: dict, name: str) -> str:
@@ -52,21 +52,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", help="also write every figure as JSON here")
     args = parser.parse_args(argv)
     init_ray()
-    table = genre.load_table()
-    parts = genre.split_table(table, genre.load_splits())
+    table = load_table()
+    parts = split_table(table, load_splits())
     started = time.perf_counter()
     best = {}
     with tempfile.TemporaryDirectory() as storage:
-        for name in genre_tuning.MODELS:
-            results = genre_tuning.search(
+        for name in MODELS:
+            results = search(
                 name, parts, storage, num_samples=args.num_samples, seed=args.seed, fixed={"seed": args.seed}
             )
             result = results.get_best_result()
             best[name] = {"config": result.config, "validation_log_loss": result.metrics["log_loss"]}
     scores = ray.get(
-        [_score.remote(name, best[name]["config"], parts, table, args.folds, args.seed) for name in genre_tuning.MODELS]
+        [_score.remote(name, best[name]["config"], parts, table, args.folds, args.seed) for name in MODELS]
     )
-    report = {name: {**best[name], **score} for name, score in zip(genre_tuning.MODELS, scores)}
+    report = {name: {**best[name], **score} for name, score in zip(MODELS, scores)}
 
     print(
         f"\nGTZAN 30-second features. Artist-disjoint fault-filtered split: train {len(parts['train'])}, "

@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from encore.audio.vectors import feature_matrix
-from encore.genre import classifier as genre
-from encore.genre import search as genre_tuning
+from encore.genre.classifier import evaluate
+from encore.genre.data import load_splits, load_table, split_table
+from encore.genre.search import make_model
 
 DEFAULT_SEGMENTS = (
     Path(__file__).resolve().parents[2]
@@ -62,10 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     segments = load_segments(args.segments)
     genres = sorted(segments["label"].unique())
-    splits = {
-        part: [name for name in names if name.split(".")[0] in genres] for part, names in genre.load_splits().items()
-    }
-    tracks = genre.split_table(genre.load_table(), splits)
+    splits = {part: [name for name in names if name.split(".")[0] in genres] for part, names in load_splits().items()}
+    tracks = split_table(load_table(), splits)
     songs = {part: set(names) for part, names in splits.items()}
     seen = songs["train"] | songs["valid"]
     segment_parts = {
@@ -81,10 +80,10 @@ def main(argv: list[str] | None = None) -> dict:
             ("30-second rows", track_parts, "filename"),
             ("3-second segments", segment_parts, "song"),
         ):
-            model = genre_tuning.make_model(kind, config).fit(parts["seen"], parts["seen"]["label"])
+            model = make_model(kind, config).fit(parts["seen"], parts["seen"]["label"])
             per_row = model.predict_proba(parts["test"])
             names, probabilities = track_probabilities(per_row, parts["test"][key].to_numpy())
-            metrics = genre.evaluate(truth.loc[names].to_numpy(), probabilities, model.classes_)
+            metrics = evaluate(truth.loc[names].to_numpy(), probabilities, model.classes_)
             segment_accuracy = None
             if key == "song":
                 predicted = np.asarray(model.classes_)[per_row.argmax(axis=1)]

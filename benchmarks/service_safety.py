@@ -83,8 +83,8 @@ def publish_tiny_composer(store_uri: str) -> None:
     from encore.store import ModelStore
 
     pieces = [parse_corpus_file(f"music21:bach/{name}.mxl", 0.5)[0] for name in ("bwv66.6", "bwv269")]
-    steps = [piece["steps"][:48] for piece in pieces]
-    conditions = [conditioning_tokens(0, piece["key"], 100.0, piece["meter"]) for piece in pieces]
+    steps = [piece.steps[:48] for piece in pieces]
+    conditions = [conditioning_tokens(0, piece.key, 100.0, piece.meter) for piece in pieces]
     torch.manual_seed(0)
     model = Composer(ComposerConfig(n_layer=1, n_head=2, d_model=32, d_ff=64, dropout=0.0, max_steps=64, max_notes=4))
     train = TrainConfig(epochs=6, batch_size=2, lr=1e-2, warmup_steps=2)
@@ -104,11 +104,12 @@ def publish_tiny_composer(store_uri: str) -> None:
 
 def publish_tiny_genre_model(store_uri: str) -> None:
     """A logistic regression (one member, two epochs) on the GTZAN feature table, as genre-production."""
-    from encore.genre import classifier as genre
+    from encore.genre.classifier import GenreClassifier
+    from encore.genre.data import load_table, preprocessing
     from encore.store import ModelStore
 
-    table = genre.load_table()
-    model = genre.GenreClassifier(hidden=0, members=1, epochs=2).fit(table, table["label"])
+    table = load_table()
+    model = GenreClassifier(hidden=0, members=1, epochs=2).fit(table, table["label"])
     with tempfile.TemporaryDirectory() as folder:
         model.save(folder)
         ModelStore(store_uri).save(
@@ -117,7 +118,7 @@ def publish_tiny_genre_model(store_uri: str) -> None:
             config={},
             metrics={},
             data_fingerprint="benchmark",
-            preprocessing=genre.preprocessing(),
+            preprocessing=preprocessing(),
             aliases=["genre-production"],
         )
 

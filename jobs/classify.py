@@ -29,7 +29,8 @@ import ray
 from encore.audio.schema import AUDIO_SUFFIXES, GTZAN_FEATURES, WINDOW_SECONDS
 from encore.core import fs
 from encore.core.runtime import init_ray, setup_logging, user_errors
-from encore.genre import classifier as genre
+from encore.genre.classifier import GenreClassifier
+from encore.genre.data import preprocessing
 from encore.store import ModelStore
 from jobs.extract_features import extract_features
 
@@ -43,8 +44,8 @@ class WindowClassifier:
     """Ray Data actor: the genre probabilities of a batch of windows, from a model loaded once."""
 
     def __init__(self, store_uri: str, version: str):
-        loaded = ModelStore(store_uri).load(version, expected_preprocessing=genre.preprocessing())
-        self.model = genre.GenreClassifier.load(loaded.path)
+        loaded = ModelStore(store_uri).load(version, expected_preprocessing=preprocessing())
+        self.model = GenreClassifier.load(loaded.path)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         probabilities = self.model.predict_proba(batch)
@@ -84,8 +85,8 @@ def classify(
         raise ValueError(f"{model_ref!r} names {manifest.version}, a {manifest.kind} model, not a genre model")
     # Loaded here too, before any audio is read: a model that fails its checksums or was trained on
     # other features stops the job now, and its genres name the output columns.
-    loaded = store.load(manifest.version, expected_preprocessing=genre.preprocessing())
-    prob_columns = [f"prob_{name}" for name in genre.GenreClassifier.load(loaded.path).classes_]
+    loaded = store.load(manifest.version, expected_preprocessing=preprocessing())
+    prob_columns = [f"prob_{name}" for name in GenreClassifier.load(loaded.path).classes_]
     extraction = extract_features(
         input_uri,
         fs.join(output_uri, "features"),

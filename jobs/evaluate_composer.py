@@ -31,11 +31,12 @@ import ray
 import torch
 
 from encore.composer import DataError, load_jsb
-from encore.composer.checks import compare, parse_key
+from encore.composer.checks import compare
 from encore.composer.checks import statistics as piece_statistics
 from encore.composer.compose import ComposerBundle
 from encore.composer.data import Corpus, load_corpus
 from encore.core import fs
+from encore.core.keys import parse_key
 from encore.core.runtime import init_ray, setup_logging, user_errors
 from encore.store import ModelStore
 from jobs.evaluate import write_report

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -28,9 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from encore.composer.checks import estimate_key, key_name
 from encore.composer.corpus import CORPUS_PREFIX, STYLES, corpus_files, parse_corpus_file
-from encore.composer.data import ERROR_SCHEMA, ERRORS_FILE, PIECE_SCHEMA, PIECES_FILE
+from encore.composer.data import ERROR_SCHEMA, ERRORS_FILE, PIECE_SCHEMA, PIECES_FILE, piece_row
 from encore.composer.midi import read_midi
 from encore.composer.tokens import DataError
 from encore.core import fs
@@ -44,23 +44,6 @@ ERRORS_SHOWN = 10
 # One row per piece, or per failed file (error set, piece -1): fixed types whatever happened, so no
 # batch gives Ray Data a column typed null.
 RESULT_SCHEMA = pa.schema([*PIECE_SCHEMA, pa.field("error", pa.string())])
-
-
-def _piece_row(source: str, style: str, step_beats: float, piece: dict) -> dict:
-    meter = piece["meter"]
-    return {
-        "source": source,
-        "piece": piece["piece"],
-        "title": piece["title"],
-        "style": style,
-        "key": key_name(*piece["key"]),
-        "tempo": float("nan") if piece["tempo"] is None else float(piece["tempo"]),
-        "meter": f"{meter[0]}/{meter[1]}" if meter else "",
-        "step_beats": step_beats,
-        "n_steps": len(piece["steps"]),
-        "steps": piece["steps"],
-        "error": "",
-    }
 
 
 def _error_row(source: str, style: str, step_beats: float, reason: str) -> dict:
@@ -83,25 +66,14 @@ def parse_file(source: str, style: str, step_beats: float) -> list[dict]:
         if source.startswith(CORPUS_PREFIX):
             pieces = parse_corpus_file(source, step_beats)
         else:
-            midi = read_midi(fs.read_bytes(source), step_beats, name=source)
-            title = source.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-            pieces = [
-                {
-                    "piece": 0,
-                    "title": title,
-                    "key": estimate_key(midi.steps),
-                    "tempo": midi.tempo,
-                    "meter": midi.meter,
-                    "steps": midi.steps,
-                }
-            ]
+            pieces = [read_midi(fs.read_bytes(source), step_beats, name=source)]
     except DataError as error:
         return [_error_row(source, style, step_beats, str(error))]
     except OSError as error:
         return [_error_row(source, style, step_beats, f"{source}: unreadable ({error})")]
     except Exception as error:  # any other failure of one file is that file's error, not the job's
         return [_error_row(source, style, step_beats, f"{source}: {type(error).__name__}: {error}")]
-    return [_piece_row(source, style, step_beats, piece) for piece in pieces]
+    return [{**piece_row(replace(piece, style=style or None)), "error": ""} for piece in pieces]
 
 
 def _parse_batch(batch: dict[str, np.ndarray], step_beats: float) -> pa.Table:

@@ -20,7 +20,18 @@ import ray
 
 from encore.core import fs
 from encore.core.runtime import init_ray, setup_logging, user_errors
-from encore.genre import classifier as genre
+from encore.genre.classifier import GenreClassifier
+from encore.genre.data import (
+    SPLIT_FILE,
+    SPLITS,
+    TABLE_NAME,
+    data_dir,
+    data_fingerprint,
+    load_splits,
+    load_table,
+    preprocessing,
+    split_table,
+)
 from encore.genre.search import fit_and_evaluate, random_folds
 from encore.serving.versions import serving_store
 
@@ -30,7 +41,7 @@ KIND = "genre"
 SPLIT = "GTZAN fault-filtered, artist-disjoint (Kereliuk, Sturm and Larsen 2015)"
 
 
-def _fit(params: dict, table: pd.DataFrame, parts: dict, folds: int) -> tuple[genre.GenreClassifier, dict]:
+def _fit(params: dict, table: pd.DataFrame, parts: dict, folds: int) -> tuple[GenreClassifier, dict]:
     model, metrics = fit_and_evaluate("encore", params, parts)
     if folds:
         metrics["random_folds"] = random_folds("encore", params, table, folds)
@@ -58,11 +69,11 @@ def train(
     files are local paths (default: the bundled ones). ``tuning`` records the search that chose
     ``params``, if one did. Raises ValueError naming the file for a malformed table or split."""
     store_uri = fs.absolute(store_uri)
-    table_path = str(Path(table_path or genre.DATA_DIR / genre.TABLE_NAME).resolve())
-    splits_folder = str(Path(splits_folder or genre.DATA_DIR).resolve())
-    params = {**genre.GenreClassifier().get_params(), **params}
-    table = genre.load_table(table_path)
-    parts = genre.split_table(table, genre.load_splits(splits_folder))
+    table_path = str(Path(table_path or data_dir() / TABLE_NAME).resolve())
+    splits_folder = str(Path(splits_folder or data_dir()).resolve())
+    params = {**GenreClassifier().get_params(), **params}
+    table = load_table(table_path)
+    parts = split_table(table, load_splits(splits_folder))
     logger.info("training the genre classifier %s on %s", params, table_path)
     model, metrics = ray.get(ray.remote(_fit).remote(params, table, parts, random_fold_count))
     logger.info("validation (fitted on train): %s", _summary(metrics["validation"]))
@@ -71,7 +82,7 @@ def train(
         logger.info(
             "random %d-fold CV (artists shared across folds): %s", random_fold_count, _summary(metrics["random_folds"])
         )
-    split_files = [f"{splits_folder}/{genre.SPLIT_FILE.format(part)}" for part in genre.SPLITS]
+    split_files = [f"{splits_folder}/{SPLIT_FILE.format(part)}" for part in SPLITS]
     with tempfile.TemporaryDirectory() as folder:
         model.save(folder)
         manifest = serving_store(store_uri).save(
@@ -79,8 +90,8 @@ def train(
             kind=KIND,
             config={"params": params, "table": table_path, "split": SPLIT, "tuning": tuning},
             metrics=metrics,
-            data_fingerprint=genre.data_fingerprint(table_path, *split_files),
-            preprocessing=genre.preprocessing(),
+            data_fingerprint=data_fingerprint(table_path, *split_files),
+            preprocessing=preprocessing(),
             aliases=aliases,
         )
     logger.info("saved %s to %s (aliases: %s)", manifest.version, store_uri, ", ".join(aliases))
@@ -91,7 +102,7 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", default="./artifacts", help="model store folder or s3:// prefix")
     parser.add_argument("--params", default="{}", help="hyperparameters as JSON, e.g. '{\"hidden\": 128}'")
-    parser.add_argument("--table", help=f"GTZAN 30-second feature table (default: the bundled {genre.TABLE_NAME})")
+    parser.add_argument("--table", help=f"GTZAN 30-second feature table (default: the bundled {TABLE_NAME})")
     parser.add_argument("--splits", help="folder holding splits/gtzan_fault_filtered_*.txt (default: the bundled one)")
     parser.add_argument("--random-folds", type=int, default=0, help="also score by random K-fold CV (0: no)")
     parser.add_argument(

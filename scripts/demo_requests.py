@@ -96,7 +96,8 @@ def compose(client: httpx.Client, out: Path, seconds: float) -> None:
 
 def musical_figures(answers: list[dict]) -> dict:
     """The musical checks of ``encore.composer.checks`` on the notes of compose answers."""
-    from encore.composer.checks import parse_key, statistics
+    from encore.composer.checks import statistics
+    from encore.core.keys import parse_key
 
     pieces = []
     for answer in answers:

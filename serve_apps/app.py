@@ -36,7 +36,7 @@ from threadpoolctl import threadpool_limits
 from encore.audio.warmup import warm_up_numba
 from encore.composer.service import compose_answer
 from encore.core.errors import ServingError, UnknownModelError
-from encore.genre import classifier as genre
+from encore.genre.data import preprocessing as genre_preprocessing
 from encore.privacy.ids import id_keys, pseudonyms
 from encore.recsys.bundle import RecommenderBundle, preprocessing
 from encore.serving import telemetry
@@ -203,7 +203,7 @@ class GenreClassifier:
             load=FAMILIES["genre"].load,
             poll_seconds=poll_seconds,
             capacity=2,
-            expected_preprocessing=genre.preprocessing(),
+            expected_preprocessing=genre_preprocessing(),
         )
 
     async def classify(self, data: bytes, model: str | None) -> dict:

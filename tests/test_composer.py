@@ -100,20 +100,20 @@ def test_step_distribution_is_proper_over_pitch_sets(max_notes):
     sets = [list(s) for size in range(max_notes + 1) for s in itertools.combinations(range(60, 64), size)]
     assert len(sets) == sum(math.comb(4, size) for size in range(max_notes + 1))
     with torch.no_grad():
-        _, first_nll = model(model.pad(model.encode_chorales([[step] for step in sets])))
+        _, first_nll = model(model.pad(model.encode_steps([[step] for step in sets])))
         assert torch.exp(-first_nll.double()).sum().item() == pytest.approx(1.0, abs=1e-5)
         # The same after a given first step: probabilities of the second step, conditionally.
         past = [61, 63]
-        _, past_nll = model(model.pad(model.encode_chorales([[past]])))
-        _, pair_nll = model(model.pad(model.encode_chorales([[past, step] for step in sets])))
+        _, past_nll = model(model.pad(model.encode_steps([[past]])))
+        _, pair_nll = model(model.pad(model.encode_steps([[past, step] for step in sets])))
         assert torch.exp(-(pair_nll - past_nll).double()).sum().item() == pytest.approx(1.0, abs=1e-5)
     # nll_per_step is that NLL per step, and the distribution is far from uniform (the check has teeth).
     assert model.nll_per_step([[past, sets[3]]]) == pytest.approx(pair_nll[3].item() / 2, rel=1e-5)
     assert first_nll.max() - first_nll.min() > 1.0
     with pytest.raises(DataError, match="pitches"):
-        model.encode_chorales([[[60, 61, 62, 63, 64][: max_notes + 1]]])
+        model.encode_steps([[[60, 61, 62, 63, 64][: max_notes + 1]]])
     with pytest.raises(DataError, match="piece 1 step 0"):
-        model.encode_chorales([[[60]], [[59]]])
+        model.encode_steps([[[60]], [[59]]])
 
 
 def test_training_overfits_far_below_uniform():

@@ -7,11 +7,13 @@ import io
 import json
 import math
 import time
+from dataclasses import replace
 
 import boto3
 import mido
 import numpy as np
 import pretty_midi
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile
@@ -22,7 +24,7 @@ from encore.composer import checks as C
 from encore.composer import midi as M
 from encore.composer.compose import BUNDLE_FILE, DEFAULT_SAMPLING, ComposerBundle, CompositionError
 from encore.composer.corpus import corpus_files, parse_corpus_file, style_program
-from encore.composer.data import load_corpus, read_pieces, split_of
+from encore.composer.data import PIECE_SCHEMA, load_corpus, piece_row, read_pieces, row_piece, split_of
 from encore.composer.service import (
     PRIMER_LIMITS,
     CompositionRequestError,
@@ -31,6 +33,7 @@ from encore.composer.service import (
     compose_answer,
 )
 from encore.core import fs
+from encore.core.keys import MODES, find_key, key_name, parse_key
 from encore.store import ModelStore
 
 # Held notes, a rest in the middle, a chord change under a held top voice, a lone low note at the end.
@@ -172,17 +175,28 @@ def test_musical_checks_known_answers():
     assert compared["in_key"]["generated"] == 1.0
     with pytest.raises(ValueError, match="nothing sounds"):
         C.statistics([[[], []]])
-    assert C.parse_key("f# minor") == (6, "minor") and C.parse_key("Bb major") == (10, "major")
+
+
+def test_keys_are_spelled_by_their_signature_and_an_even_spread_has_none():
+    assert [key_name(tonic, "major") for tonic in (1, 6, 8, 10)] == ["Db major", "F# major", "Ab major", "Bb major"]
+    assert [key_name(tonic, "minor") for tonic in (1, 3, 8, 10)] == ["C# minor", "Eb minor", "G# minor", "Bb minor"]
+    assert all(parse_key(key_name(tonic, mode)) == (tonic, mode) for tonic in range(12) for mode in MODES)
+    assert parse_key("f# minor") == (6, "minor") and parse_key("D# minor") == parse_key("Eb minor") == (3, "minor")
     with pytest.raises(ValueError, match="not a key"):
-        C.parse_key("H major")
+        parse_key("H major")
+    assert find_key(np.zeros(12)) is None and find_key(np.ones(12)) is None
+    assert C.estimate_key([[], []]) is None and C.estimate_key([list(range(60, 72))]) is None
+    assert math.isnan(C.statistics([[list(range(60, 72))]])["in_key"])  # no key, so no share in it
 
 
 def test_music21_corpus_gives_labelled_pieces():
     files = corpus_files(["bach"], limit=3)
     assert len(files) == 3 and all(source.startswith("music21:bach/") and style == "bach" for source, style in files)
     (piece,) = parse_corpus_file("music21:bach/bwv66.6.mxl", step_beats=0.5)
-    assert piece["meter"] == (4, 4) and piece["key"] == (6, "minor")  # the chorale is in F# minor
-    assert 60 < len(piece["steps"]) < 100 and max(map(len, piece["steps"])) == 4
+    assert piece.meter == (4, 4) and piece.key == (6, "minor")  # the chorale is in F# minor
+    assert 60 < len(piece.steps) < 100 and max(map(len, piece.steps)) == 4
+    assert piece.source == "music21:bach/bwv66.6.mxl" and piece.step_beats == 0.5
+    assert row_piece(piece_row(piece)) == piece  # as the prepared table holds it
     with pytest.raises(DataError, match="unknown music21 corpus style.*known: bach"):
         corpus_files(["bach", "grunge"])
 
@@ -417,8 +431,6 @@ def _upload_midi_folder(bucket: str) -> dict[str, list[list[int]]]:
 
 
 def test_prepare_job_reports_bad_files_and_trains_a_conditioned_composer(ray_local, s3_bucket, tmp_path):
-    import pandas as pd
-
     from jobs.evaluate_composer import evaluate_version, markdown_table
     from jobs.prepare_music import main as prepare
     from jobs.train_composer import train_composer
@@ -429,8 +441,9 @@ def test_prepare_job_reports_bad_files_and_trains_a_conditioned_composer(ray_loc
     assert (summary["files"], summary["files_read"], summary["errors"], summary["pieces"]) == (5, 3, 2, 3)
     assert summary["pieces_per_style"] == {"folk": 2, "jazz": 1}
     pieces = read_pieces(output)
-    assert {row.source: row.steps for row in pieces.itertuples()} == good
-    assert pieces.set_index("source").loc[f"s3://{s3_bucket}/midi/jazz/ballad.mid", "meter"] == "4/4"
+    assert {piece.source: piece.steps for piece in pieces} == good
+    ballad = next(piece for piece in pieces if piece.source == f"s3://{s3_bucket}/midi/jazz/ballad.mid")
+    assert ballad.meter == (4, 4) and ballad.style == "jazz" and ballad.title == "ballad"
     filesystem, path = fs.resolve(summary["errors_uri"])
     errors = pq.read_table(path, filesystem=filesystem)
     reasons = dict(zip(errors["source"].to_pylist(), errors["reason"].to_pylist()))
@@ -442,10 +455,13 @@ def test_prepare_job_reports_bad_files_and_trains_a_conditioned_composer(ray_loc
     # they leave out the bucket's random name: the same three splits on every run).
     local = tmp_path / "prepared"
     local.mkdir()
-    names = pieces["source"].str.removeprefix(f"s3://{s3_bucket}/")
-    many = pd.concat([pieces.assign(source=names + f"#{copy}") for copy in range(12)], ignore_index=True)
-    many.to_parquet(local / "pieces.parquet")
-    assert {split_of(source, 0) for source in many["source"]} == {"train", "valid", "test"}
+    many = [
+        replace(piece, source=piece.source.removeprefix(f"s3://{s3_bucket}/") + f"#{copy}")
+        for copy in range(12)
+        for piece in pieces
+    ]
+    pq.write_table(pa.Table.from_pylist([piece_row(piece) for piece in many], PIECE_SCHEMA), local / "pieces.parquet")
+    assert {split_of(piece.source, 0) for piece in many} == {"train", "valid", "test"}
     corpus = load_corpus(str(local), max_steps=16, max_notes=4)
     assert corpus.styles == ["folk", "jazz"] and corpus.default_style == "folk"
     assert all(len(window) <= 16 for windows in corpus.steps.values() for window in windows)

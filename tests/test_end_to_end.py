@@ -602,8 +602,8 @@ def _publish_tiny_composer(store_uri: str) -> str:
     from encore.store import ModelStore
 
     pieces = [parse_corpus_file(f"music21:bach/{name}.mxl", 0.5)[0] for name in ("bwv66.6", "bwv269")]
-    steps = [piece["steps"][:48] for piece in pieces]
-    conditions = [conditioning_tokens(0, piece["key"], 100.0, piece["meter"]) for piece in pieces]
+    steps = [piece.steps[:48] for piece in pieces]
+    conditions = [conditioning_tokens(0, piece.key, 100.0, piece.meter) for piece in pieces]
     torch.manual_seed(0)
     model = Composer(ComposerConfig(n_layer=1, n_head=2, d_model=32, d_ff=64, dropout=0.0, max_steps=64, max_notes=4))
     state = fit(model, steps, steps, TrainConfig(epochs=6, batch_size=2, lr=1e-2, warmup_steps=2),

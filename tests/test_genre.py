@@ -2,6 +2,9 @@
 
 import hashlib
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -11,8 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from encore.audio.schema import GTZAN_FEATURES
 from encore.audio.vectors import FeatureScaler
-from encore.genre import classifier as genre
+from encore.genre.classifier import GenreClassifier, evaluate
+from encore.genre.data import SPLIT_FILE, SPLITS, data_dir, load_splits, load_table, preprocessing, split_table
 
 # The extraction workers and the Serve replicas keep librosa's numba cache here (see test_audio_features).
 _NUMBA_CACHE = tempfile.TemporaryDirectory(prefix="encore-test-numba-")
@@ -25,13 +30,34 @@ SMALL = {"members": 2, "epochs": 20}  # a few seconds to fit, still far above ch
 
 @pytest.fixture(scope="module")
 def parts() -> dict[str, pd.DataFrame]:
-    return genre.split_table(genre.load_table(), genre.load_splits())
+    return split_table(load_table(), load_splits())
 
 
 def test_bundled_files_are_the_published_ones():
-    for line in (genre.DATA_DIR / "SHA256SUMS").read_text().splitlines():
+    for line in (data_dir() / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split()
-        assert hashlib.sha256((genre.DATA_DIR / name).read_bytes()).hexdigest() == digest, name
+        assert hashlib.sha256((data_dir() / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_an_installed_package_finds_the_data_by_its_variable_or_says_how(tmp_path):
+    """As in a non-editable install (the Docker image): the package without the repository around it."""
+    site = tmp_path / "site-packages"
+    shutil.copytree(REPO / "src" / "encore", site / "encore", ignore=shutil.ignore_patterns("__pycache__"))
+    script = "from encore.genre.data import load_splits as s, load_table as t; print(len(t()), len(s()['test']))"
+
+    def run(**variables):
+        environment = {key: value for key, value in os.environ.items() if key != "ENCORE_GTZAN_DIR"}
+        environment.update(PYTHONPATH=str(site), **variables)
+        return subprocess.run(
+            [sys.executable, "-c", script], cwd=tmp_path, env=environment, capture_output=True, text=True
+        )
+
+    found = run(ENCORE_GTZAN_DIR=str(data_dir()))
+    assert found.returncode == 0 and found.stdout.split() == ["1000", "290"], found.stderr
+    missing = run()
+    assert missing.returncode != 0 and "set ENCORE_GTZAN_DIR" in missing.stderr
+    wrong = run(ENCORE_GTZAN_DIR=str(tmp_path))
+    assert wrong.returncode != 0 and f"ENCORE_GTZAN_DIR={tmp_path}: no features_30_sec.csv" in wrong.stderr
 
 
 def test_split_is_disjoint_and_identical_audio_never_straddles_it(parts):
@@ -42,39 +68,39 @@ def test_split_is_disjoint_and_identical_audio_never_straddles_it(parts):
     names = [set(frame["filename"]) for frame in parts.values()]
     assert all(not (a & b) for i, a in enumerate(names) for b in names[i + 1 :])
     used = pd.concat(parts.values())
-    assert not used.duplicated(subset=list(genre.GTZAN_FEATURES)).any()
+    assert not used.duplicated(subset=list(GTZAN_FEATURES)).any()
     # ...while the whole table does hold such repetitions, which random folds put on both sides.
-    table = genre.load_table()
-    assert table.duplicated(subset=list(genre.GTZAN_FEATURES)).sum() == 14
+    table = load_table()
+    assert table.duplicated(subset=list(GTZAN_FEATURES)).sum() == 14
     assert set(used["label"]) == set(table["label"]) and len(set(table["label"])) == 10
 
 
 def test_bad_split_and_table_files_are_named(tmp_path):
     (tmp_path / "splits").mkdir()
-    for part in genre.SPLITS:
-        (tmp_path / genre.SPLIT_FILE.format(part)).write_text("blues/blues.00001.wav\n")
+    for part in SPLITS:
+        (tmp_path / SPLIT_FILE.format(part)).write_text("blues/blues.00001.wav\n")
     with pytest.raises(ValueError, match=r"valid\.txt, line 1: blues\.00001\.wav is also in the train split"):
-        genre.load_splits(tmp_path)
-    (tmp_path / genre.SPLIT_FILE.format("test")).write_text("blues.00002.wav\n")
-    (tmp_path / genre.SPLIT_FILE.format("valid")).write_text("")
+        load_splits(tmp_path)
+    (tmp_path / SPLIT_FILE.format("test")).write_text("blues.00002.wav\n")
+    (tmp_path / SPLIT_FILE.format("valid")).write_text("")
     with pytest.raises(ValueError, match=r"test\.txt, line 1: expected 'genre/genre\.NNNNN\.wav'"):
-        genre.load_splits(tmp_path)
+        load_splits(tmp_path)
 
-    table = genre.load_table()
+    table = load_table()
     with pytest.raises(ValueError, match="the train split names 1 file"):
-        genre.split_table(table, {"train": ["jazz.99999.wav"]})
+        split_table(table, {"train": ["jazz.99999.wav"]})
     broken = table.copy()
     broken.loc[7, "mfcc3_var"] = np.nan
     broken.to_csv(tmp_path / "broken.csv", index=False)
     with pytest.raises(ValueError, match=r"broken\.csv: row 7 has nan in mfcc3_var"):
-        genre.load_table(tmp_path / "broken.csv")
+        load_table(tmp_path / "broken.csv")
 
 
 def test_metrics_known_answers():
     classes = ["a", "b", "c"]
     labels = ["a", "a", "b", "b", "c"]
     probabilities = np.array([[0.9, 0.1, 0], [0.2, 0.7, 0.1], [0, 1, 0], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
-    metrics = genre.evaluate(labels, probabilities, classes, bootstrap=200)
+    metrics = evaluate(labels, probabilities, classes, bootstrap=200)
     assert metrics["accuracy"] == pytest.approx(0.8)
     assert metrics["per_genre"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
     assert metrics["per_genre"]["b"]["precision"] == pytest.approx(2 / 3)
@@ -85,10 +111,10 @@ def test_metrics_known_answers():
     low, high = metrics["accuracy_ci"]
     assert 0 <= low <= 0.8 <= high <= 1
 
-    perfect = genre.evaluate(labels, np.eye(3)[[0, 0, 1, 1, 2]], classes)
+    perfect = evaluate(labels, np.eye(3)[[0, 0, 1, 1, 2]], classes)
     assert perfect["accuracy_ci"] == perfect["macro_f1_ci"] == [1.0, 1.0]
     with pytest.raises(ValueError, match="labels the model does not know: \\['d'\\]"):
-        genre.evaluate(["d"], np.array([[1, 0, 0]]), classes)
+        evaluate(["d"], np.array([[1, 0, 0]]), classes)
 
 
 def test_scaler_logs_positive_columns_and_clips_below_the_training_range():
@@ -103,14 +129,14 @@ def test_scaler_logs_positive_columns_and_clips_below_the_training_range():
 
 def test_fit_predict_save_load_round_trip(parts, tmp_path):
     train, valid = parts["train"], parts["valid"]
-    model = genre.GenreClassifier(**SMALL).fit(train, train["label"])
+    model = GenreClassifier(**SMALL).fit(train, train["label"])
     probabilities = model.predict_proba(valid)
     assert probabilities.shape == (len(valid), 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
     assert np.mean(model.predict(valid) == valid["label"]) > 0.3  # chance is 0.1
 
     model.save(tmp_path / "model")
-    again = genre.GenreClassifier.load(tmp_path / "model")
+    again = GenreClassifier.load(tmp_path / "model")
     np.testing.assert_array_equal(again.predict_proba(valid), probabilities)
     assert again.get_params() == model.get_params()
     track = again.predict_track(valid.head(3))
@@ -118,10 +144,10 @@ def test_fit_predict_save_load_round_trip(parts, tmp_path):
     assert track["blues"] == pytest.approx(probabilities[:3, 0].mean())
 
     # Same seed, same model: a search compares configurations, not luck.
-    twin = genre.GenreClassifier(**SMALL).fit(train, train["label"])
+    twin = GenreClassifier(**SMALL).fit(train, train["label"])
     np.testing.assert_array_equal(twin.predict_proba(valid), probabilities)
     with pytest.raises(ValueError, match="training features: missing feature column\\(s\\) tempo"):
-        genre.GenreClassifier(**SMALL).fit(train.drop(columns="tempo"), train["label"])
+        GenreClassifier(**SMALL).fit(train.drop(columns="tempo"), train["label"])
 
 
 def test_windows_of_a_track():
@@ -134,7 +160,7 @@ def test_windows_of_a_track():
     assert len(analyse_windows(DecodedAudio(tone, rate, rate, 1, 2.5), seconds=1.0).windows) == 2
     # ...and a track shorter than one window is one window, the whole track.
     short = analyse_windows(DecodedAudio(tone[: rate // 2], rate, rate, 1, 0.5), seconds=1.0)
-    assert len(short.windows) == 1 and list(short.windows[0]) == list(genre.GTZAN_FEATURES)
+    assert len(short.windows) == 1 and list(short.windows[0]) == list(GTZAN_FEATURES)
     # The key and pitch classes of a 440 Hz tone: A sounds loudest, in a key on A.
     assert short.pitch_classes.index(max(short.pitch_classes)) == 9 and short.key.startswith("A ")
 
@@ -143,7 +169,7 @@ def test_windows_are_whole_30_second_segments_or_the_whole_short_track():
     from jobs.classify import windows_of_tracks
 
     def rows(paths, value):
-        return pd.DataFrame({"path": paths, **dict.fromkeys(genre.GTZAN_FEATURES, value)})
+        return pd.DataFrame({"path": paths, **dict.fromkeys(GTZAN_FEATURES, value)})
 
     tracks = rows(["long.wav", "short.wav"], 1.0)
     # Segments of a file outside this input (an earlier run into the same folder) are left out.
@@ -197,7 +223,7 @@ def test_training_job_stores_an_evaluated_genre_model(stored):
         assert sum(map(sum, metrics["confusion"]["matrix"])) == size
         assert set(metrics["per_genre"]) == set(metrics["confusion"]["labels"])
     assert manifest.config["params"]["members"] == 2
-    assert manifest.preprocessing == genre.preprocessing()
+    assert manifest.preprocessing == preprocessing()
     assert {"config.json", "state.pt"} == set(manifest.files)
 
 
@@ -216,7 +242,7 @@ def test_search_selects_on_validation_and_stores_the_best(ray_local, tmp_path):
     assert outcome["best_config"] == best["config"]
     manifest = ModelStore(tmp_path / "store").show("tuned-genre")
     assert manifest.version == outcome["version"] and manifest.kind == "genre"
-    assert manifest.config["params"] == {**genre.GenreClassifier().get_params(), **best["config"]}
+    assert manifest.config["params"] == {**GenreClassifier().get_params(), **best["config"]}
     assert manifest.config["tuning"]["trials"] == 2
     assert manifest.config["tuning"]["best_validation"]["log_loss"] == pytest.approx(best["log_loss"])
     assert manifest.metrics["validation"]["accuracy"] == pytest.approx(best["accuracy"])

@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from encore.genre import classifier as genre
+from encore.genre.data import load_table
 from encore.soundalike.index import SoundalikeIndex, UnknownTrackError
 
 
 @pytest.fixture(scope="module")
 def tracks() -> pd.DataFrame:
     """The GTZAN table dressed as an extraction job's track table (each clip its own 'file')."""
-    table = genre.load_table()
+    table = load_table()
     return table.assign(
         path=[f"s3://music/{genre}/{name}" for genre, name in zip(table["label"], table["filename"])],
         sha256=[hashlib.sha256(name.encode()).hexdigest() for name in table["filename"]],

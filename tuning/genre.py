@@ -14,8 +14,8 @@ import logging
 from encore.core import fs
 from encore.core.runtime import init_ray, setup_logging, user_errors
 from encore.core.search import fixed_settings
-from encore.genre import classifier as genre
-from encore.genre import search as genre_tuning
+from encore.genre.data import load_splits, load_table, split_table
+from encore.genre.search import SELECTION_METRIC, SELECTION_MODE, search
 from jobs.train_genre import train
 
 logger = logging.getLogger("encore.recsys.search")
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging()
     init_ray()
     with user_errors():
-        parts = genre.split_table(genre.load_table(), genre.load_splits())
-        results = genre_tuning.search(
+        parts = split_table(load_table(), load_splits())
+        results = search(
             "encore",
             parts,
             args.results or fs.join(fs.absolute(args.store), "tune"),
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
             ["genre-latest", args.alias],
             tuning={
                 "trials": len(results),
-                "metric": f"validation {genre_tuning.SELECTION_METRIC} ({genre_tuning.SELECTION_MODE})",
+                "metric": f"validation {SELECTION_METRIC} ({SELECTION_MODE})",
                 "best_validation": {name: best.metrics[name] for name in ("log_loss", "accuracy", "macro_f1")},
                 "seed": args.seed,
                 "results": results.experiment_path,

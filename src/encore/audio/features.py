@@ -24,15 +24,11 @@ import numpy as np
 import soundfile as sf
 
 from encore.audio import NO_LIMITS, AudioDecodeError, AudioLimits
-from encore.audio.schema import GTZAN_FEATURES, N_MFCC, PITCH_CLASSES, SAMPLE_RATE, SEGMENT_SECONDS, WINDOW_SECONDS
+from encore.audio.schema import GTZAN_FEATURES, N_MFCC, SAMPLE_RATE, SEGMENT_SECONDS, WINDOW_SECONDS
+from encore.core.keys import find_key
 
 MIN_SECONDS = 0.5  # below this, tempo and beats mean nothing and most features are one frame
 SILENCE_DBFS = -80.0  # a peak below this is silence or dither, not audio
-
-# Krumhansl and Kessler (1982) probe-tone profiles, from C; Krumhansl's key-finding algorithm
-# correlates a pitch-class distribution with the 24 rotations of these.
-MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 
 # libsndfile's header log says "data : 88200 (should be 44078)" when a chunk runs past the end.
 _SHORT_CHUNK = re.compile(r"(?:data|Data Size|SSND)\s*:\s*(\d+) \(should be (\d+)\)")
@@ -210,22 +206,10 @@ def gtzan_features(y: np.ndarray, sr: int = SAMPLE_RATE) -> dict[str, float]:
 
 
 def estimate_key(chroma: np.ndarray) -> tuple[str, float]:
-    """Krumhansl–Schmuckler key estimate from a chromagram (12 x frames, C first).
-
-    Returns the key name ("A minor") and the Pearson correlation of the clip's pitch-class
-    distribution with that key's profile (the highest of the 24); ``("", nan)`` when every pitch
-    class weighs the same.
-    """
-    profile = chroma.sum(axis=1)
-    if np.ptp(profile) == 0:
-        return "", float("nan")
-    best_name, best_r = "", -np.inf
-    for mode, template in (("major", MAJOR_PROFILE), ("minor", MINOR_PROFILE)):
-        for tonic, name in enumerate(PITCH_CLASSES):
-            r = float(np.corrcoef(profile, np.roll(template, tonic))[0, 1])
-            if r > best_r:
-                best_name, best_r = f"{name} {mode}", r
-    return best_name, best_r
+    """The key of a chromagram (12 x frames, C first) by :func:`encore.core.keys.find_key`, and its
+    correlation; ``("", nan)`` when every pitch class weighs the same."""
+    found = find_key(chroma.sum(axis=1))
+    return ("", float("nan")) if found is None else (found.name, found.correlation)
 
 
 def segments(y: np.ndarray, sr: int, seconds: float = SEGMENT_SECONDS) -> list[np.ndarray]:

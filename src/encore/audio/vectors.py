@@ -1,8 +1,8 @@
 """GTZAN feature columns as model inputs: the matrix of a table, and its log-and-standardise scaling.
 
 The variances of the GTZAN schema span several orders of magnitude across tracks (``rms_var`` from
-1e-6 to 1e-1) and are skewed; their logarithms are close to normal, and on the artist-disjoint GTZAN
-split a logistic regression gains about 8 points of accuracy from that change alone. The genre
+1e-6 to 1e-1) and are skewed; their logarithms are close to normal, and a classifier gains much
+from that change alone (``benchmarks/RESULTS.md``, "Genre"). The genre
 classifier and the sound-alike index both use this scaling.
 """
 

@@ -1,6 +1,7 @@
 """Composition: a transformer over time steps of sounding pitches, trained on Ray Train.
 
-:mod:`~encore.composer.tokens` holds the vocabulary and the JSB Chorales loader,
+:mod:`~encore.composer.tokens` holds the vocabulary, :class:`Piece` (music with its labels, the one
+form it takes between MIDI in and out) and the JSB Chorales loader,
 :mod:`~encore.composer.model` the model with its exact likelihood and sampling,
 :mod:`~encore.composer.train` the training loop that ``jobs/train_composer.py`` runs on Ray Train,
 and :mod:`~encore.composer.search` its Ray Tune search. Music in and out:
@@ -12,7 +13,7 @@ the training corpus made of them) and :mod:`~encore.composer.checks` (musical ch
 """
 
 from encore.composer.model import Composer, ComposerConfig
-from encore.composer.tokens import TOKENIZER_VERSION, DataError, decode, encode, load_jsb
+from encore.composer.tokens import TOKENIZER_VERSION, DataError, Piece, decode, encode, load_jsb
 from encore.composer.train import TrainConfig, fit
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Composer",
     "ComposerConfig",
     "DataError",
+    "Piece",
     "TrainConfig",
     "decode",
     "encode",

@@ -9,40 +9,22 @@ half note weighs twice a quarter note, as it does to the ear.
 - notes per step: the mean number of pitches sounding in a step, rests included;
 - pitch range: per piece, highest minus lowest pitch in semitones, averaged over pieces;
 - in key: the share of note-steps whose pitch class belongs to the key (:func:`tokens.key_pitch_classes`),
-  the piece's requested key if given, else the key :func:`estimate_key` finds in it;
+  the piece's requested key if given, else the key :func:`estimate_key` finds in it (a piece in
+  which every pitch class sounds as often has none and is left out);
 - empty steps: the share of steps in which nothing sounds.
 
-:func:`estimate_key` is the Krumhansl-Schmuckler method: the key whose profile (Krumhansl and
-Kessler 1982) correlates best with the piece's pitch-class durations.
+:func:`estimate_key` is :func:`encore.core.keys.find_key` over the piece's note-steps per pitch class.
 """
 
 from collections.abc import Sequence
 
 import numpy as np
 
-from encore.composer.tokens import MODES, Chorale, key_pitch_classes
-
-# Krumhansl & Kessler (1982) probe-tone ratings, tonic first.
-MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
-PITCH_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+from encore.composer.tokens import Steps, key_pitch_classes
+from encore.core.keys import find_key
 
 
-def key_name(tonic: int, mode: str) -> str:
-    return f"{PITCH_NAMES[tonic % 12]} {mode}"
-
-
-def parse_key(name: str) -> tuple[int, str]:
-    """``"C major"``, ``"F# minor"``, ``"Bb major"`` (also ``"c#"``-style lower case) as (tonic, mode)."""
-    tonic_name, _, mode = name.strip().partition(" ")
-    spellings = {spelled.lower(): index for index, spelled in enumerate(PITCH_NAMES)}
-    spellings.update({"db": 1, "d#": 3, "gb": 6, "g#": 8, "a#": 10, "cb": 11, "e#": 5, "fb": 4, "b#": 0})
-    if tonic_name.lower() not in spellings or mode not in MODES:
-        raise ValueError(f"{name!r} is not a key: write a tonic and a mode, as in 'C major' or 'F# minor'")
-    return spellings[tonic_name.lower()], mode
-
-
-def pitch_class_counts(pieces: Sequence[Chorale]) -> np.ndarray:
+def pitch_class_counts(pieces: Sequence[Steps]) -> np.ndarray:
     counts = np.zeros(12)
     for piece in pieces:
         for step in piece:
@@ -51,7 +33,7 @@ def pitch_class_counts(pieces: Sequence[Chorale]) -> np.ndarray:
     return counts
 
 
-def pitch_class_histogram(pieces: Sequence[Chorale]) -> np.ndarray:
+def pitch_class_histogram(pieces: Sequence[Steps]) -> np.ndarray:
     """Share of note-steps on each pitch class (C first); all zeros if nothing sounds."""
     counts = pitch_class_counts(pieces)
     return counts / counts.sum() if counts.sum() else counts
@@ -62,28 +44,21 @@ def histogram_distance(first: np.ndarray, second: np.ndarray) -> float:
     return float(0.5 * np.abs(first - second).sum())
 
 
-def estimate_key(piece: Chorale) -> tuple[int, str]:
-    """The likeliest key of ``piece`` as (tonic pitch class, "major" | "minor"); C major when silent."""
-    counts = pitch_class_counts([piece])
-    if not counts.any() or np.all(counts == counts[0]):
-        return 0, "major"
-    best, best_score = (0, "major"), -np.inf
-    for mode, profile in zip(MODES, (MAJOR_PROFILE, MINOR_PROFILE)):
-        for tonic in range(12):
-            score = np.corrcoef(counts, np.roll(profile, tonic))[0, 1]
-            if score > best_score:
-                best, best_score = (tonic, mode), score
-    return best
+def estimate_key(piece: Steps) -> tuple[int, str] | None:
+    """The likeliest key of ``piece`` as (tonic pitch class, "major" | "minor"); None when every pitch
+    class sounds as often (nothing sounds, for one)."""
+    found = find_key(pitch_class_counts([piece]))
+    return None if found is None else (found.tonic, found.mode)
 
 
-def in_key_share(piece: Chorale, tonic: int, mode: str) -> float:
+def in_key_share(piece: Steps, tonic: int, mode: str) -> float:
     """Share of ``piece``'s note-steps in the key; NaN if nothing sounds."""
     allowed = key_pitch_classes(tonic, mode)
     pitches = [pitch for step in piece for pitch in step]
     return sum(pitch % 12 in allowed for pitch in pitches) / len(pitches) if pitches else float("nan")
 
 
-def statistics(pieces: Sequence[Chorale], keys: Sequence[tuple[int, str] | None] | None = None) -> dict:
+def statistics(pieces: Sequence[Steps], keys: Sequence[tuple[int, str] | None] | None = None) -> dict:
     """The checks of the module docstring over ``pieces`` (``keys[i]`` is piece i's key, or None to estimate it)."""
     pieces = list(pieces)
     keys = keys or [None] * len(pieces)
@@ -92,13 +67,16 @@ def statistics(pieces: Sequence[Chorale], keys: Sequence[tuple[int, str] | None]
         raise ValueError("nothing sounds in these pieces: no checks to make")
     steps = [step for piece in pieces for step in piece]
     pitches = [[pitch for step in piece for pitch in step] for piece, _ in sounding]
-    in_key = [in_key_share(piece, *(key or estimate_key(piece))) for piece, key in sounding]
+    keyed = [(piece, key or estimate_key(piece)) for piece, key in sounding]
+    keyed = [(piece, key) for piece, key in keyed if key is not None]
+    in_key = [in_key_share(piece, *key) for piece, key in keyed]
+    in_key_weights = [sum(map(len, piece)) for piece, _ in keyed]
     return {
         "pieces": len(pieces),
         "steps": len(steps),
         "notes_per_step": sum(map(len, steps)) / len(steps),
         "pitch_range": float(np.mean([max(notes) - min(notes) for notes in pitches])),
-        "in_key": float(np.average(in_key, weights=list(map(len, pitches)))),
+        "in_key": float(np.average(in_key, weights=in_key_weights)) if keyed else float("nan"),
         "empty_steps": sum(not step for step in steps) / len(steps),
         "pitch_class_histogram": pitch_class_histogram(pieces).tolist(),
     }

@@ -23,12 +23,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from encore.composer.checks import key_name, parse_key
 from encore.composer.corpus import style_program
 from encore.composer.data import parse_meter, thin
 from encore.composer.model import Composer
-from encore.composer.tokens import TOKENIZER_VERSION, Chorale, conditioning_tokens, decode, encode, key_pitch_classes
+from encore.composer.tokens import TOKENIZER_VERSION, Steps, conditioning_tokens, decode, encode, key_pitch_classes
 from encore.core.errors import InputError
+from encore.core.keys import key_name, parse_key
 
 BUNDLE_FILE = "composer.json"
 #: Sampling of a bundle that records none: the model's own distribution.
@@ -45,7 +45,7 @@ class CompositionError(InputError, ValueError):
 
 @dataclass
 class Composition:
-    steps: Chorale  # the primer's steps, then the new ones
+    steps: Steps  # the primer's steps, then the new ones
     settings: dict  # everything that decided the music, so it can be asked for again
 
 
@@ -112,7 +112,7 @@ class ComposerBundle:
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int = 0,
-        primer: Chorale | None = None,
+        primer: Steps | None = None,
         constrain_to_key: bool = False,
         time_budget_s: float | None = None,
         max_seconds: float | None = None,

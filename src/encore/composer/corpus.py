@@ -19,7 +19,7 @@ from pathlib import Path
 
 from encore.composer.checks import estimate_key
 from encore.composer.midi import CHOIR_AAHS, CHURCH_ORGAN, FLUTE, PIANO, STRING_ENSEMBLE, VIOLIN, notes_to_steps
-from encore.composer.tokens import DataError
+from encore.composer.tokens import DataError, Piece
 
 CORPUS_PREFIX = "music21:"
 TERMS = (
@@ -83,11 +83,10 @@ def corpus_files(styles: list[str], limit: int | None = None) -> list[tuple[str,
     return chosen
 
 
-def parse_corpus_file(source: str, step_beats: float) -> list[dict]:
-    """The pieces of one corpus file (an ABC file may hold hundreds of tunes) as dicts with ``piece``
-    (index in the file), ``title``, ``key`` (tonic, mode) estimated from the notes, ``tempo`` (quarter
-    notes per minute, None if the file has no metronome mark), ``meter`` ((numerator, denominator) or
-    None) and ``steps``. Raises :class:`DataError` naming the file if music21 cannot read it."""
+def parse_corpus_file(source: str, step_beats: float) -> list[Piece]:
+    """The pieces of one corpus file (an ABC file may hold hundreds of tunes), each with its title, the
+    key estimated from its notes, its tempo (None without a metronome mark) and meter (None without a
+    time signature). Raises :class:`DataError` naming the file if music21 cannot read it."""
     import music21
 
     path = corpus_root() / source.removeprefix(CORPUS_PREFIX)
@@ -110,14 +109,16 @@ def parse_corpus_file(source: str, step_beats: float) -> list[dict]:
         signature = score.recurse().getElementsByClass(music21.meter.TimeSignature).first()
         title = (score.metadata.title if score.metadata else None) or f"{Path(source).stem} {index + 1}"
         pieces.append(
-            {
-                "piece": index,
-                "title": title,
-                "key": estimate_key(steps),
-                "tempo": mark.getQuarterBPM() if mark is not None and mark.number else None,
-                "meter": (signature.numerator, signature.denominator) if signature is not None else None,
-                "steps": steps,
-            }
+            Piece(
+                steps,
+                step_beats,
+                source=source,
+                index=index,
+                title=title,
+                key=estimate_key(steps),
+                tempo=mark.getQuarterBPM() if mark is not None and mark.number else None,
+                meter=(signature.numerator, signature.denominator) if signature is not None else None,
+            )
         )
     if not pieces:
         raise DataError(f"{source}: holds no notes")

@@ -3,9 +3,10 @@
 ``pieces.parquet`` has one row per piece: ``source`` (the file, or ``music21:<path>`` in the music21
 corpus), ``piece`` (its index in the file), ``title``, ``style`` ("" when unknown), ``key`` (e.g.
 "F# minor"), ``tempo`` (quarter notes per minute, NaN when unknown), ``meter`` (e.g. "3/4", ""
-when unknown), ``step_beats`` and ``steps`` (the pitches of each step). Steps rather than tokens:
-which style slot a style name gets is decided by the model trained on the table (its styles,
-sorted), and the tokens follow from steps and labels by :func:`encode_piece`.
+when unknown), ``step_beats`` and ``steps`` (the pitches of each step): a
+:class:`~encore.composer.tokens.Piece` a row (:func:`piece_row`, :func:`read_pieces`). Steps rather
+than tokens: which style slot a style name gets is decided by the model trained on the table (its
+styles, sorted), and the tokens follow from steps and labels by :meth:`Piece.conditions`.
 
 The split is by piece and depends on nothing but the source name and index: a hash puts 10% of
 the pieces in valid and 10% in test, the same on every machine and run.
@@ -13,17 +14,15 @@ the pieces in valid and 10% in test, the same on every machine and run.
 
 import hashlib
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from encore.composer.checks import parse_key
 from encore.composer.corpus import CORPUS_PREFIX, TERMS
-from encore.composer.tokens import N_STYLES, Chorale, DataError, conditioning_tokens, load_jsb
+from encore.composer.tokens import N_STYLES, DataError, Piece, Steps, load_jsb
 from encore.core import fs
+from encore.core.keys import key_name, parse_key
 
 PIECES_FILE = "pieces.parquet"
 ERRORS_FILE = "errors.parquet"
@@ -60,8 +59,39 @@ def parse_meter(text: str) -> tuple[int, int] | None:
     return int(numerator), int(denominator)
 
 
-def read_pieces(uri: str) -> pd.DataFrame:
-    """``pieces.parquet`` under ``uri`` (a prepared folder or prefix), checked for one step length."""
+def piece_row(piece: Piece) -> dict:
+    """The row of ``pieces.parquet`` that holds ``piece``."""
+    return {
+        "source": piece.source,
+        "piece": piece.index,
+        "title": piece.title,
+        "style": piece.style or "",
+        "key": key_name(*piece.key) if piece.key else "",
+        "tempo": float("nan") if piece.tempo is None else float(piece.tempo),
+        "meter": f"{piece.meter[0]}/{piece.meter[1]}" if piece.meter else "",
+        "step_beats": piece.step_beats,
+        "n_steps": len(piece.steps),
+        "steps": piece.steps,
+    }
+
+
+def row_piece(row: dict) -> Piece:
+    """The piece a row of ``pieces.parquet`` holds."""
+    return Piece(
+        [list(map(int, step)) for step in row["steps"]],
+        float(row["step_beats"]),
+        source=row["source"],
+        index=int(row["piece"]),
+        title=row["title"],
+        style=row["style"] or None,
+        key=parse_key(row["key"]) if row["key"] else None,
+        tempo=None if math.isnan(row["tempo"]) else float(row["tempo"]),
+        meter=parse_meter(row["meter"]),
+    )
+
+
+def read_pieces(uri: str) -> list[Piece]:
+    """The pieces of ``pieces.parquet`` under ``uri`` (a prepared folder or prefix), checked for one step length."""
     path = fs.join(fs.absolute(uri), PIECES_FILE)
     if not fs.exists(path):
         raise FileNotFoundError(f"{path}: no such file; prepare it with jobs.prepare_music")
@@ -70,23 +100,13 @@ def read_pieces(uri: str) -> pd.DataFrame:
     missing = set(PIECE_SCHEMA.names) - set(table.column_names)
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-    frame = table.select(PIECE_SCHEMA.names).to_pandas()
-    if frame.empty:
+    rows = table.select(PIECE_SCHEMA.names).to_pylist()
+    if not rows:
         raise DataError(f"{path}: holds no pieces")
-    if frame["step_beats"].nunique() != 1:
-        raise DataError(f"{path}: pieces of several step lengths {sorted(frame['step_beats'].unique())}")
-    frame["steps"] = [[list(map(int, step)) for step in steps] for steps in frame["steps"]]
-    return frame
-
-
-def encode_piece(row, styles: Sequence[str]) -> list[int]:
-    """The conditioning tokens of a piece's labels (a row of ``pieces.parquet``)."""
-    return conditioning_tokens(
-        styles.index(row.style) if row.style else None,
-        parse_key(row.key) if row.key else None,
-        None if math.isnan(row.tempo) else row.tempo,
-        parse_meter(row.meter),
-    )
+    step_lengths = sorted({row["step_beats"] for row in rows})
+    if len(step_lengths) != 1:
+        raise DataError(f"{path}: pieces of several step lengths {step_lengths}")
+    return [row_piece(row) for row in rows]
 
 
 def thin(step: list[int], max_notes: int) -> list[int]:
@@ -98,7 +118,7 @@ def thin(step: list[int], max_notes: int) -> list[int]:
 class Corpus:
     """Training data: steps and conditioning tokens per split, and what a served model must know of them."""
 
-    steps: dict[str, list[Chorale]]
+    steps: dict[str, list[Steps]]
     conditions: dict[str, list[list[int]]] | None  # None: unconditioned (JSB Chorales)
     fingerprint: str
     labels: dict[str, list[dict]] | None = None  # style, key, tempo, meter of each window, as a request gives them
@@ -119,23 +139,24 @@ def load_corpus(data: str, max_steps: int, max_notes: int, min_steps: int = 8) -
         # The quarter-note benchmark's steps are quarter notes.
         return Corpus(splits, None, fingerprint, step_beats=1.0, described={"data": data, "format": "jsb"})
     pieces = read_pieces(data)
-    styles = sorted(style for style in pieces["style"].unique() if style)
+    named = [piece.style for piece in pieces if piece.style]
+    styles = sorted(set(named))
     if len(styles) > N_STYLES:
         raise DataError(f"{data}: {len(styles)} styles; the vocabulary has {N_STYLES} style slots")
     steps, conditions, labels = ({split: [] for split in ("train", "valid", "test")} for _ in range(3))
     thinned = 0
-    for row in pieces.itertuples(index=False):
-        split = split_of(row.source, row.piece)
-        tokens = encode_piece(row, styles)
-        label = {
-            "style": row.style or None,
-            "key": row.key,
-            "tempo": 100.0 if math.isnan(row.tempo) else row.tempo,
-            "meter": row.meter or "4/4",
+    for piece in pieces:
+        split = split_of(piece.source, piece.index)
+        tokens = piece.conditions(styles)
+        label = {  # what is unknown gets the default a request gets
+            "style": piece.style,
+            "key": key_name(*piece.key) if piece.key else "C major",
+            "tempo": 100.0 if piece.tempo is None else piece.tempo,
+            "meter": f"{piece.meter[0]}/{piece.meter[1]}" if piece.meter else "4/4",
         }
-        for begin in range(0, len(row.steps), max_steps):
-            window = row.steps[begin : begin + max_steps]
-            if len(window) < min(min_steps, len(row.steps)):
+        for begin in range(0, len(piece.steps), max_steps):
+            window = piece.steps[begin : begin + max_steps]
+            if len(window) < min(min_steps, len(piece.steps)):
                 continue
             thinned += sum(len(step) > max_notes for step in window)
             steps[split].append([thin(step, max_notes) for step in window])
@@ -144,7 +165,6 @@ def load_corpus(data: str, max_steps: int, max_notes: int, min_steps: int = 8) -
     for split, windows in steps.items():
         if not windows:
             raise DataError(f"{data}: no {split} pieces; {len(pieces)} pieces are too few to split 80/10/10")
-    named = pieces["style"][pieces["style"] != ""]
     described = {
         "data": fs.absolute(data),
         "format": "pieces",
@@ -152,7 +172,7 @@ def load_corpus(data: str, max_steps: int, max_notes: int, min_steps: int = 8) -
         "windows": {split: len(windows) for split, windows in steps.items()},
         "thinned_steps": thinned,  # steps that had more pitches than the model sounds at once
     }
-    if pieces["source"].str.startswith(CORPUS_PREFIX).any():
+    if any(piece.source.startswith(CORPUS_PREFIX) for piece in pieces):
         described["terms"] = TERMS
     fingerprint = "sha256:" + hashlib.sha256(fs.read_bytes(fs.join(fs.absolute(data), PIECES_FILE))).hexdigest()
     return Corpus(
@@ -161,7 +181,7 @@ def load_corpus(data: str, max_steps: int, max_notes: int, min_steps: int = 8) -
         fingerprint,
         labels,
         styles,
-        named.mode().iloc[0] if len(named) else None,
-        float(pieces["step_beats"].iloc[0]),
+        max(styles, key=named.count) if named else None,  # the commonest; of a tie, the first by name
+        pieces[0].step_beats,
         described,
     )

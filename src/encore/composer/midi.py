@@ -1,11 +1,12 @@
 """Pieces to and from MIDI (with pretty_midi), and MIDI to audio.
 
-A piece is a list of time steps, each the set of MIDI pitches sounding in it, and every step lasts
-``step_beats`` quarter notes. Written as MIDI, a pitch that sounds in consecutive steps is one held
-note, so the file reads like music in a DAW. Read from MIDI, note times are taken in beats (ticks
-over the file's resolution, so the tempo map does not matter) and a step holds the pitches that
-sound at its midpoint, plus any note that starts inside it, so short notes are never lost. The two
-directions are exact inverses for pieces: steps -> MIDI -> steps gives the same steps.
+A piece's steps (:class:`~encore.composer.tokens.Piece`) each hold the set of MIDI pitches sounding
+in it, and every step lasts ``step_beats`` quarter notes. Written as MIDI, a pitch that sounds in
+consecutive steps is one held note, so the file reads like music in a DAW. Read from MIDI, note
+times are taken in beats (ticks over the file's resolution, so the tempo map does not matter) and a
+step holds the pitches that sound at its midpoint, plus any note that starts inside it, so short
+notes are never lost. The two directions are exact inverses for pieces: steps -> MIDI -> steps
+gives the same steps.
 
 Reading is bounded before any work that grows with the music: mido's parse of the raw messages (linear
 in the file's bytes) is counted against :class:`MidiLimits` (tracks, events, notes, length in steps)
@@ -29,14 +30,15 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import mido
 import numpy as np
 import pretty_midi
 import soundfile
 
-from encore.composer.tokens import Chorale, DataError
+from encore.composer.checks import estimate_key
+from encore.composer.tokens import DataError, Piece, Steps
 
 SOUNDFONT_PATHS = (
     "/usr/share/sounds/sf2/default-GM.sf2",  # Debian's choice among installed GM soundfonts (update-alternatives)
@@ -134,15 +136,6 @@ def parse_midi(source: str | os.PathLike | bytes, name: str) -> mido.MidiFile:
         raise MidiError(f"{name}: not a readable MIDI file ({type(error).__name__}: {error})") from None
 
 
-@dataclass(frozen=True)
-class MidiPiece:
-    """A piece read from MIDI: its steps and what the file says of its tempo and meter."""
-
-    steps: Chorale
-    tempo: float  # quarter notes per minute at the start of the file
-    meter: tuple[int, int] | None  # the first time signature, if the file has one
-
-
 def steps_to_midi(
     steps: Sequence[Iterable[int]],
     tempo: float,
@@ -194,13 +187,16 @@ def read_midi(
     step_beats: float = 1.0,
     name: str | None = None,
     limits: MidiLimits = MidiLimits(),
-) -> MidiPiece:
-    """The piece in a MIDI file (a path, or the file's bytes with ``name`` for messages).
+) -> Piece:
+    """The piece in a MIDI file (a path, or the file's bytes with ``name`` for messages and its source).
 
-    Every non-drum track counts. Raises :class:`MidiError` naming the file when it is not MIDI,
+    Every non-drum track counts. The tempo is the file's at its start, the meter its first time
+    signature, the key the one :func:`~encore.composer.checks.estimate_key` hears in the notes, and
+    the title the file's name. Raises :class:`MidiError` naming the file when it is not MIDI,
     is damaged or holds no notes, and :class:`MidiTooLarge` when it is over ``limits``, found
     from the scan of its messages before it is read as music."""
-    name = name or (str(source) if not isinstance(source, bytes) else "MIDI data")
+    origin = name or ("" if isinstance(source, bytes) else str(source))
+    name = origin or "MIDI data"
     if not step_beats > 0:
         raise ValueError(f"step_beats must be positive, not {step_beats}")
     parsed = parse_midi(source, name)
@@ -220,10 +216,19 @@ def read_midi(
     _, tempi = midi.get_tempo_changes()
     signatures = midi.time_signature_changes
     meter = (signatures[0].numerator, signatures[0].denominator) if signatures else None
-    return MidiPiece(notes_to_steps(notes, step_beats), float(tempi[0]) if len(tempi) else 120.0, meter)
+    steps = notes_to_steps(notes, step_beats)
+    return Piece(
+        steps,
+        step_beats,
+        source=origin,
+        title=PurePosixPath(origin).stem,
+        key=estimate_key(steps),
+        tempo=float(tempi[0]) if len(tempi) else 120.0,
+        meter=meter,
+    )
 
 
-def notes_to_steps(notes: Iterable[tuple[int, float, float]], step_beats: float) -> Chorale:
+def notes_to_steps(notes: Iterable[tuple[int, float, float]], step_beats: float) -> Steps:
     """Steps of ``step_beats`` from notes ``(pitch, start, end)`` in beats (quarter notes).
 
     A step holds the pitches sounding at its midpoint and those of notes that start inside it. The

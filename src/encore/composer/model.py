@@ -218,23 +218,23 @@ class Composer(nn.Module):
         nll = -picked.masked_fill(~is_music(targets), 0.0).sum(1)
         return log_probs, nll
 
-    def encode_chorales(
-        self, chorales: Sequence[Sequence[Iterable[int]]], conditions: Sequence[Sequence[int]] | None = None
+    def encode_steps(
+        self, pieces: Sequence[Sequence[Iterable[int]]], conditions: Sequence[Sequence[int]] | None = None
     ) -> list[list[int]]:
-        """Token lists of ``chorales`` (lists of steps) after their ``conditions`` (conditioning
-        tokens, one list per chorale; none by default), checked against what the model can score."""
+        """Token lists of ``pieces`` (lists of steps) after their ``conditions`` (conditioning tokens,
+        one list per piece; none by default), checked against what the model can score."""
         config = self.config
-        if conditions is not None and len(conditions) != len(chorales):
-            raise ValueError(f"{len(conditions)} lists of conditions for {len(chorales)} pieces")
+        if conditions is not None and len(conditions) != len(pieces):
+            raise ValueError(f"{len(conditions)} lists of conditions for {len(pieces)} pieces")
         encoded = []
-        for index, chorale in enumerate(chorales):
+        for index, steps in enumerate(pieces):
             try:
-                tokens = encode(chorale, conditions[index] if conditions is not None else ())
+                tokens = encode(steps, conditions[index] if conditions is not None else ())
             except DataError as error:
                 raise DataError(f"piece {index} {error}") from None
-            if len(chorale) > config.max_steps:
-                raise DataError(f"piece {index}: {len(chorale)} steps; the model covers {config.max_steps}")
-            for number, step in enumerate(chorale):
+            if len(steps) > config.max_steps:
+                raise DataError(f"piece {index}: {len(steps)} steps; the model covers {config.max_steps}")
+            for number, step in enumerate(steps):
                 pitches = set(step)
                 if len(pitches) > config.max_notes:
                     raise DataError(f"piece {index} step {number}: {len(pitches)} pitches, over {config.max_notes}")
@@ -256,13 +256,13 @@ class Composer(nn.Module):
     @torch.no_grad()
     def nll_total(
         self,
-        chorales: Sequence[Sequence[Iterable[int]]],
+        pieces: Sequence[Sequence[Iterable[int]]],
         batch_size: int = 16,
         conditions: Sequence[Sequence[int]] | None = None,
     ) -> tuple[float, int]:
-        """Total NLL (nats) of ``chorales`` given their ``conditions`` and their number of time steps,
+        """Total NLL (nats) of ``pieces`` given their ``conditions`` and their number of time steps,
         in evaluation mode."""
-        encoded = self.encode_chorales(chorales, conditions)
+        encoded = self.encode_steps(pieces, conditions)
         # Similar lengths batched together: less padding to compute.
         order = sorted(range(len(encoded)), key=lambda index: len(encoded[index]))
         was_training = self.training
@@ -274,18 +274,18 @@ class Composer(nn.Module):
                 total += nll.double().sum().item()
         finally:
             self.train(was_training)
-        return total, sum(len(chorale) for chorale in chorales)
+        return total, sum(map(len, pieces))
 
     def nll_per_step(
         self,
-        chorales: Sequence[Sequence[Iterable[int]]],
+        pieces: Sequence[Sequence[Iterable[int]]],
         batch_size: int = 16,
         conditions: Sequence[Sequence[int]] | None = None,
     ) -> float:
         """Exact NLL in nats per time step: the NLL of every pitch and EOS_STEP token after the prefix
         (BOS and the conditions, which are given), under the masked and renormalised distribution,
         divided by the number of steps."""
-        total, steps = self.nll_total(chorales, batch_size, conditions)
+        total, steps = self.nll_total(pieces, batch_size, conditions)
         return total / steps
 
     # ---- sampling ---------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The composer's token vocabulary, and pieces as sets of sounding pitches per time step.
 
-A piece is a list of time steps; a step is the set of MIDI pitches sounding at that step (an empty
-step is a rest). As tokens a piece is::
+A piece's music is a list of time steps (:data:`Steps`); a step is the set of MIDI pitches sounding
+at that step (an empty step is a rest). :class:`Piece` is a piece with what is known of it, the one
+form music takes in the composer between MIDI (or the music21 corpus, or the prepared table) read
+in and MIDI written out. As tokens a piece is::
 
     BOS [conditioning tokens] p1 p2 ... EOS_STEP p1 ... EOS_STEP ...
 
@@ -35,8 +37,10 @@ import json
 import math
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from encore.core.errors import InputError
+from encore.core.keys import MODES
 
 TOKENIZER_VERSION = "composer-steps/v1"
 
@@ -48,7 +52,6 @@ N_PITCHES = 128
 STYLE_OFFSET = PITCH_OFFSET + N_PITCHES
 N_STYLES = 32
 KEY_OFFSET = STYLE_OFFSET + N_STYLES
-MODES = ("major", "minor")
 TEMPO_OFFSET = KEY_OFFSET + 12 * len(MODES)
 # Geometric bands: a tempo is as far from 60 to 66 BPM as from 120 to 132.
 TEMPO_BPMS = tuple(round(40 * 6 ** (band / 15)) for band in range(16))
@@ -59,7 +62,26 @@ VOCAB_SIZE = OTHER_METER + 1
 
 JSB_SPLITS = ("train", "valid", "test")
 
-Chorale = list[list[int]]
+Steps = list[list[int]]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A piece of music: its steps and what is known of it (None: unknown)."""
+
+    steps: Steps
+    step_beats: float  # quarter notes per step
+    source: str = ""  # the file it was read from (``music21:<path>`` in the music21 corpus)
+    index: int = 0  # its place among the pieces of that file
+    title: str = ""
+    style: str | None = None
+    key: tuple[int, str] | None = None  # (tonic pitch class, "major" | "minor")
+    tempo: float | None = None  # quarter notes per minute
+    meter: tuple[int, int] | None = None
+
+    def conditions(self, styles: Sequence[str]) -> list[int]:
+        """The conditioning tokens of its labels for a model whose style slot i is ``styles[i]``."""
+        return conditioning_tokens(styles.index(self.style) if self.style else None, self.key, self.tempo, self.meter)
 
 
 class DataError(InputError, ValueError):
@@ -164,7 +186,7 @@ def pitch_span(tokens: Iterable[int]) -> tuple[int, int] | None:
     return (min(pitches), max(pitches)) if pitches else None
 
 
-def decode(tokens: Iterable[int]) -> Chorale:
+def decode(tokens: Iterable[int]) -> Steps:
     """The complete steps in ``tokens`` (pitches ascending); other tokens and an unfinished last step are left out."""
     steps, current = [], []
     for token in tokens:
@@ -176,7 +198,7 @@ def decode(tokens: Iterable[int]) -> Chorale:
     return steps
 
 
-def load_jsb(path: str | os.PathLike) -> dict[str, list[Chorale]]:
+def load_jsb(path: str | os.PathLike) -> dict[str, list[Steps]]:
     """The JSB Chorales JSON (``{"train": [...], "valid": [...], "test": [...]}``), validated.
 
     Each chorale is a non-empty list of steps and each step a list of MIDI pitches; steps come

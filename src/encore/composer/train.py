@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from encore.composer.model import Composer, ComposerConfig, is_music
-from encore.composer.tokens import EOS_STEP, Chorale, pitch_span, transpose
+from encore.composer.tokens import EOS_STEP, Steps, pitch_span, transpose
 
 Report = Callable[[int, dict, dict], None]
 SORT_POOL = 8  # batches sorted by length together
@@ -71,9 +71,9 @@ def epoch_batches(
 
     A seeded shuffle shared by all ranks is dealt round the ranks, then cut into pools of
     ``SORT_POOL`` batches sorted by length, so that a batch holds pieces of similar length and pads
-    little (on JSB Chorales 91% of the computed tokens are real against 65% for plain shuffling);
-    the batches are shuffled again. The deal wraps round to a multiple of ``world_size`` because
-    under DDP every rank must take the same number of steps, or the ranks with more wait forever."""
+    little (``benchmarks/RESULTS.md``, "JSB Chorales"); the batches are shuffled again. The deal
+    wraps round to a multiple of ``world_size`` because under DDP every rank must take the same
+    number of steps, or the ranks with more wait forever."""
     rng = np.random.default_rng([config.seed, epoch])
     order = rng.permutation(len(lengths))
     mine = np.resize(order, math.ceil(len(lengths) / world_size) * world_size)[rank::world_size]
@@ -111,8 +111,8 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 def fit(
     model: Composer,
-    train: Sequence[Chorale],
-    valid: Sequence[Chorale],
+    train: Sequence[Steps],
+    valid: Sequence[Steps],
     config: TrainConfig,
     *,
     report: Report | None = None,
@@ -132,12 +132,12 @@ def fit(
     ``scaler`` state dicts, ``history`` (each epoch's metrics), ``best`` (``epoch``,
     ``valid_nll_per_step`` and a CPU copy of the weights of the best validation epoch so far) and
     ``starts`` (the epoch each run began after: ``[0, 5]`` means it was resumed once, after epoch 5)."""
-    train_tokens = model.encode_chorales(train, train_conditions)
+    train_tokens = model.encode_steps(train, train_conditions)
     lengths = [len(tokens) for tokens in train_tokens]
     spans = [pitch_span(tokens) for tokens in train_tokens]
     valid_share = list(valid[rank::world_size])
     valid_share_conditions = None if valid_conditions is None else list(valid_conditions[rank::world_size])
-    model.encode_chorales(valid_share, valid_share_conditions)  # fail on a bad validation piece now
+    model.encode_steps(valid_share, valid_share_conditions)  # fail on a bad validation piece now
     if state is not None:
         model.load_state_dict(state["model"])
     network = parallel(model) if parallel else model

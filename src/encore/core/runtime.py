@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 def use_haproxy_ingress() -> None:
     """Serve HTTP through HAProxy straight to the ingress replicas' own servers, rather than Serve's Python
-    proxy and an actor call a request: measured here, 4 to 6 times the requests a second at 1 to 8 clients
+    proxy and an actor call a request: a hop less, and many times the requests a second
     (benchmarks/RESULTS.md, "Serving under load"). Set before Ray starts, for an in-process instance: its
     HAProxy's files go in a folder of its own and its stats and metrics listen on free ports, so that it runs
     beside a demo cluster's (which uses the defaults, /tmp/haproxy-serve and ports 8404 and 9101). The folder

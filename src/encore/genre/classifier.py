@@ -9,14 +9,12 @@ other artists reward that much regularisation; the ensemble makes the probabilit
 any one network's. A track of any length is classified by averaging the probabilities of its
 consecutive 30-second windows (``predict_track``).
 
-The data are the GTZAN 30-second feature table and the fault-filtered, artist-disjoint split of
-Kereliuk, Sturm and Larsen (2015), bundled in ``data/gtzan-features`` (``load_table``,
-``load_splits``). ``evaluate`` gives accuracy and macro-F1 with bootstrap confidence intervals over
-tracks, per-genre precision, recall and F1, the confusion matrix and the log-loss.
+Its data are read by :mod:`encore.genre.data`. ``evaluate`` gives accuracy and macro-F1 with
+bootstrap confidence intervals over tracks, per-genre precision, recall and F1, the confusion matrix
+and the log-loss.
 """
 
 import contextlib
-import hashlib
 import json
 from pathlib import Path
 
@@ -25,86 +23,11 @@ import pandas as pd
 import torch
 from sklearn.metrics import confusion_matrix, f1_score, log_loss, precision_recall_fscore_support
 
-from encore.audio.schema import FEATURE_VERSION, GTZAN_FEATURES, SAMPLE_RATE, WINDOW_SECONDS
+from encore.audio.schema import GTZAN_FEATURES
 from encore.audio.vectors import FeatureScaler, feature_matrix
 
-DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "gtzan-features"
-TABLE_NAME = "features_30_sec.csv"
-SPLITS = ("train", "valid", "test")
-SPLIT_FILE = "splits/gtzan_fault_filtered_{}.txt"
 CONFIG_FILE, STATE_FILE = "config.json", "state.pt"
 BOOTSTRAP_SAMPLES = 1000
-
-
-def preprocessing() -> dict:
-    """What a process that computes features for a stored genre model must share with its training data."""
-    return {"feature_version": FEATURE_VERSION, "sample_rate": SAMPLE_RATE, "window_seconds": WINDOW_SECONDS}
-
-
-# ---- data -----------------------------------------------------------------------------
-
-
-def load_table(path: str | Path = DATA_DIR / TABLE_NAME) -> pd.DataFrame:
-    """The GTZAN 30-second feature table: ``filename``, ``label`` and the 57 feature columns.
-
-    Raises ValueError naming the file and what is wrong: a missing column, a value that is not a
-    finite number, a repeated file name, or a label that is not the file name's prefix.
-    """
-    table = pd.read_csv(path)
-    for column in ("filename", "label"):
-        if column not in table.columns:
-            raise ValueError(f"{path}: no {column!r} column")
-    feature_matrix(table, str(path))
-    repeated = table["filename"][table["filename"].duplicated()]
-    if len(repeated):
-        raise ValueError(f"{path}: file name {repeated.iloc[0]!r} appears more than once")
-    mislabelled = table[table["filename"].str.split(".").str[0] != table["label"]]
-    if len(mislabelled):
-        row = mislabelled.iloc[0]
-        raise ValueError(f"{path}: {row['filename']!r} is labelled {row['label']!r}, not its file name's genre")
-    return table
-
-
-def load_splits(folder: str | Path = DATA_DIR) -> dict[str, list[str]]:
-    """``{"train", "valid", "test"}`` file names (``blues.00029.wav``) of the fault-filtered split.
-
-    The split files list ``genre/genre.NNNNN.wav`` one per line. Raises ValueError when a line does
-    not look like that or a file appears in two parts.
-    """
-    splits, seen = {}, {}
-    for part in SPLITS:
-        path = Path(folder) / SPLIT_FILE.format(part)
-        names = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            genre, _, name = line.strip().partition("/")
-            if not name.startswith(f"{genre}.") or not name.endswith(".wav"):
-                raise ValueError(f"{path}, line {number}: expected 'genre/genre.NNNNN.wav', found {line!r}")
-            if name in seen:
-                raise ValueError(f"{path}, line {number}: {name} is also in the {seen[name]} split")
-            seen[name] = part
-            names.append(name)
-        splits[part] = names
-    return splits
-
-
-def split_table(table: pd.DataFrame, splits: dict[str, list[str]]) -> dict[str, pd.DataFrame]:
-    """The rows of each part of ``splits``, in the split files' order; raises ValueError for a name the table lacks."""
-    indexed = table.set_index("filename", drop=False)
-    parts = {}
-    for part, names in splits.items():
-        missing = [name for name in names if name not in indexed.index]
-        if missing:
-            raise ValueError(f"the {part} split names {len(missing)} file(s) the table lacks, e.g. {missing[0]}")
-        parts[part] = indexed.loc[names].reset_index(drop=True)
-    return parts
-
-
-def data_fingerprint(*paths: str | Path) -> str:
-    """sha256 over the bytes of the files a model was trained and evaluated on."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(Path(path).read_bytes())
-    return f"sha256:{digest.hexdigest()}"
 
 
 # ---- the model ------------------------------------------------------------------------
@@ -134,8 +57,8 @@ class _WideAndDeep(torch.nn.Module):
 
 @contextlib.contextmanager
 def _one_thread():
-    """Run torch on one thread: these networks are so small that more threads only contend (measured
-    here on 2 cores: 270 s for a fit with torch's default threads, 3 s with one)."""
+    """Run torch on one thread: these networks are so small that more threads only contend (the
+    measurement is in ``benchmarks/RESULTS.md``, "Genre")."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

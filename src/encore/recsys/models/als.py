@@ -13,9 +13,8 @@ With ``frequency_scaling`` ``nu > 0`` the penalty of each user and item grows wi
 played, the frequency-scaled regularization that Rendle et al. ("Revisiting the performance of iALS
 on item recommendation benchmarks", RecSys 2022) found a well-tuned iALS needs: row ``r`` is
 penalised ``reg * (t_r / mean t)^nu``, ``t_r = sum_j c_rj`` the row's total confidence (every
-unplayed cell counting 1), so ``nu = 0`` is the plain objective above. On HetRec it raised
-validation NDCG@10 by 1.8% over the best searched classic ALS, and by 2.6-3.5% on two inner splits
-of the training set (``benchmarks/RESULTS.md``).
+unplayed cell counting 1), so ``nu = 0`` is the plain objective above. What it gained on HetRec is
+in ``benchmarks/RESULTS.md``.
 
 The solver is the conjugate-gradient one of Takács et al. 2011, as ``implicit`` runs it: each
 half-step starts from the current factors and takes ``cg_steps`` CG iterations, using
@@ -24,10 +23,9 @@ shared Gram matrix. Unlike ``implicit``'s per-user loop, every user's system adv
 operator is applied to all of them with two sparse kernels over the interaction pattern,
 ``torch.sparse.sampled_addmm`` for the dot product ``x_u . y_i`` of every interaction and a sparse
 ``torch.addmm`` to add the weighted ``y_i`` back onto the dense product with the Gram matrix; the
-same code runs on a GPU (``device="cuda"``). On 100,000 users x 50,000 items x 5,000,000
-interactions a naive version that gathers ``Y[items]`` and scatters with ``index_add_`` took 21 s an
-iteration; these kernels, run in place and in cache-sized column blocks (``_Interactions``), take
-1.5-2 s at 64 factors on 2 cores, against 1.3 s for ``implicit`` (see ``benchmarks/RESULTS.md``).
+same code runs on a GPU (``device="cuda"``). The kernels run in place and in cache-sized column
+blocks (``_Interactions``), much faster than gathering ``Y[items]`` and scattering with
+``index_add_`` (times against ``implicit``'s in ``benchmarks/RESULTS.md``).
 
 A catalogue of ``ann_min_items`` items or more gets an approximate-search index of its item factors
 (``encore.recsys.models.ann``), built at the end of ``fit`` (or by ``save`` when the factors came from
@@ -292,9 +290,7 @@ class _Interactions:
     """The interaction pattern of one half-step (rows solved for, columns held fixed) with the two
     kernels CG needs, split into column blocks so that each block gathers from at most
     ``BLOCK_BYTES`` of the fixed factors. Gathering rows at random from a factor matrix larger than
-    the cache is what made the kernels slow: on one core of a 32 MB-L3 EPYC, the items half-step's
-    sparse product over 100,000 users x 64 factors (25 MB) ran 1.8x faster in 8 MB blocks, and 3.4x
-    faster at 128 factors; the users half-step (12.8 MB of items) gained nothing at 64 factors.
+    the cache is what made the kernels slow (``benchmarks/RESULTS.md``, "ALS iteration time").
 
     ``excess`` holds ``e = c - 1`` per interaction and ``values`` is a per-interaction buffer that
     every product overwrites in place; both are in block order, and each block's sparse tensor

@@ -126,10 +126,9 @@ def fit_on_ray(
     ``storage_path`` (an absolute path or ``s3://`` URI) and ``name`` identify the run: running again
     with the same pair resumes from its last checkpoint instead of starting over (and makes the run
     unfinished again for ``encore.store.runs``: the job marks it finished once it saved the model). The
-    workers report,
-    with a checkpoint, every ``checkpoint_every`` sweeps and after the last: measured here, a report
-    of the group costs about 1.4 s whatever the matrix, more than a sweep of a 5M-interaction one on
-    two workers, and a resumed run repeats at most ``checkpoint_every - 1`` sweeps.
+    workers report, with a checkpoint, every ``checkpoint_every`` sweeps and after the last: a report of
+    the group costs more than a sweep of a large matrix (``benchmarks/RESULTS.md``, "ALS on Ray Train
+    workers"), and a resumed run repeats at most ``checkpoint_every - 1`` sweeps.
     """
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be at least 1, not {checkpoint_every}")

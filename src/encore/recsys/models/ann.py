@@ -2,12 +2,11 @@
 
 A factor model's score is an inner product, so its top items are a maximum inner-product search.
 :class:`ItemIndex` is a faiss HNSW graph (``IndexHNSWFlat``) searched with faiss's inner-product
-metric. On a synthetic 1M-item x 128-factor ALS-like model it found 0.96 of the exact top 10 at
-ef=128 in 0.6 ms (p50), against 26 ms for scoring every item. hnswlib answered in half the time at
-the same recall, but installs by compiling its source and took its process down (SIGFPE) on an
-index file with a damaged header, where faiss raises; usearch was slower at equal recall and to
-build; faiss's IVF lists stayed under 0.9; and the MIPS-to-L2 reduction lost most of the recall to
-the spread of ALS item norms (``benchmarks/ann.py``, ``benchmarks/RESULTS.md``).
+metric: of the libraries compared (``benchmarks/ann.py``; recall and latency in
+``benchmarks/RESULTS.md``), hnswlib was faster at the same recall but installs by compiling its source
+and took its process down (SIGFPE) on an index file with a damaged header, where faiss raises;
+usearch was slower at equal recall and to build; faiss's IVF lists fell short on recall; and the
+MIPS-to-L2 reduction lost most of the recall to the spread of ALS item norms.
 
 The index is a file of the model's folder, so the model store's manifest checksums cover it; a
 file that faiss cannot read, or that does not index the model's items, raises :class:`IndexFileError`.
@@ -20,8 +19,8 @@ import numpy as np
 
 from encore.core.errors import InputError
 
-# HNSW links per item and build-time search width: 16 and 100 built the 1M-item index in about 5
-# minutes on 2 cores, into 626 MB (the vectors themselves are 488); more cost build time and memory.
+# HNSW links per item and build-time search width: more cost build time and memory (the 1M-item
+# index's build time and size are in benchmarks/RESULTS.md).
 LINKS = 16
 BUILD_WIDTH = 100
 
