@@ -1,7 +1,6 @@
 """Connecting to Ray the same way from every job, test and script."""
 
 import atexit
-import contextlib
 import logging
 import os
 import shutil
@@ -62,15 +61,3 @@ def init_ray(num_cpus: int | None = None) -> None:
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-@contextlib.contextmanager
-def user_errors():
-    """Turn errors about the user's input into ``error: ...`` and exit status 1, without a traceback."""
-    from encore.recsys.interactions import IngestError
-    from encore.store import StoreError
-
-    try:
-        yield
-    except (FileNotFoundError, IngestError, StoreError) as error:
-        raise SystemExit(f"error: {error}") from None
