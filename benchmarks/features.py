@@ -109,7 +109,7 @@ def run_baseline(folder: Path, cache: Path) -> dict:
 def run_job(folder: Path, output: Path, cache: Path, cpus: int) -> dict:
     import ray
 
-    from jobs.extract_features import extract_features
+    from encore.audio.extract import extract_features
 
     started = time.perf_counter()
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1")

@@ -2,7 +2,7 @@
 
 Every model gets the same split, the same evaluator and the same search budget: ``--samples``
 trials of optuna's TPE sampler (seeded alike for every model) over its search space (for Encore's
-models, the space its ``tuning`` module searches), each fitted on train and scored on validation;
+models, the space ``tuning.<kind>`` searches: ``encore.recsys.spaces``), each fitted on train and scored on validation;
 the best by validation NDCG@10 is refitted on train + validation and scored once on test. Both ALS
 libraries search the same space, and each also fits the configurations the other's search proposed,
 so they differ by implementation only; ``implicit`` is given the Hu et al. confidence
@@ -35,13 +35,8 @@ import optuna
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-import tuning.als
-import tuning.ease
-import tuning.hybrid
-import tuning.item_knn
-import tuning.rp3beta
 from encore.privacy.ids import DEVELOPMENT_KEY
-from encore.recsys import hetrec
+from encore.recsys import hetrec, spaces
 from encore.recsys.interactions import InteractionDataset, SplitConfig, merge_duplicates, parse_file
 from encore.recsys.metrics import bootstrap_interval, cold_items, evaluate, per_user_metrics, restrict_items
 from encore.recsys.models import fit_model
@@ -107,13 +102,13 @@ def item_item_space(trial):
 
 # name -> (search space over an optuna trial, fit(params, user_items, items) -> model with score(users), is a reference)
 CANDIDATES = {
-    "encore als": (tuning.als.classic_space, lambda p, x, items: fit_model("als", p, x, items), False),
-    "implicit als": (tuning.als.classic_space, lambda p, x, items: ImplicitALS(**p).fit(x), True),
-    "encore als (frequency-scaled)": (tuning.als.param_space, lambda p, x, items: fit_model("als", p, x, items), False),
+    "encore als": (spaces.als_classic_space, lambda p, x, items: fit_model("als", p, x, items), False),
+    "implicit als": (spaces.als_classic_space, lambda p, x, items: ImplicitALS(**p).fit(x), True),
+    "encore als (frequency-scaled)": (spaces.als_space, lambda p, x, items: fit_model("als", p, x, items), False),
     "implicit item-item": (item_item_space, lambda p, x, items: ImplicitItemItem(**p).fit(x), True),
-    "encore ease": (tuning.ease.param_space, lambda p, x, items: fit_model("ease", p, x, items), True),
-    "encore item-knn": (tuning.item_knn.param_space, lambda p, x, items: fit_model("item_knn", p, x, items), False),
-    "encore rp3beta": (tuning.rp3beta.param_space, lambda p, x, items: fit_model("rp3beta", p, x, items), False),
+    "encore ease": (spaces.ease_space, lambda p, x, items: fit_model("ease", p, x, items), True),
+    "encore item-knn": (spaces.knn_space, lambda p, x, items: fit_model("item_knn", p, x, items), False),
+    "encore rp3beta": (spaces.rp3beta_space, lambda p, x, items: fit_model("rp3beta", p, x, items), False),
 }
 
 
@@ -268,7 +263,7 @@ def search_hybrid(blend: dict, dataset: InteractionDataset, samples: int, seed: 
     cached = _CachedHybrid(hybrid, hybrid.collaborative_.score(users), hybrid.content_.score(users))
 
     def objective(trial):
-        weighting = tuning.hybrid.weighting_space(trial)
+        weighting = spaces.weighting_space(trial)
         for name, value in weighting.items():
             setattr(hybrid, name, value)  # read when scoring: no refit needed
         value = evaluate(cached, train, validation)["ndcg@10"]

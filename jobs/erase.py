@@ -18,9 +18,11 @@ import json
 import logging
 import sys
 
-from encore.core.runtime import init_ray, setup_logging, user_errors
-from encore.privacy.erasure import ErasureError, check_user_key, erase
+from encore.core.cli import user_errors
+from encore.core.runtime import init_ray, setup_logging
+from encore.privacy.erasure import check_user_key, erase, summary
 from encore.privacy.ids import id_key, key_fingerprint, pseudonymize
+from encore.store import DEFAULT_STORE_URI
 
 logger = logging.getLogger("encore.erase")
 
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="the listener's raw id, pseudonymised here with ENCORE_ID_KEY")
     who.add_argument("--user-key", help="the listener's pseudonymised key (32 hex characters)")
-    parser.add_argument("--store", default="./artifacts", help="model store folder or s3:// prefix")
+    parser.add_argument("--store", default=DEFAULT_STORE_URI, help="model store folder or s3:// prefix")
     parser.add_argument(
         "--dataset",
         action="append",
@@ -55,40 +57,27 @@ def main(argv: list[str] | None = None) -> dict | None:
         user_key, expected = pseudonymize(args.user, key), key_fingerprint(key)
     else:
         user_key = args.user_key
-    try:
+    with user_errors():
         check_user_key(user_key)
-    except ErasureError as error:
-        raise SystemExit(f"error: {error}") from None
     if args.print_key:
         print(user_key)
         return None
     init_ray()
     with user_errors():
-        try:
-            report = erase(
-                user_key,
-                args.store,
-                args.dataset,
-                args.checkpoints,
-                expected_key_fingerprint=expected,
-                report_uri=args.report,
-                dry_run=args.dry_run,
-                verify=not args.skip_verify,
-            )
-        except ErasureError as error:
-            raise SystemExit(f"error: {error}") from None
+        report = erase(
+            user_key,
+            args.store,
+            args.dataset,
+            args.checkpoints,
+            expected_key_fingerprint=expected,
+            report_uri=args.report,
+            dry_run=args.dry_run,
+            verify=not args.skip_verify,
+        )
     if args.report is None:
         json.dump(report, sys.stdout, indent=2)
         print()
-    versions = report["versions"]
-    logger.info(
-        "erasure %s: %d dataset(s) rewritten, %d version(s) republished, %d deleted, %d checkpoint run(s) deleted",
-        "planned" if args.dry_run else "done",
-        sum(1 for entry in report["datasets"] if entry.get("new_version") or entry.get("version")),
-        len(versions["republished"]),
-        len(versions["deleted"]),
-        len(report["checkpoints"]["deleted"]),
-    )
+    logger.info("erasure %s: %s", "planned" if args.dry_run else "done", summary(report))
     return report
 
 

@@ -22,39 +22,13 @@ table, and written as ``evaluation.json`` and ``evaluation.md`` under ``--output
 """
 
 import argparse
-import logging
-import statistics
-import time
-from pathlib import Path
 
-import ray
-import torch
-
-from encore.composer import DataError, load_jsb
-from encore.composer.checks import compare
-from encore.composer.checks import statistics as piece_statistics
-from encore.composer.compose import ComposerBundle
-from encore.composer.data import Corpus, load_corpus
-from encore.core import fs
-from encore.core.keys import parse_key
-from encore.core.runtime import init_ray, setup_logging, user_errors
-from encore.store import ModelStore
-from jobs.evaluate import write_report
-from jobs.train_composer import DEFAULT_DATA
-
-logger = logging.getLogger("encore.evaluate_composer")
-
-CHECKS = ("notes_per_step", "pitch_range", "in_key", "empty_steps")
-
-
-def _held_out_nll(bundle: ComposerBundle, corpus: Corpus, split: str) -> float:
-    """NLL per step of the split's windows, given their conditions if the model was trained with them."""
-    conditions = None
-    if bundle.conditioned:
-        if corpus.styles != bundle.styles:
-            raise DataError(f"the model's styles {bundle.styles} are not the data's {corpus.styles}")
-        conditions = corpus.conditions[split]
-    return bundle.model.nll_per_step(corpus.steps[split], conditions=conditions)
+from encore.composer.evaluate import evaluate_versions, markdown_table
+from encore.composer.ray_train import DEFAULT_DATA
+from encore.core.cli import user_errors
+from encore.core.reports import report
+from encore.core.runtime import init_ray, setup_logging
+from encore.store import DEFAULT_STORE_URI
 
 
 def parse_sampling(text: str) -> dict:
@@ -70,141 +44,9 @@ def parse_sampling(text: str) -> dict:
     return {"temperature": parts[0], "top_p": parts[1] if len(parts) == 2 else None}
 
 
-def evaluate_version(
-    store_uri: str,
-    ref: str,
-    jsb: dict | None,
-    corpus: Corpus | None,
-    samples: int,
-    bars: int,
-    seed: int,
-    split: str = "test",
-    samplings: tuple[dict, ...] = ({},),
-) -> list[dict]:
-    """The table's rows for one version, one per sampling: its likelihoods and musical checks."""
-    torch.set_num_threads(1)
-    loaded = ModelStore(store_uri).load(ref)
-    if loaded.manifest.kind != "composer":
-        raise DataError(f"{ref} is a {loaded.manifest.kind} model, not a composer")
-    bundle = ComposerBundle.load(loaded.path)
-    row = {"model": ref, "version": loaded.manifest.version, "parameters": bundle.model.num_parameters()}
-    if jsb is not None:
-        try:
-            row["jsb_test_nll_per_step"] = bundle.model.nll_per_step(jsb["test"])
-        except DataError as error:  # a model too short, or too narrow, for some of JSB's chorales
-            row["jsb_not_scored"] = str(error)
-            logger.warning("%s cannot score JSB Chorales: %s", ref, error)
-    if corpus is not None and corpus.conditions is not None:
-        row["held_out_nll_per_step"] = _held_out_nll(bundle, corpus, split)
-
-    if corpus is not None and corpus.labels is not None:
-        reference, labels = corpus.steps[split], corpus.labels[split]
-        reference_keys = [parse_key(label["key"]) for label in labels]
-    else:
-        reference, labels, reference_keys = jsb["test"], [{} for _ in jsb["test"]], None
-    held_out = piece_statistics(reference, reference_keys)
-    held_out_voices = _voices_by_style(reference, [label.get("style") for label in labels])
-    rows = []
-    for sampling in samplings:
-        checks = _musical_checks(bundle, labels, held_out, sampling, samples, bars, seed)
-        voices = {
-            style: (generated, held_out_voices.get(style)) for style, generated in checks.pop("voices_by_style").items()
-        }
-        rows.append({**row, **checks, "voices_by_style": voices, "split": split})
-    return rows
-
-
-def _voices_by_style(pieces: list, styles: list) -> dict:
-    """Notes per step of the pieces of each style (style None: pieces without one)."""
-    by_style = {}
-    for piece, style in zip(pieces, styles):
-        by_style.setdefault(style, []).append(piece)
-    return {
-        style: piece_statistics(group)["notes_per_step"] for style, group in by_style.items() if any(map(any, group))
-    }
-
-
-def _musical_checks(
-    bundle: ComposerBundle, labels: list[dict], held_out: dict, sampling: dict, samples: int, bars: int, seed: int
-) -> dict:
-    generated, keys, seconds, styles, used = [], [], [], [], None
-    for index in range(samples):
-        # Labels spread evenly over the held-out pieces, so the styles are asked for as often as they occur.
-        label = labels[index * len(labels) // samples] if bundle.conditioned else {}
-        if label.get("style") not in bundle.styles:
-            label = {**label, "style": None}
-        began = time.perf_counter()
-        composition = bundle.compose(**label, **sampling, bars=bars, seed=seed + index)
-        seconds.append(time.perf_counter() - began)
-        generated.append(composition.steps)
-        styles.append(composition.settings["style"])
-        keys.append(parse_key(composition.settings["key"]) if bundle.conditioned else None)
-        used = {name: composition.settings[name] for name in ("temperature", "top_k", "top_p")}
-    checks = compare(piece_statistics(generated, keys), held_out)
-    row = {
-        "sampling": used,
-        "pitch_class_distance": checks["pitch_class_distance"],
-        "voices_by_style": _voices_by_style(generated, styles),
-    }
-    for name in CHECKS:
-        row[name] = checks[name]["generated"]
-        row[f"held_out_{name}"] = checks[name]["reference"]
-    row["seconds_per_piece"] = statistics.median(seconds)
-    row["samples"], row["bars"] = samples, bars
-    return row
-
-
-def _voices_text(voices_by_style: dict) -> str:
-    """``bach 3.9 (3.8), fiddle 1.3 (1.2)``: generated (held-out) notes per step of each style asked for."""
-    return ", ".join(
-        f"{style} {generated:.1f} ({'-' if held_out is None else f'{held_out:.1f}'})"
-        for style, (generated, held_out) in sorted(voices_by_style.items(), key=lambda item: str(item[0]))
-    )
-
-
-def _sampling_text(sampling: dict) -> str:
-    cuts = [f"{name} {sampling[name]:g}" for name in ("top_k", "top_p") if sampling[name] is not None]
-    return ", ".join([f"T {sampling['temperature']:g}", *cuts])
-
-
-def markdown_table(rows: list[dict]) -> str:
-    def number(value, digits=2):
-        return "" if value is None else f"{value:.{digits}f}"
-
-    lines = [
-        "| model | sampling | JSB test NLL/step | held-out NLL/step | pitch-class distance | notes/step "
-        "| voices/step by style | pitch range | in key | empty steps | s/piece |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        cells = [
-            f"{row['model']} ({row['version']})",
-            _sampling_text(row["sampling"]),
-            number(row.get("jsb_test_nll_per_step")),
-            number(row.get("held_out_nll_per_step")),
-            number(row["pitch_class_distance"], 3),
-            f"{row['notes_per_step']:.2f} ({row['held_out_notes_per_step']:.2f})",
-            _voices_text(row["voices_by_style"]),
-            f"{row['pitch_range']:.1f} ({row['held_out_pitch_range']:.1f})",
-            f"{row['in_key']:.1%} ({row['held_out_in_key']:.1%})",
-            f"{row['empty_steps']:.1%} ({row['held_out_empty_steps']:.1%})",
-            number(row["seconds_per_piece"]),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    split = rows[0]["split"] if rows else "test"
-    lines.append(
-        f"Musical checks: generated ({split} split) music; pitch-class distance is total variation, 0 is the same."
-    )
-    for row in rows:
-        if "jsb_not_scored" in row:
-            lines.append(f"{row['model']} has no JSB figure: {row['jsb_not_scored']}.")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", default="./artifacts", help="model store folder or s3:// prefix")
+    parser.add_argument("--store", default=DEFAULT_STORE_URI, help="model store folder or s3:// prefix")
     parser.add_argument("--version", action="append", default=[], help="alias, version id or 'composer' (repeatable)")
     parser.add_argument("--data", default=None, help="pieces from jobs.prepare_music: held-out NLL and music")
     parser.add_argument("--jsb", default=str(DEFAULT_DATA), help="JSB Chorales JSON (skipped if absent)")
@@ -221,36 +63,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--output", default=None, help="folder or s3:// prefix for evaluation.json and evaluation.md")
     args = parser.parse_args(argv)
-    versions = args.version or ["composer-latest"]
     setup_logging()
     init_ray()
     with user_errors():
-        try:
-            jsb = load_jsb(args.jsb) if Path(args.jsb).is_file() else None
-            if jsb is None and args.data is None:
-                raise SystemExit(f"error: no held-out music: {args.jsb} is absent and no --data was given")
-            store_uri = fs.absolute(args.store)
-            corpus = None
-            if args.data:
-                # Windows and chords every model covers, so that all score the same held-out music.
-                store = ModelStore(store_uri)
-                configs = [store.show(ref).config["model"] for ref in versions]
-                corpus = load_corpus(
-                    args.data, min(c["max_steps"] for c in configs), min(c["max_notes"] for c in configs)
-                )
-            evaluate = ray.remote(num_cpus=1)(evaluate_version)
-            samplings = tuple(args.sampling or [{}])
-            tasks = [
-                evaluate.remote(store_uri, ref, jsb, corpus, args.samples, args.bars, args.seed, args.split, samplings)
-                for ref in versions
-            ]
-            rows = [row for rows_of_version in ray.get(tasks) for row in rows_of_version]
-        except DataError as error:
-            raise SystemExit(f"error: {error}") from None
-    table = markdown_table(rows)
-    print(table)
-    if args.output:
-        write_report(args.output, rows, table)
+        rows = evaluate_versions(
+            args.store, args.version or ["composer-latest"], args.jsb, args.data, split=args.split,
+            samples=args.samples, bars=args.bars, seed=args.seed, samplings=tuple(args.sampling or [{}]),
+        )  # fmt: skip
+    report(rows, markdown_table(rows), args.output)
     return rows
 
 

@@ -13,11 +13,13 @@ import json
 import logging
 from pathlib import Path
 
-from encore.core.runtime import init_ray, setup_logging, user_errors
+from encore.core.cli import user_errors
+from encore.core.runtime import init_ray, setup_logging
+from encore.genre.train import train_genre
+from encore.recsys.ingest import add_split_arguments, ingest, split_config
 from encore.recsys.models import MODELS
 from encore.recsys.train import train
-from jobs.ingest import add_split_arguments, ingest, split_config
-from jobs.train_genre import train as train_genre
+from encore.store import DEFAULT_STORE_URI
 
 logger = logging.getLogger("encore.pipeline")
 
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, help="interactions: file, folder, s3:// prefix or HetRec folder")
     parser.add_argument("--dataset", required=True, help="where to write the ingested dataset")
-    parser.add_argument("--store", default="./artifacts", help="model store folder or s3:// prefix")
+    parser.add_argument("--store", default=DEFAULT_STORE_URI, help="model store folder or s3:// prefix")
     parser.add_argument("--model", default="popularity", choices=sorted(MODELS))
     parser.add_argument("--params", default="{}", help="model hyperparameters as JSON")
     parser.add_argument(

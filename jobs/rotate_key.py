@@ -20,7 +20,8 @@ import json
 import logging
 import os
 
-from encore.core.runtime import setup_logging, user_errors
+from encore.core.cli import user_errors
+from encore.core.runtime import setup_logging
 from encore.privacy.rotation import rotate, rotation_keys
 
 logger = logging.getLogger("encore.rotate_key")

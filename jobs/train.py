@@ -12,10 +12,11 @@ import json
 import time
 
 from encore.core import fs
-from encore.core.runtime import init_ray, setup_logging, user_errors
+from encore.core.cli import user_errors
+from encore.core.runtime import init_ray, setup_logging
 from encore.recsys.models import MODELS
 from encore.recsys.train import train
-from encore.store import runs
+from encore.store import DEFAULT_STORE_URI, runs
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--dataset", required=True, help="ingested dataset folder or s3:// prefix")
     parser.add_argument("--model", default="popularity", choices=sorted(MODELS))
     parser.add_argument("--params", default="{}", help='model hyperparameters as JSON, e.g. \'{"by": "weight"}\'')
-    parser.add_argument("--store", default="./artifacts", help="model store folder or s3:// prefix")
+    parser.add_argument("--store", default=DEFAULT_STORE_URI, help="model store folder or s3:// prefix")
     parser.add_argument(
         "--alias", action="append", default=None, help="aliases to move to the new version (default: latest)"
     )

@@ -23,11 +23,14 @@ import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from encore.audio import AudioDecodeError, features  # noqa: E402
+from encore.audio import (  # noqa: E402
+    AudioDecodeError,
+    extract,  # noqa: E402
+    features,
+)
 from encore.audio.isolation import ChildCrashed, ChildRaised, ChildTimedOut, run_forked  # noqa: E402
 from encore.audio.schema import GTZAN_FEATURES, SAMPLE_RATE  # noqa: E402
 from encore.core import fs  # noqa: E402
-from jobs import extract_features as job  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data" / "audio-samples"
@@ -331,7 +334,7 @@ def test_job_reports_bad_files_and_a_rerun_skips_done_ones(ray_local, tmp_path):
     _plant(source)
     numba_cache_dir = os.environ["NUMBA_CACHE_DIR"]
 
-    summary = job.extract_features(str(source), str(output), numba_cache_dir=numba_cache_dir, workers=2)
+    summary = extract.extract_features(str(source), str(output), numba_cache_dir=numba_cache_dir, workers=2)
 
     assert (summary["files"], summary["analysed"], summary["errors"], summary["skipped"]) == (9, 4, 5, 0)
     tracks, segments, errors = (_read(str(output / f"{name}.parquet")) for name in ("tracks", "segments", "errors"))
@@ -356,7 +359,7 @@ def test_job_reports_bad_files_and_a_rerun_skips_done_ones(ray_local, tmp_path):
 
     # A changed file is analysed again and replaces its row; the rest is skipped.
     (source / "sine-440.wav").write_bytes(encoded(tone(60, 1.0)))
-    rerun = job.extract_features(str(source), str(output), numba_cache_dir=numba_cache_dir, workers=1)
+    rerun = extract.extract_features(str(source), str(output), numba_cache_dir=numba_cache_dir, workers=1)
 
     assert (rerun["analysed"], rerun["skipped"], rerun["errors"]) == (1, 3, 5)
     tracks2, segments2, errors2 = (_read(str(output / f"{name}.parquet")) for name in ("tracks", "segments", "errors"))
@@ -383,9 +386,9 @@ def test_job_reports_a_file_that_crashes_its_worker(ray_local, tmp_path):
             log.write(Path(path).name + "\n")
         if path.endswith("tail-crash.wav"):
             os.kill(os.getpid(), signal.SIGSEGV)  # what a bad numba cache did to librosa here
-        return job.analyze_track(path, data, sample_rate)
+        return extract.analyze_track(path, data, sample_rate)
 
-    summary = job.extract_features(
+    summary = extract.extract_features(
         str(source),
         str(tmp_path / "features"),
         numba_cache_dir=os.environ["NUMBA_CACHE_DIR"],
@@ -409,9 +412,8 @@ def test_job_reads_an_s3_prefix(ray_local, s3_bucket, tmp_path):
         s3.put_object(Bucket=s3_bucket, Key=f"incoming/{name}", Body=(SAMPLES / name).read_bytes())
     output = f"s3://{s3_bucket}/features"
 
-    summary = job.main(
-        ["--input", f"s3://{s3_bucket}/incoming", "--output", output, "--workers", "1"]
-        + ["--numba-cache-dir", os.environ["NUMBA_CACHE_DIR"]]
+    summary = extract.extract_features(
+        f"s3://{s3_bucket}/incoming", output, workers=1, numba_cache_dir=os.environ["NUMBA_CACHE_DIR"]
     )
 
     assert (summary["analysed"], summary["errors"]) == (2, 0)
@@ -447,7 +449,7 @@ def test_a_crashed_extraction_resumes_from_the_parts_it_wrote(ray_local, tmp_pat
         def analyse(path, data, sample_rate):  # in the actors' forked children: counted in a file
             with open(tmp_path / f"{run}.log", "a") as log:
                 log.write(Path(path).name + "\n")
-            return job.analyze_track(path, data, sample_rate)
+            return extract.analyze_track(path, data, sample_rate)
 
         return analyse
 
@@ -457,7 +459,7 @@ def test_a_crashed_extraction_resumes_from_the_parts_it_wrote(ray_local, tmp_pat
 
     # One file per part, so that the crash lands between files.
     options = dict(numba_cache_dir=os.environ["NUMBA_CACHE_DIR"], workers=1, batch_size=1)
-    reference = job.extract_features(
+    reference = extract.extract_features(
         str(source), str(tmp_path / "uninterrupted"), **options, process_file=counting("reference")
     )
     assert analysed("reference") == listed and reference["parts"] == 4 and reference["resumed"] == 0
@@ -469,7 +471,7 @@ def test_a_crashed_extraction_resumes_from_the_parts_it_wrote(ray_local, tmp_pat
             raise CrashAtPart(uri)
 
     with pytest.raises(CrashAtPart):
-        job.extract_features(
+        extract.extract_features(
             str(source), str(output), on_part=crash_after_the_second_part, **options, process_file=counting("crashed")
         )
     assert not (output / "tracks.parquet").exists()  # nothing published: the run did not finish
@@ -478,7 +480,7 @@ def test_a_crashed_extraction_resumes_from_the_parts_it_wrote(ray_local, tmp_pat
     in_parts = sorted(Path(path).name for part in parts for path in pq.read_table(part)["path"].to_pylist())
     assert len(in_parts) == 2 and set(in_parts) <= set(analysed("crashed"))
 
-    resumed = job.extract_features(str(source), str(output), **options, process_file=counting("resumed"))
+    resumed = extract.extract_features(str(source), str(output), **options, process_file=counting("resumed"))
 
     # The files the parts held were not decoded again; the others were, once each.
     assert analysed("resumed") == sorted(set(listed) - set(in_parts))
@@ -497,12 +499,14 @@ def test_result_parts_are_written_whole_and_read_back_newest_first(where, tmp_pa
     output = str(tmp_path / "out") if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')}/out"
 
     def rows(*entries):
-        return pa.Table.from_pylist([job._result_row(path, size, "h") for path, size in entries], job.RESULT_SCHEMA)
+        return pa.Table.from_pylist(
+            [extract._result_row(path, size, "h") for path, size in entries], extract.RESULT_SCHEMA
+        )
 
-    first = job.ResultParts(output, "run1")
+    first = extract.ResultParts(output, "run1")
     assert first.read({"a"}).num_rows == 0  # nothing written yet
     first.write(rows(("a", 1), ("b", 1)))
-    second = job.ResultParts(output, "run1")  # a later attempt: its parts sort after the first's
+    second = extract.ResultParts(output, "run1")  # a later attempt: its parts sort after the first's
     assert second.read({"a", "b"}, columns=["path", "size"]).to_pylist() == [
         {"path": "a", "size": 1},
         {"path": "b", "size": 1},
@@ -513,6 +517,6 @@ def test_result_parts_are_written_whole_and_read_back_newest_first(where, tmp_pa
     fs.write_bytes(fs.join(second.uri, "notes.parquet"), b"not a part")
     read = second.read({"a", "b"}).sort_by("path")
     assert list(zip(read["path"].to_pylist(), read["size"].to_pylist())) == [("a", 1), ("b", 2)]
-    assert job.ResultParts(output, "run2").read({"a"}).num_rows == 0  # another run's parts are its own
+    assert extract.ResultParts(output, "run2").read({"a"}).num_rows == 0  # another run's parts are its own
     second.remove()
     assert second.read({"a", "b", "c"}).num_rows == 0 and not fs.exists(second.uri)

@@ -246,7 +246,7 @@ def test_save_and_load_keep_the_likelihood(tmp_path):
 
 
 def test_ray_train_job_saves_a_version_and_resumes(ray_local, tmp_path):
-    from jobs.train_composer import train_composer
+    from encore.composer.ray_train import train_composer
 
     data = tmp_path / "jsb.json"
     data.write_text(

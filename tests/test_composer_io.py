@@ -431,13 +431,14 @@ def _upload_midi_folder(bucket: str) -> dict[str, list[list[int]]]:
 
 
 def test_prepare_job_reports_bad_files_and_trains_a_conditioned_composer(ray_local, s3_bucket, tmp_path):
-    from jobs.evaluate_composer import evaluate_version, markdown_table
-    from jobs.prepare_music import main as prepare
-    from jobs.train_composer import train_composer
+
+    from encore.composer.evaluate import evaluate_version, markdown_table
+    from encore.composer.prepare import prepare
+    from encore.composer.ray_train import train_composer
 
     good = _upload_midi_folder(s3_bucket)
     output = f"s3://{s3_bucket}/prepared"
-    summary = prepare(["--input", f"s3://{s3_bucket}/midi", "--output", output, "--step-beats", "0.5"])
+    summary = prepare(f"s3://{s3_bucket}/midi", output, step_beats=0.5)
     assert (summary["files"], summary["files_read"], summary["errors"], summary["pieces"]) == (5, 3, 2, 3)
     assert summary["pieces_per_style"] == {"folk": 2, "jazz": 1}
     pieces = read_pieces(output)

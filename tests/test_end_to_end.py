@@ -55,8 +55,10 @@ def planted_csv(path: Path) -> tuple[int, dict[str, set[str]]]:
 
 @pytest.fixture(scope="module")
 def pipeline_run(ray_local, tmp_path_factory):
-    """Run jobs.pipeline in-process on the session's Ray instance, logging into a list."""
-    from jobs import pipeline
+    """Ingest and train as jobs.pipeline does, in-process on the session's Ray instance, logging into a list."""
+    from encore.recsys.ingest import ingest
+    from encore.recsys.interactions import SplitConfig
+    from encore.recsys.train import train
 
     root = tmp_path_factory.mktemp("e2e")
     good_rows, histories = planted_csv(root / "plays.csv")
@@ -65,16 +67,9 @@ def pipeline_run(ray_local, tmp_path_factory):
     handler.emit = lambda record: records.append(handler.format(record))
     logging.getLogger().addHandler(handler)
     try:
-        result = pipeline.main(
-            [
-                "--input",
-                str(root / "plays.csv"),
-                "--dataset",
-                str(root / "dataset"),
-                "--store",
-                str(root / "store"),
-            ]
-        )
+        summary = ingest(str(root / "plays.csv"), str(root / "dataset"), SplitConfig())
+        version = train(str(root / "dataset"), "popularity", {}, str(root / "store"), ["latest", "production"])
+        result = {"ingest": summary, "version": version}
     finally:
         logging.getLogger().removeHandler(handler)
     return {"root": root, "result": result, "good_rows": good_rows, "histories": histories, "log": records}
@@ -382,14 +377,12 @@ def test_api_keys_identify_clients_and_bound_what_they_may_do(api, api_keys):
 def test_tune_search_selects_on_validation_and_stores_the_best(pipeline_run):
     from ray import tune
 
+    from encore.recsys.search import main
     from encore.store import ModelStore
-    from tuning import popularity
-    from tuning.common import main
 
     root = pipeline_run["root"]
     outcome = main(
         "popularity",
-        popularity.param_space,
         [
             "--dataset",
             str(root / "dataset"),
@@ -410,26 +403,16 @@ def test_tune_search_selects_on_validation_and_stores_the_best(pipeline_run):
     assert manifest.metrics["validation"]["ndcg@10"] == pytest.approx(trials[best_by]["ndcg@10"])
 
 
-def test_evaluate_job_compares_fitted_and_stored_models(pipeline_run):
-    from jobs import evaluate
+def test_evaluation_compares_fitted_and_stored_models(pipeline_run):
+    from encore.core.reports import report
+    from encore.recsys.evaluate import evaluate_all, markdown_table
+    from encore.recsys.metrics import COLD_MAX_LISTENERS
 
     root = pipeline_run["root"]
-    rows = evaluate.main(
-        [
-            "--dataset",
-            str(root / "dataset"),
-            "--store",
-            str(root / "store"),
-            "--model",
-            "popularity",
-            "--model",
-            'popularity:{"by": "weight"}',
-            "--version",
-            pipeline_run["result"]["version"],
-            "--output",
-            str(root / "report"),
-        ]
-    )
+    models = ["popularity", 'popularity:{"by": "weight"}']
+    version = pipeline_run["result"]["version"]
+    rows = evaluate_all(str(root / "dataset"), models, [version], str(root / "store"), COLD_MAX_LISTENERS)
+    report(rows, markdown_table(rows), str(root / "report"))
     by_name = {row["model"]: row for row in rows}
     assert set(by_name) == {"popularity", 'popularity {"by": "weight"}', pipeline_run["result"]["version"]}
     # The stored version was fitted on the same data with the same settings as "popularity".
@@ -571,18 +554,18 @@ def test_a_model_that_explains_answers_because_and_similar_items(api, pipeline_r
 def test_als_search_reports_every_sweep_and_asha_stops_early(pipeline_run):
     from ray import tune
 
+    from encore.recsys.search import main
+    from encore.recsys.spaces import ALS_ITERATIONS
     from encore.store import ModelStore
-    from tuning import als
-    from tuning.common import main
 
     root = pipeline_run["root"]
     fixed = '{"factors": 8, "log_scaling": true}'
     arguments = ["--dataset", str(root / "dataset"), "--store", str(root / "als-search"), "--num-samples", "6"]
-    outcome = main("als", als.param_space, [*arguments, "--fixed", fixed], scheduler=als.scheduler())
+    outcome = main("als", [*arguments, "--fixed", fixed])
     trials = tune.ExperimentAnalysis(outcome["results"]).trials
     iterations = sorted(trial.last_result["iterations"] for trial in trials)
-    assert len(trials) == 6 and iterations[-1] == als.ITERATIONS
-    assert iterations[0] < als.ITERATIONS, "ASHA stopped no trial early"
+    assert len(trials) == 6 and iterations[-1] == ALS_ITERATIONS
+    assert iterations[0] < ALS_ITERATIONS, "ASHA stopped no trial early"
     assert all((trial.config["factors"], trial.config["log_scaling"]) == (8, True) for trial in trials)
     assert len({trial.config["regularization"] for trial in trials}) == 6
     stored = ModelStore(root / "als-search").show("tuned-als").config["params"]

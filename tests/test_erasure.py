@@ -107,12 +107,12 @@ def test_an_erased_listener_is_in_no_file_and_gets_the_unknown_users_answer(ray_
     from encore.privacy.erasure import EXACT, RETRAIN
     from encore.privacy.ids import pseudonymize
     from encore.recsys.bundle import RecommenderBundle
+    from encore.recsys.ingest import ingest
     from encore.recsys.interactions import InteractionDataset, SplitConfig
     from encore.recsys.models import fit_model
     from encore.recsys.train import train
     from encore.serving.versions import FAMILIES, VersionCache
     from encore.store import ModelStore
-    from jobs.ingest import ingest
 
     key = pseudonymize(PLANTED, TEST_ID_KEY.encode())
     planted_csv(tmp_path / "plays.csv")

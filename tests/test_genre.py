@@ -166,7 +166,7 @@ def test_windows_of_a_track():
 
 
 def test_windows_are_whole_30_second_segments_or_the_whole_short_track():
-    from jobs.classify import windows_of_tracks
+    from encore.genre.classify import windows_of_tracks
 
     def rows(paths, value):
         return pd.DataFrame({"path": paths, **dict.fromkeys(GTZAN_FEATURES, value)})
@@ -181,15 +181,14 @@ def test_windows_are_whole_30_second_segments_or_the_whole_short_track():
 
 @pytest.fixture(scope="module")
 def stored(ray_local, tmp_path_factory):
-    """A small genre model trained by the job, the sample folder classified, the tracks indexed."""
-    from jobs import classify, index_tracks, train_genre
+    """A small genre model trained as the job trains it, the sample folder classified, the tracks indexed."""
+    from encore.genre.classify import classify
+    from encore.genre.train import train_genre
+    from encore.soundalike.build import index_tracks
 
     root = tmp_path_factory.mktemp("genre")
     store = root / "store"
-    version = train_genre.main(
-        ["--store", str(store), "--params", '{"members": 2, "epochs": 20}']
-        + ["--alias", "genre-latest", "--alias", "genre-production"]
-    )
+    version = train_genre(str(store), {"members": 2, "epochs": 20}, ["genre-latest", "genre-production"])
     audio = root / "audio"
     audio.mkdir()
     for name in ("flute-A4.wav", "sax-phrase-short.wav", "sine-440.wav"):
@@ -197,13 +196,11 @@ def stored(ray_local, tmp_path_factory):
     whole = (SAMPLES / "sax-phrase-short.wav").read_bytes()
     (audio / "truncated.wav").write_bytes(whole[: len(whole) // 2])
     (audio / "notes.mp3").write_bytes(b"these are not the sounds you are looking for\n" * 20)
-    summary = classify.main(
-        ["--input", str(audio), "--output", str(root / "genres"), "--store", str(store), "--model", "genre-production"]
-        + ["--workers", "1", "--numba-cache-dir", os.environ["NUMBA_CACHE_DIR"]]
-    )
-    index_version = index_tracks.main(
-        ["--features", str(root / "genres" / "features"), "--store", str(store), "--alias", "soundalike-production"]
-    )
+    summary = classify(
+        str(audio), str(root / "genres"), str(store), "genre-production",
+        workers=1, numba_cache_dir=os.environ["NUMBA_CACHE_DIR"],
+    )  # fmt: skip
+    index_version = index_tracks(str(root / "genres" / "features"), str(store), ["soundalike-production"])
     return {"root": root, "store": store, "version": version, "classify": summary, "index": index_version}
 
 
@@ -230,11 +227,11 @@ def test_training_job_stores_an_evaluated_genre_model(stored):
 def test_search_selects_on_validation_and_stores_the_best(ray_local, tmp_path):
     from ray import tune
 
+    from encore.genre.train import search_and_train
     from encore.store import ModelStore
-    from tuning import genre as genre_search
 
-    fixed = '{"members": 1, "epochs": 20}'
-    outcome = genre_search.main(["--store", str(tmp_path / "store"), "--num-samples", "2", "--fixed", fixed])
+    fixed = {"members": 1, "epochs": 20}
+    outcome = search_and_train(str(tmp_path / "store"), "tuned-genre", num_samples=2, fixed=fixed)
     # Read back what Tune saved: the results must be on disk, not only in memory.
     trials = [trial.last_result for trial in tune.ExperimentAnalysis(outcome["results"]).trials]
     assert len(trials) == 2 and all(trial["config"]["members"] == 1 for trial in trials)
@@ -271,15 +268,14 @@ def test_classify_job_predicts_every_good_file_and_reports_the_bad_ones(stored):
 
 def test_ingested_audio_features_feed_the_content_recommender(stored, tmp_path):
     from encore.audio.schema import GTZAN_FEATURES
-    from encore.recsys.interactions import AUDIO_PREFIX, InteractionDataset
+    from encore.recsys.ingest import audio_catalogue, ingest
+    from encore.recsys.interactions import AUDIO_PREFIX, InteractionDataset, SplitConfig
     from encore.recsys.models import fit_model
-    from jobs import ingest
 
     plays = "user,item,plays\nalice,flute-A4,5\nalice,x1,2\nbob,sine-440,3\nbob,x1,1\ncarol,flute-A4,2\n"
     (tmp_path / "plays.csv").write_text(plays)
     features = stored["root"] / "genres" / "features"
-    ingest.main(["--input", str(tmp_path / "plays.csv"), "--output", str(tmp_path / "dataset"),
-                 "--audio-features", str(features)])  # fmt: skip
+    ingest(str(tmp_path / "plays.csv"), str(tmp_path / "dataset"), SplitConfig(), str(features))
     dataset = InteractionDataset.load(tmp_path / "dataset")
     assert dataset.manifest["audio_features"]["tracks"] == 3
     items = dataset.items.set_index("item_id")
@@ -308,19 +304,16 @@ def test_ingested_audio_features_feed_the_content_recommender(stored, tmp_path):
     pq.write_table(pa.concat_tables([table, pa.Table.from_pandas(twin, schema=table.schema)]),
                    tmp_path / "twins" / "tracks.parquet")  # fmt: skip
     with pytest.raises(ValueError, match=r"/elsewhere/.* would both be item"):
-        ingest.audio_catalogue(str(tmp_path / "twins"))
+        audio_catalogue(str(tmp_path / "twins"))
 
 
 def test_classify_refuses_a_model_of_another_kind(stored, tmp_path):
+    from encore.genre.classify import classify
     from encore.store import ModelStore
-    from jobs import classify
 
     ModelStore(stored["store"]).set_alias("not-genre", stored["index"])
-    with pytest.raises(SystemExit, match="a soundalike model, not a genre model"):
-        classify.main(
-            ["--input", str(SAMPLES), "--output", str(tmp_path), "--store", str(stored["store"])]
-            + ["--model", "not-genre"]
-        )
+    with pytest.raises(ValueError, match="a soundalike model, not a genre model"):
+        classify(str(SAMPLES), str(tmp_path), str(stored["store"]), "not-genre")
 
 
 @pytest.fixture(scope="module")

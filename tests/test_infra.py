@@ -414,11 +414,11 @@ def test_job_entrypoint_exists_and_takes_these_flags(name, entrypoint):
     path = module_file(module)
     assert path.is_file(), f"{name}: {path.relative_to(REPO)} does not exist"
     flags, required = argparse_flags(path)
-    # options the module borrows from other jobs modules (from jobs.ingest import add_..._arguments)
+    # options the module takes from the library (from encore.recsys.ingest import add_split_arguments)
     for node in ast.walk(ast.parse(path.read_text())):
-        borrowed = isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jobs.")
-        if borrowed and module_file(node.module).is_file():
-            flags |= argparse_flags(module_file(node.module))[0]
+        borrowed = isinstance(node, ast.ImportFrom) and (node.module or "").startswith("encore.")
+        if borrowed and module_file(f"src.{node.module}").is_file():
+            flags |= argparse_flags(module_file(f"src.{node.module}"))[0]
     given = {a.split("=", 1)[0] for a in argv[3:] if a.startswith("--")}
     assert given <= flags, f"{name}: {sorted(given - flags)} not accepted by {module}"
     assert required <= given, f"{name}: {module} requires {sorted(required - given)}"

@@ -98,8 +98,8 @@ def _texts(path: Path) -> str:
 
 
 def test_the_ingest_job_writes_and_logs_no_raw_id(ray_local, tmp_path, caplog):
+    from encore.recsys.ingest import ingest
     from encore.recsys.interactions import SplitConfig
-    from jobs.ingest import ingest
 
     (tmp_path / "input").mkdir()
     for name, data in {"good.csv": GOOD, **MALFORMED}.items():

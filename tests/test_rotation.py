@@ -165,7 +165,7 @@ def test_a_hetrec_folder_is_read_as_the_ingest_reads_it(tmp_path):
 
 def test_input_suffixes_are_those_of_the_ingest():
     from encore.privacy.rotation import INPUT_SUFFIXES
-    from jobs.ingest import INPUT_SUFFIXES as INGESTED
+    from encore.recsys.ingest import INPUT_SUFFIXES as INGESTED
 
     assert INPUT_SUFFIXES == INGESTED
 
@@ -324,22 +324,19 @@ def test_serving_accepts_versions_of_either_key_and_answers_each_with_its_own(wo
         only_new.load(old_version)
 
 
-def test_the_job_takes_its_keys_from_the_environment_only(world, monkeypatch, capsys):
-    from jobs import rotate_key
-
+def test_the_job_takes_its_keys_from_the_environment_only(world):
     arguments = ["--input", str(world["input"]), "--dataset", str(world["dataset"]), "--store", world["store"].uri]
-    monkeypatch.setenv("ENCORE_ID_KEY", NEW.decode())
-    monkeypatch.delenv("ENCORE_ID_KEY_PREVIOUS", raising=False)
-    with pytest.raises(SystemExit, match="error: set ENCORE_ID_KEY_PREVIOUS"):
-        rotate_key.main(arguments)
-    with pytest.raises(SystemExit):
-        rotate_key.main(["--help"])
-    assert "--key" not in capsys.readouterr().out
-    # The entrypoint as it is run, in a process of its own.
-    env = {"PATH": "", "PYTHONPATH": f"{REPO / 'src'}:{REPO}", "HOME": str(world["tmp"]),
-           "ENCORE_ID_KEY": NEW.decode(), "ENCORE_ID_KEY_PREVIOUS": OLD.decode()}  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "jobs.rotate_key", *arguments], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env=env)  # fmt: skip
+    env = {"PATH": "", "PYTHONPATH": f"{REPO / 'src'}:{REPO}", "HOME": str(world["tmp"]), "ENCORE_ID_KEY": NEW.decode()}
+
+    def rotate_key(*arguments: str, **more_env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "jobs.rotate_key", *arguments], cwd=REPO, capture_output=True,
+                              text=True, timeout=300, env={**env, **more_env})  # fmt: skip
+
+    refused = rotate_key(*arguments)
+    assert refused.returncode == 2 and "error: set ENCORE_ID_KEY_PREVIOUS" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert "--key" not in rotate_key("--help").stdout
+    done = rotate_key(*arguments, ENCORE_ID_KEY_PREVIOUS=OLD.decode())
     assert done.returncode == 0, done.stderr
     assert "rotation done" in done.stderr and world["store"].show("production").config["rotated_from"]
     assert InteractionDataset.load(str(world["dataset"])).manifest["id_key_fingerprint"] == key_fingerprint(NEW)

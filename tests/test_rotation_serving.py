@@ -2,6 +2,7 @@
 procedure), clients keep asking for recommendations while jobs.rotate_key runs and the service picks up the
 rotated versions, and every request succeeds with the answer it got before the rotation."""
 
+import os
 import threading
 import time
 from collections import Counter
@@ -63,14 +64,15 @@ def setting(ray_local, api_keys, tmp_path_factory):
     store, deployed with the new key in ENCORE_ID_KEY and the old one in ENCORE_ID_KEY_PREVIOUS."""
     from ray import serve
 
-    from jobs import ingest, train
+    from encore.recsys.ingest import ingest
+    from encore.recsys.interactions import SplitConfig
+    from encore.recsys.train import train
 
     root = tmp_path_factory.mktemp("rotation")
     users = write_plays(root / "plays.csv")
-    ingest.main(["--input", str(root / "plays.csv"), "--output", str(root / "dataset"), "--min-items", "3"])
-    params = '{"factors": 8, "iterations": 4}'
-    version = train.main(["--dataset", str(root / "dataset"), "--model", "als", "--params", params,
-                          "--store", str(root / "store"), "--alias", "latest", "--alias", "production"])  # fmt: skip
+    ingest(str(root / "plays.csv"), str(root / "dataset"), SplitConfig(min_items=3))
+    version = train(str(root / "dataset"), "als", {"factors": 8, "iterations": 4}, str(root / "store"),
+                    ["latest", "production"])  # fmt: skip
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -148,8 +150,8 @@ class Clients:
 
 
 def test_rotation_under_load_fails_no_request_and_changes_no_answer(setting, monkeypatch):
+    from encore.privacy.rotation import rotate, rotation_keys
     from encore.store import ModelStore
-    from jobs import rotate_key
 
     users = [*setting["users"], UNKNOWN]
     with httpx.Client(base_url=setting["url"], headers=setting["headers"], timeout=60) as client:
@@ -166,8 +168,10 @@ def test_rotation_under_load_fails_no_request_and_changes_no_answer(setting, mon
             monkeypatch.setenv("ENCORE_ID_KEY", NEW)
             monkeypatch.setenv("ENCORE_ID_KEY_PREVIOUS", OLD)
             root = setting["root"]
-            summary = rotate_key.main(["--input", str(root / "plays.csv"), "--dataset", str(root / "dataset"),
-                                       "--store", str(root / "store")])  # fmt: skip
+            previous, new = rotation_keys(dict(os.environ))
+            summary = rotate(
+                str(root / "plays.csv"), previous, new, [str(root / "dataset")], str(root / "store"), False
+            )
             rotated = summary["versions"][setting["version"]]
             assert summary["aliases"] == {"latest": rotated, "production": rotated}
             assert ModelStore(str(root / "store")).resolve("production") == rotated

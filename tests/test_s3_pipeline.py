@@ -10,9 +10,10 @@ import pyarrow.parquet as pq
 
 def test_pipeline_reads_and_writes_s3(ray_local, s3_bucket, tmp_path, monkeypatch):
     from encore.core import fs
-    from encore.recsys.interactions import InteractionDataset
+    from encore.recsys.ingest import ingest
+    from encore.recsys.interactions import InteractionDataset, SplitConfig
+    from encore.recsys.train import train
     from encore.store import ModelStore
-    from jobs import pipeline
 
     monkeypatch.setenv("ENCORE_CACHE_DIR", str(tmp_path / "cache"))
     s3 = boto3.client("s3")
@@ -33,18 +34,9 @@ def test_pipeline_reads_and_writes_s3(ray_local, s3_bucket, tmp_path, monkeypatc
     pq.write_table(table, buffer)
     s3.put_object(Bucket=s3_bucket, Key="raw/part-1.parquet", Body=buffer.getvalue())
 
-    result = pipeline.main(
-        [
-            "--input",
-            f"s3://{s3_bucket}/raw",
-            "--dataset",
-            f"s3://{s3_bucket}/datasets/plays",
-            "--store",
-            f"s3://{s3_bucket}/models",
-        ]
-    )
+    summary = ingest(f"s3://{s3_bucket}/raw", f"s3://{s3_bucket}/datasets/plays", SplitConfig())
+    train(f"s3://{s3_bucket}/datasets/plays", "popularity", {}, f"s3://{s3_bucket}/models", ["latest", "production"])
 
-    summary = result["ingest"]
     assert (summary["read"], summary["accepted"], summary["rejected"]) == (100, 98, 2)
     assert summary["rejects"].startswith(f"s3://{s3_bucket}/datasets/plays/versions/")
     rejects = pd.read_csv(io.BytesIO(fs.read_bytes(summary["rejects"])))

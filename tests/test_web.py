@@ -47,24 +47,27 @@ def store(ray_local, tmp_path_factory) -> Path:
     """Every family's model in one store, each under the alias the service serves it from."""
     from test_end_to_end import _publish_tiny_composer
 
+    from encore.audio.extract import extract_features
+    from encore.genre.train import train_genre
+    from encore.recsys.ingest import ingest
+    from encore.recsys.interactions import SplitConfig
     from encore.recsys.train import train
-    from jobs import extract_features, index_tracks, ingest, train_genre
+    from encore.soundalike.build import index_tracks
 
     root = tmp_path_factory.mktemp("web")
     store = root / "store"
     _plays_csv(root / "plays.csv")
-    ingest.main(["--input", str(root / "plays.csv"), "--output", str(root / "dataset")])
+    ingest(str(root / "plays.csv"), str(root / "dataset"), SplitConfig())
     train(str(root / "dataset"), "popularity", {}, str(store), ["popular"])
     train(str(root / "dataset"), "als", {"factors": 8, "iterations": 5, "regularization": 0.1}, str(store),
           ["production"])  # fmt: skip
-    train_genre.main(["--store", str(store), "--params", '{"members": 2, "epochs": 20}', "--alias", "genre-production"])
+    train_genre(str(store), {"members": 2, "epochs": 20}, ["genre-production"])
     audio = root / "audio"
     audio.mkdir()
     for name in ("flute-A4.wav", "sax-phrase-short.wav", "sine-440.wav"):
         shutil.copy(SAMPLES / name, audio / name)
-    extract_features.main(["--input", str(audio), "--output", str(root / "features"), "--workers", "1",
-                           "--numba-cache-dir", os.environ["NUMBA_CACHE_DIR"]])  # fmt: skip
-    index_tracks.main(["--features", str(root / "features"), "--store", str(store), "--alias", "soundalike-production"])
+    extract_features(str(audio), str(root / "features"), workers=1, numba_cache_dir=os.environ["NUMBA_CACHE_DIR"])
+    index_tracks(str(root / "features"), str(store), ["soundalike-production"])
     _publish_tiny_composer(str(store))
     return store
 

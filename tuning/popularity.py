@@ -3,11 +3,7 @@
 python -m tuning.popularity --dataset artifacts/datasets/lastfm-hetrec2k --store artifacts
 """
 
-from ray import tune
-
-from tuning.common import main
-
-param_space = {"by": tune.grid_search(["users", "weight"])}
+from encore.recsys.search import main
 
 if __name__ == "__main__":
-    main("popularity", param_space)
+    main("popularity")

@@ -17,9 +17,11 @@ import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from encore.composer.data import Corpus
+from encore.composer.data import Corpus, load_corpus
 from encore.composer.model import Composer, ComposerConfig
+from encore.composer.ray_train import train_composer
 from encore.composer.train import TrainConfig, fit
+from encore.core import fs
 from encore.core.search import run_search
 
 logger = logging.getLogger(__name__)
@@ -97,3 +99,33 @@ def search(
         results.experiment_path,
     )
     return results
+
+
+def search_and_train(
+    data: str, store_uri: str, base_model: ComposerConfig, base_train: TrainConfig, alias: str, *,
+    results_uri: str | None = None, storage: str | None = None, **search_options,
+) -> dict:  # fmt: skip
+    """Search on ``data``'s validation split, then train the best on Ray Train and store it as
+    ``composer-latest`` and ``alias``, with the search recorded; ``search_options`` as :func:`search`
+    takes them."""
+    store_uri = fs.absolute(store_uri)
+    corpus = load_corpus(data, base_model.max_steps, base_model.max_notes)
+    results = search(corpus, base_model, base_train, results_uri or fs.join(store_uri, "tune"), **search_options)
+    best = results.get_best_result()
+    model_config, train_config = configs(best.config, base_model, base_train)
+    version = train_composer(
+        data,
+        store_uri,
+        model_config,
+        train_config,
+        storage=storage,
+        aliases=("composer-latest", alias),
+        tuning={
+            "trials": len(results),
+            "metric": SELECTION_METRIC,
+            "best_config": best.config,
+            "best_validation": best.metrics[SELECTION_METRIC],
+            "results": results.experiment_path,
+        },
+    )
+    return {"best_config": best.config, "version": version, "results": results.experiment_path}

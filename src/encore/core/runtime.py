@@ -1,7 +1,6 @@
 """Connecting to Ray the same way from every job, test and script."""
 
 import atexit
-import contextlib
 import logging
 import os
 import shutil
@@ -9,8 +8,6 @@ import socket
 import tempfile
 
 import ray
-
-from encore.core.errors import EncoreError
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +61,3 @@ def init_ray(num_cpus: int | None = None) -> None:
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-@contextlib.contextmanager
-def user_errors():
-    """Turn Encore's own errors and missing files into ``error: ...`` and exit status 1, without a traceback."""
-    try:
-        yield
-    except (FileNotFoundError, EncoreError) as error:
-        raise SystemExit(f"error: {error}") from None

@@ -16,6 +16,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from encore.core import fs
+from encore.store import DEFAULT_STORE_URI
 
 
 def run_search(
@@ -66,6 +67,20 @@ def run_search(
     if len(errors) == len(results):
         raise RuntimeError(f"every {name} trial failed; first error: {errors[0]}")
     return results
+
+
+def add_search_arguments(
+    parser: argparse.ArgumentParser, *, alias: str, num_samples: int, fixed_example: str | None = None
+) -> None:
+    """The options of every search command: where the best is stored and under which alias, where Tune's
+    results go, and how many trials to run; with ``fixed_example``, ``--fixed`` settings too."""
+    parser.add_argument("--store", default=DEFAULT_STORE_URI, help="model store for the best configuration")
+    parser.add_argument("--results", default=None, help="where Tune keeps its results (default: STORE/tune)")
+    parser.add_argument("--num-samples", type=int, default=num_samples, help="trials (for a grid: repeats of it)")
+    parser.add_argument("--alias", default=alias, help="alias for the stored best model")
+    if fixed_example is not None:
+        fixed_help = f"settings every trial keeps, as JSON, e.g. {fixed_example!r} (not searched)"
+        parser.add_argument("--fixed", type=fixed_settings, default={}, help=fixed_help)
 
 
 def fixed_settings(text: str) -> dict:

@@ -605,5 +605,15 @@ def _residual(report: dict) -> list[str]:
     return notes
 
 
+def summary(report: dict) -> str:
+    """One line of what an erasure's ``report`` says was done (or, for a dry run, planned)."""
+    versions = report["versions"]
+    rewritten = sum(1 for entry in report["datasets"] if entry.get("new_version") or entry.get("version"))
+    return (
+        f"{rewritten} dataset(s) rewritten, {len(versions['republished'])} version(s) republished, "
+        f"{len(versions['deleted'])} deleted, {len(report['checkpoints']['deleted'])} checkpoint run(s) deleted"
+    )
+
+
 def write_report(report: dict, uri: str | Path) -> None:
     fs.write_bytes(fs.absolute(uri), json.dumps(report, indent=2).encode())

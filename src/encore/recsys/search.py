@@ -2,9 +2,11 @@
 
 Each trial fits the model on the train split and reports the validation metrics; test never takes
 part in the choice. The search's results are kept under ``storage_path`` (Tune's own layout) and
-the best configuration is trained, evaluated and saved in the model store by ``jobs.train``.
+the best configuration is trained, evaluated and saved in the model store by ``encore.recsys.train``.
+``main`` is the command line of every ``tuning.<kind>``.
 """
 
+import argparse
 import logging
 import time
 from collections.abc import Callable
@@ -12,10 +14,15 @@ from collections.abc import Callable
 import optuna
 from ray import tune
 
-from encore.core.search import run_search
+from encore.core import fs
+from encore.core.cli import user_errors
+from encore.core.runtime import init_ray, setup_logging
+from encore.core.search import add_search_arguments, run_search
 from encore.recsys.interactions import InteractionDataset
 from encore.recsys.metrics import evaluate
 from encore.recsys.models import model_class
+from encore.recsys.spaces import SPACES, scheduler
+from encore.recsys.train import train
 
 logger = logging.getLogger(__name__)
 
@@ -71,3 +78,43 @@ def search(
         results.experiment_path,
     )
     return results
+
+
+def search_and_train(
+    kind: str, dataset_uri: str, store_uri: str, alias: str, *, results_uri: str | None = None, **search_options
+) -> dict:
+    """Search ``kind``'s space (``encore.recsys.spaces``), then train the best configuration and store it
+    as ``latest`` and ``alias``, with the search recorded; ``search_options`` as :func:`search` takes them."""
+    results = search(
+        kind,
+        SPACES[kind],
+        fs.absolute(dataset_uri),
+        results_uri or fs.join(fs.absolute(store_uri), "tune"),
+        scheduler=scheduler(kind),
+        **search_options,
+    )
+    best = results.get_best_result()
+    tuning = {
+        "trials": len(results),
+        "metric": SELECTION_METRIC,
+        "best_validation": best.metrics[SELECTION_METRIC],
+        "results": results.experiment_path,
+    }
+    version = train(dataset_uri, kind, best.config, store_uri, ["latest", alias], tuning=tuning)
+    return {"best_config": best.config, "version": version, "results": results.experiment_path}
+
+
+def main(kind: str, argv: list[str] | None = None) -> dict:
+    """The command line of ``tuning.<kind>``: search on validation, then train and store the best."""
+    parser = argparse.ArgumentParser(description=f"Ray Tune search for the {kind} recommender (selects on validation).")
+    parser.add_argument("--dataset", required=True, help="ingested dataset folder or s3:// prefix")
+    add_search_arguments(parser, alias=f"tuned-{kind}", num_samples=1, fixed_example='{"collaborative": "ease"}')
+    parser.add_argument("--seed", type=int, default=0, help="seed of the search")
+    args = parser.parse_args(argv)
+    setup_logging()
+    init_ray()
+    with user_errors():
+        return search_and_train(
+            kind, args.dataset, args.store, args.alias, results_uri=args.results,
+            num_samples=args.num_samples, seed=args.seed, fixed=args.fixed,
+        )  # fmt: skip

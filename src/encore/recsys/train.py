@@ -5,11 +5,10 @@ refitted on train + validation and scored on test; the refitted model is what is
 sets of metrics. The version's manifest records what a retrain needs to repeat the training
 (``config``: the kind's params, the dataset's URI and version, its split, the search that chose the
 params and the Ray Train workers, if any), so that ``encore.privacy.erasure`` can retrain a version on the
-same dataset once a listener was removed from it. ``jobs.train`` is the command line.
+same dataset once a listener was removed from it. ``jobs.train`` is its command line.
 """
 
 import logging
-import tempfile
 import time
 
 import ray
@@ -22,6 +21,7 @@ from encore.recsys.metrics import evaluate
 from encore.recsys.models import fit_model, model_class
 from encore.serving.versions import serving_store
 from encore.store import runs
+from encore.store.publish import save_trained
 
 logger = logging.getLogger("encore.train")
 
@@ -53,7 +53,7 @@ def fit_and_evaluate(
         if workers is None:
             return fit_model(kind, params, user_items, dataset.items)
         if kind != "als":
-            raise SystemExit(f"error: only als trains on Ray Train workers, not {kind!r}; leave out --workers")
+            raise ValueError(f"only als trains on Ray Train workers, not {kind!r}; leave out --workers")
         from encore.recsys.models.als_train import fit_on_ray
 
         run = {**workers, "name": run_name(workers, splits)}
@@ -90,8 +90,8 @@ def train(
     dataset = InteractionDataset.load(dataset_uri)
     key_print = key_fingerprint(id_key())
     if dataset.manifest["id_key_fingerprint"] != key_print:
-        raise SystemExit(
-            f"error: {dataset_uri} was ingested under another ENCORE_ID_KEY; "
+        raise ValueError(
+            f"{dataset_uri} was ingested under another ENCORE_ID_KEY; "
             "train and serve with the key the data was ingested with"
         )
     if reuse:
@@ -128,28 +128,26 @@ def train(
                 if name.startswith(("ndcg@10", "recall@20", "precision@10", "map@10"))
             ),
         )
-    with tempfile.TemporaryDirectory() as folder:
-        bundle.save(folder)
-        manifest = serving_store(store_uri).save(
-            folder,
-            kind=kind,
-            config={
-                "params": params,
-                "dataset": dataset_uri,
-                "dataset_version": dataset.manifest["version"],
-                "split": dataset.manifest["split"],
-                "tuning": tuning,
-                "workers": workers,
-                **(extra_config or {}),
-            },
-            metrics=metrics,
-            data_fingerprint=dataset.manifest["fingerprint"],
-            preprocessing=preprocessing(key_print),
-            aliases=aliases,
-        )
-    logger.info("saved %s to %s (aliases: %s)", manifest.version, store_uri, ", ".join(aliases))
+    version = save_trained(
+        serving_store(store_uri),
+        bundle,
+        aliases,
+        kind=kind,
+        config={
+            "params": params,
+            "dataset": dataset_uri,
+            "dataset_version": dataset.manifest["version"],
+            "split": dataset.manifest["split"],
+            "tuning": tuning,
+            "workers": workers,
+            **(extra_config or {}),
+        },
+        metrics=metrics,
+        data_fingerprint=dataset.manifest["fingerprint"],
+        preprocessing=preprocessing(key_print),
+    )
     if workers is not None:
         # The checkpoints of both fits have served: gc removes them after their retention.
         for name in run_names(workers):
-            runs.mark_saved(workers["storage_path"], name, manifest.version)
-    return manifest.version
+            runs.mark_saved(workers["storage_path"], name, version)
+    return version
