@@ -14,7 +14,7 @@ import json
 
 from encore.core.cli import user_errors
 from encore.core.runtime import init_ray, setup_logging
-from encore.genre.classifier import TABLE_NAME
+from encore.genre.data import TABLE_NAME
 from encore.genre.train import train_genre
 from encore.store import DEFAULT_STORE_URI
 

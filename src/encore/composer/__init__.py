@@ -3,11 +3,12 @@
 :mod:`~encore.composer.tokens` holds the vocabulary, :class:`Piece` (music with its labels, the one
 form it takes between MIDI in and out) and the JSB Chorales loader,
 :mod:`~encore.composer.model` the model with its exact likelihood and sampling,
-:mod:`~encore.composer.train` the training loop that ``jobs/train_composer.py`` runs on Ray Train,
-and :mod:`~encore.composer.search` its Ray Tune search. Music in and out:
+:mod:`~encore.composer.train` the training loop, :mod:`~encore.composer.ray_train` that loop on a
+Ray Train worker group, :mod:`~encore.composer.search` its Ray Tune search and
+:mod:`~encore.composer.evaluate` stored composers scored. Music in and out:
 :mod:`~encore.composer.midi` (MIDI files and WAV renders), :mod:`~encore.composer.corpus` (the
-corpus shipped with music21), :mod:`~encore.composer.data` (prepared pieces with their labels, and
-the training corpus made of them) and :mod:`~encore.composer.checks` (musical checks).
+corpus shipped with music21), :mod:`~encore.composer.prepare` (MIDI or the corpus made into pieces, on Ray Data),
+:mod:`~encore.composer.data` (prepared pieces with their labels, and the training corpus made of them) and :mod:`~encore.composer.checks` (musical checks).
 :mod:`~encore.composer.compose` is a model as stored and served, and
 :mod:`~encore.composer.service` one ``POST /v1/compose`` answered.
 """

@@ -1,3 +1,3 @@
-"""Genre classification on the GTZAN feature schema: the feature table and split it learns from
-(``data``), the classifier and its evaluation (``classifier``) and the search over it and the
-scikit-learn baselines (``search``)."""
+"""Genre classification on the GTZAN feature schema: the table and its artist-disjoint split (``data``),
+the classifier and its evaluation (``classifier``), training and storing it (``train``), the search
+over it and the scikit-learn baselines (``search``), and classifying a folder of audio (``classify``)."""

@@ -27,7 +27,7 @@ from encore.genre.data import (
     preprocessing,
     split_table,
 )
-from encore.search import fit_and_evaluate, random_folds
+from encore.genre.search import fit_and_evaluate, random_folds
 from encore.serving.versions import serving_store
 from encore.store.publish import save_trained
 

@@ -1,1 +1,2 @@
-"""Sound-alike search: the nearest tracks in scaled GTZAN feature space (``index``)."""
+"""Sound-alike search: the nearest tracks in scaled GTZAN feature space (``index``), built from an
+extraction run and stored (``build``)."""
