@@ -264,7 +264,7 @@ def test_channels_are_averaged_a_block_at_a_time(monkeypatch):
 
 
 def test_similar_analyses_the_middle_excerpt_of_a_long_upload(monkeypatch):
-    from encore.serving import uploads as audio_serving
+    from encore.serving import uploads
 
     decoded, analysed = [], []
     read_mono = features.read_mono
@@ -278,10 +278,10 @@ def test_similar_analyses_the_middle_excerpt_of_a_long_upload(monkeypatch):
     # 100 s: a 440 Hz tone in the middle 30 s only, silence around it
     y = np.zeros(100 * 8_000, np.float32)
     y[35 * 8_000 : 65 * 8_000] = tone(69, 30.0, sr=8_000)
-    assert audio_serving.similar_to_upload(Index(), encoded(y, 8_000, "FLAC"), 5) == {"tracks": []}
-    assert decoded == [audio_serving.SIMILAR_EXCERPT_SECONDS * 8_000]  # only the excerpt was decoded
+    assert uploads.similar_to_upload(Index(), encoded(y, 8_000, "FLAC"), 5) == {"tracks": []}
+    assert decoded == [uploads.SIMILAR_EXCERPT_SECONDS * 8_000]  # only the excerpt was decoded
     assert analysed == [30 * SR]
-    audio = audio_serving.decode_upload(encoded(y, 8_000, "FLAC"), excerpt=30.0)
+    audio = uploads.decode_upload(encoded(y, 8_000, "FLAC"), excerpt=30.0)
     rms = np.sqrt((audio.samples[: 29 * SR].reshape(29, SR) ** 2).mean(axis=1))
     assert audio.duration == 30.0 and (rms > 0.15).all()  # every second of it is the tone, none the silence
 

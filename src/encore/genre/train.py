@@ -14,7 +14,6 @@ import pandas as pd
 import ray
 
 from encore.core import fs
-from encore.genre import search as genre_search
 from encore.genre.classifier import GenreClassifier
 from encore.genre.data import (
     SPLIT_FILE,
@@ -27,7 +26,7 @@ from encore.genre.data import (
     preprocessing,
     split_table,
 )
-from encore.genre.search import fit_and_evaluate, random_folds
+from encore.genre.search import SELECTION_METRIC, SELECTION_MODE, fit_and_evaluate, random_folds, search
 from encore.serving.versions import serving_store
 from encore.store.publish import save_trained
 
@@ -98,7 +97,7 @@ def search_and_train(
     the models, ``fixed`` settings are not searched), then train the best and store it as ``genre-latest``
     and ``alias``, with the search recorded."""
     parts = split_table(load_table(), load_splits())
-    results = genre_search.search(
+    results = search(
         "encore",
         parts,
         results_uri or fs.join(fs.absolute(store_uri), "tune"),
@@ -109,7 +108,7 @@ def search_and_train(
     best = results.get_best_result()
     tuning = {
         "trials": len(results),
-        "metric": f"validation {genre_search.SELECTION_METRIC} ({genre_search.SELECTION_MODE})",
+        "metric": f"validation {SELECTION_METRIC} ({SELECTION_MODE})",
         "best_validation": {name: best.metrics[name] for name in ("log_loss", "accuracy", "macro_f1")},
         "seed": seed,
         "results": results.experiment_path,
