@@ -7,8 +7,9 @@ form it takes between MIDI in and out) and the JSB Chorales loader,
 Ray Train worker group, :mod:`~encore.composer.search` its Ray Tune search and
 :mod:`~encore.composer.evaluate` stored composers scored. Music in and out:
 :mod:`~encore.composer.midi` (MIDI files and WAV renders), :mod:`~encore.composer.corpus` (the
-corpus shipped with music21), :mod:`~encore.composer.prepare` (MIDI or the corpus made into pieces, on Ray Data),
-:mod:`~encore.composer.data` (prepared pieces with their labels, and the training corpus made of them) and :mod:`~encore.composer.checks` (musical checks).
+corpus shipped with music21), :mod:`~encore.composer.prepare` (MIDI or the corpus made into pieces,
+on Ray Data), :mod:`~encore.composer.data` (prepared pieces with their labels, and the training corpus
+made of them) and :mod:`~encore.composer.checks` (musical checks).
 :mod:`~encore.composer.compose` is a model as stored and served, and
 :mod:`~encore.composer.service` one ``POST /v1/compose`` answered.
 """
