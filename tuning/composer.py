@@ -17,12 +17,13 @@ from encore.composer.train import add_arguments, configs_from_arguments
 from encore.core.cli import user_errors
 from encore.core.runtime import init_ray, setup_logging
 from encore.core.search import add_search_arguments
+from encore.store import DEFAULT_STORE_URI
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="JSB Chorales JSON or a jobs.prepare_music folder")
-    add_search_arguments(parser, alias="tuned-composer", num_samples=8)
+    add_search_arguments(parser, store=DEFAULT_STORE_URI, alias="tuned-composer", num_samples=8)
     parser.add_argument(
         "--storage", default=None, help="Ray Train checkpoints of the final run (default: STORE/ray-train)"
     )

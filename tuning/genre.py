@@ -14,11 +14,14 @@ from encore.core.cli import user_errors
 from encore.core.runtime import init_ray, setup_logging
 from encore.core.search import add_search_arguments
 from encore.genre.train import search_and_train
+from encore.store import DEFAULT_STORE_URI
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_search_arguments(parser, alias="tuned-genre", num_samples=16, fixed_example='{"members": 2}')
+    add_search_arguments(
+        parser, store=DEFAULT_STORE_URI, alias="tuned-genre", num_samples=16, fixed_example='{"members": 2}'
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler and of the models")
     args = parser.parse_args(argv)
     setup_logging()

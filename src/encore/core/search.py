@@ -16,7 +16,6 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from encore.core import fs
-from encore.store import DEFAULT_STORE_URI
 
 
 def run_search(
@@ -70,11 +69,12 @@ def run_search(
 
 
 def add_search_arguments(
-    parser: argparse.ArgumentParser, *, alias: str, num_samples: int, fixed_example: str | None = None
+    parser: argparse.ArgumentParser, *, store: str, alias: str, num_samples: int, fixed_example: str | None = None
 ) -> None:
     """The options of every search command: where the best is stored and under which alias, where Tune's
-    results go, and how many trials to run; with ``fixed_example``, ``--fixed`` settings too."""
-    parser.add_argument("--store", default=DEFAULT_STORE_URI, help="model store for the best configuration")
+    results go, and how many trials to run; with ``fixed_example``, ``--fixed`` settings too. ``store`` is
+    the default store (``encore.store.DEFAULT_STORE_URI``), given by the caller: ``core`` knows no store."""
+    parser.add_argument("--store", default=store, help="model store for the best configuration")
     parser.add_argument("--results", default=None, help="where Tune keeps its results (default: STORE/tune)")
     parser.add_argument("--num-samples", type=int, default=num_samples, help="trials (for a grid: repeats of it)")
     parser.add_argument("--alias", default=alias, help="alias for the stored best model")

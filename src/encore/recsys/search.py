@@ -23,6 +23,7 @@ from encore.recsys.metrics import evaluate
 from encore.recsys.models import model_class
 from encore.recsys.spaces import SPACES, scheduler
 from encore.recsys.train import train
+from encore.store import DEFAULT_STORE_URI
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,9 @@ def main(kind: str, argv: list[str] | None = None) -> dict:
     """The command line of ``tuning.<kind>``: search on validation, then train and store the best."""
     parser = argparse.ArgumentParser(description=f"Ray Tune search for the {kind} recommender (selects on validation).")
     parser.add_argument("--dataset", required=True, help="ingested dataset folder or s3:// prefix")
-    add_search_arguments(parser, alias=f"tuned-{kind}", num_samples=1, fixed_example='{"collaborative": "ease"}')
+    add_search_arguments(
+        parser, store=DEFAULT_STORE_URI, alias=f"tuned-{kind}", num_samples=1, fixed_example='{"collaborative": "ease"}'
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the search")
     args = parser.parse_args(argv)
     setup_logging()
