@@ -229,7 +229,8 @@ def start_encore(store: Path) -> tuple[str, dict, float]:
 
 def deploy(store: Path, keys_file: Path, url: str, seconds: float = 600) -> None:
     """(Re)deploy ``serve_apps/config.yaml``, its deployment options included, over ``store``, the way
-    ``serve deploy`` hands a config to Serve's controller; return once ``/healthz`` names its production."""
+    ``serve deploy`` hands a config to Serve's controller; return once every deployment runs and ``/healthz``
+    names its production."""
     import httpx
     import yaml
     from ray import serve
@@ -245,9 +246,11 @@ def deploy(store: Path, keys_file: Path, url: str, seconds: float = 600) -> None
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/healthz", timeout=30).json().get("model", {}).get("version") == production:
+            # Every deployment running, not only the ingress: replicas still starting take the cores from the load.
+            running = serve.status().applications["encore"].status == "RUNNING"
+            if running and httpx.get(f"{url}/healthz", timeout=30).json().get("model", {}).get("version") == production:
                 return
-        except (httpx.TransportError, ValueError):
+        except (httpx.TransportError, ValueError, KeyError):
             pass
         time.sleep(1)
     raise SystemExit(f"error: {url} did not serve {production} within {seconds:.0f} s")
@@ -446,6 +449,7 @@ def main() -> None:
     parser.add_argument("--serve-reference", metavar="STORE", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    os.nice(15 - os.nice(0))
     if args.serve_reference:
         import uvicorn
 

@@ -45,7 +45,6 @@ from encore.serving.api import (
     MAX_ITEMS,
     MAX_USER_ID,
     UPLOAD_STATUSES,
-    Admission,
     BatchRequest,
     BatchResponse,
     ClassifyResponse,
@@ -93,8 +92,7 @@ PAGE_POLICY = (
     "base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
 )
 
-ADMISSION = Admission()  # bounded by the ingress replica at its start (max_in_flight)
-app = create_app(own_body_limits=["/v1/classify", "/v1/similar"], admission=ADMISSION)  # uploads bound their own
+app = create_app(own_body_limits=["/v1/classify", "/v1/similar"])  # uploads bound their own
 app.mount("/web", StaticFiles(directory=WEB), name="web")
 API_KEY_HEADER = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="a key from `python -m encore.serving.access`"
@@ -237,11 +235,14 @@ class Soundalike:
 # The ingress answers the recommendations of the service's aliases itself, from models it holds: a few
 # milliseconds of numeric work each, where another hop to a replica cost more than the work (see
 # benchmarks/RESULTS.md, "Serving under load"). It awaits the other deployments and the clients' bodies.
-# Its queue is bounded: beyond it the proxy answers 503 with Retry-After at once.
+# Load beyond its bound is shed by Serve before the request reaches the app: a request that finds
+# max_ongoing_requests at work and max_queued_requests waiting is answered 503 with Retry-After by the
+# replica's HTTP server itself, in milliseconds under load, where a check inside the app waited its turn
+# behind the requests in progress (a tenth of a second and more, measured).
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.1},
-    max_ongoing_requests=1000,  # bounded by max_in_flight below, which answers 503 at once
-    max_queued_requests=64,
+    max_ongoing_requests=16,
+    max_queued_requests=16,
     backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
 )
 @serve.ingress(app)
@@ -256,7 +257,6 @@ class EncoreAPI:
     ):
         torch.set_num_threads(1)  # the replicas share the node's cores: one thread each for the numeric work
         threadpool_limits(1)
-        ADMISSION.limit = args.max_in_flight
         self.recommender = recommender
         self.composer = composer
         self.genres, self.soundalike, self.max_upload_bytes = genres, soundalike, args.max_upload_bytes

@@ -6,6 +6,7 @@ every log line (ours and Ray's) for them.
 
 import json
 import logging
+import select
 import socket
 import time
 from pathlib import Path
@@ -289,8 +290,8 @@ def _stalled_upload(port: int, key: str) -> socket.socket:
     return connection
 
 
-def _answer(connection: socket.socket) -> tuple[int, dict, dict]:
-    """Status, headers and JSON body of the one answer on ``connection``."""
+def _answer(connection: socket.socket, json_body: bool = True) -> tuple[int, dict, dict | bytes]:
+    """Status, headers and body (parsed as JSON by default) of the one answer on ``connection``."""
     data = b""
     while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _content_length(data):
         chunk = connection.recv(65536)
@@ -299,7 +300,7 @@ def _answer(connection: socket.socket) -> tuple[int, dict, dict]:
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
     headers = dict(line.lower().split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), headers, json.loads(body)
+    return int(lines[0].split()[1]), headers, json.loads(body) if json_body else body
 
 
 def _content_length(data: bytes) -> int:
@@ -330,6 +331,40 @@ def test_slow_uploads_never_hold_up_other_requests(api):
     assert all(headers["retry-after"] == "1" and body["error"]["code"] == "busy" for headers, body in busy)
     assert all(body["error"] == {**body["error"], "code": "body_timeout", "field": "file"} for body in timed_out)
     assert time.monotonic() - started >= BODY_TIMEOUT_S
+
+
+def test_requests_beyond_the_ingress_bound_are_shed_at_once_and_the_service_recovers(api):
+    """More stalled requests than the ingress works on and queues: each one beyond is answered 503 with
+    Retry-After while the others still hold their places, and once they leave, requests are answered again."""
+    from serve_apps.app import EncoreAPI
+
+    from conftest import BODY_TIMEOUT_S
+
+    bound = EncoreAPI.max_ongoing_requests + EncoreAPI.max_queued_requests
+    head = (
+        f"POST /v1/recommend HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {api.headers['x-api-key']}\r\n"
+        'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"user_id": "'
+    )
+    stalled = [socket.create_connection(("127.0.0.1", api.base_url.port), timeout=60) for _ in range(bound + 3)]
+    try:
+        for connection in stalled:
+            connection.sendall(head.encode())
+        answered = []
+        deadline = time.monotonic() + BODY_TIMEOUT_S / 2  # before any stalled body's deadline frees a place
+        while len(answered) < 3 and time.monotonic() < deadline:
+            ready, _, _ = select.select([c for c in stalled if c not in answered], [], [], 0.5)
+            answered += ready
+        shed = [_answer(connection, json_body=False) for connection in answered]
+        assert len(shed) == 3, "requests beyond the bound were not answered at once"
+        assert all(status == 503 and headers["retry-after"] == "1" for status, headers, _ in shed), shed
+    finally:
+        for connection in stalled:
+            connection.close()
+    deadline = time.monotonic() + BODY_TIMEOUT_S
+    while (answer := api.post("/v1/recommend", json={"user_id": "someone", "n": 2})).status_code == 503:
+        assert time.monotonic() < deadline, "the places of requests that left were not freed"
+        time.sleep(0.2)
+    assert answer.status_code == 200
 
 
 def test_api_keys_identify_clients_and_bound_what_they_may_do(api, api_keys):

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
     "args, field",
     [
         ({"poll_seconds": "soon"}, "poll_seconds"),
-        ({"max_in_flight": 0}, "max_in_flight"),
+        ({"max_concurrent_uploads": 0}, "max_concurrent_uploads"),
         ({"traffic_split": {"production": 0}}, "traffic_split"),
         ({"dashboard_url": "javascript:alert(1)"}, "dashboard_url"),
         ({"pol_seconds": 1}, "pol_seconds"),  # misspelt: refused rather than ignored

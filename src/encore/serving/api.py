@@ -454,54 +454,16 @@ class BodyBounds:
         await self.app(scope, bounded_receive, send)
 
 
-class Admission:
-    """How many requests a process works on at once, and its bound: ``limit`` (None: unbounded)."""
-
-    def __init__(self, limit: int | None = None):
-        self.limit, self.in_flight = limit, 0
-
-
-class Admit:
-    """Answer 503 ``overloaded`` with Retry-After at once to a request beyond ``admission.limit`` in flight,
-    rather than queue it: a client told to come back later beats one answered seconds late. Serve's queue in
-    front of a replica (``max_queued_requests``) does not do this here: measured, requests waiting in it for
-    a full replica were retried with back-off and answered seconds late (benchmarks/RESULTS.md)."""
-
-    def __init__(self, app: ASGIApp, admission: Admission):
-        self.app, self.admission = app, admission
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        admission = self.admission
-        if scope["type"] != "http" or admission.limit is None:
-            await self.app(scope, receive, send)
-            return
-        if admission.in_flight >= admission.limit:
-            request = Request(scope)
-            response = error_response(
-                request, 503, "overloaded", "the service is at capacity", headers={"Retry-After": "1"}
-            )
-            await response(scope, receive, send)
-            return
-        admission.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            admission.in_flight -= 1
-
-
-def create_app(own_body_limits: Collection[str] = (), admission: Admission | None = None) -> FastAPI:
-    """The API's FastAPI app: error shapes, request ids, body bounds, request metrics (:mod:`encore.serving.telemetry`)
-    and, with ``admission``, a bound on the requests in flight; ``own_body_limits`` are the paths whose routes
-    bound their bodies themselves."""
+def create_app(own_body_limits: Collection[str] = ()) -> FastAPI:
+    """The API's FastAPI app: error shapes, request ids, body bounds and request metrics
+    (:mod:`encore.serving.telemetry`); ``own_body_limits`` are the paths whose routes bound their bodies themselves."""
     app = FastAPI(
         title="Encore",
         version="1",
         description="Music recommendation as a service. User ids are pseudonymised on arrival.",
     )
     app.add_middleware(BodyBounds, max_bytes=MAX_JSON_BODY_BYTES, own_limits=own_body_limits)
-    if admission is not None:
-        app.add_middleware(Admit, admission=admission)
-    app.add_middleware(RequestIds)  # errors of the deadline and of admission carry the id too
+    app.add_middleware(RequestIds)  # errors of the deadline carry the id too
     app.add_middleware(telemetry.RequestMetrics)  # added last, so outermost: it times and sees every answer
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -34,9 +34,6 @@ class ServeAppArgs(BaseModel):
     compose_time_budget_s: float = Field(20, gt=0, description="a composition that takes longer is stopped (503)")
     genre_alias: str = "genre-production"
     soundalike_alias: str = "soundalike-production"
-    max_in_flight: int = Field(
-        32, ge=1, description="requests an ingress replica works on at once; beyond them 503 with Retry-After"
-    )
     max_upload_mb: float = Field(20, gt=0, description="POST /v1/classify and /v1/similar answer 413 above this")
     max_concurrent_uploads: int = Field(4, ge=1, description="uploads an ingress replica receives at once")
     api_keys_file: str = Field(DEFAULT_KEYS_FILE, description="the clients' keys (python -m encore.serving.access)")
