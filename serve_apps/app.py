@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 import torch
 from fastapi import Depends, Query, Request, Security
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from ray import serve
@@ -59,6 +59,8 @@ from encore.serving.api import (
     TracksResponse,
     UserTopRequest,
     UserTopResponse,
+    batch_response,
+    batch_result,
     create_app,
     error_response,
     error_statuses,
@@ -327,7 +329,7 @@ class EncoreAPI:
         )
 
     @app.post("/v1/recommend/batch", response_model=BatchResponse, responses=error_statuses(400, 404))
-    async def recommend_batch(self, request: BatchRequest, client: RecommendClient, http: Request) -> dict:
+    async def recommend_batch(self, request: BatchRequest, client: RecommendClient, http: Request) -> Response:
         """Top-n items for up to 1,000 users at once, in the order given: each user gets their own answer or
         their own error (an invalid id; an arm that cannot answer now), never another user's."""
         self.access.check_model(client, request.model)
@@ -337,7 +339,8 @@ class EncoreAPI:
         for position, user_id in enumerate(request.users):
             if not isinstance(user_id, str) or not 1 <= len(user_id) <= MAX_USER_ID:
                 message = f"a user id is a string of 1 to {MAX_USER_ID} characters"
-                results[position] = {"error": user_error(http, "invalid_user_id", message, f"users[{position}]")}
+                error = user_error(http, "invalid_user_id", message, f"users[{position}]")
+                results[position] = batch_result(None, None, None, error)
                 continue
             user_keys[position] = pseudonyms(user_id, self.keys)
             groups.setdefault(self._arm(request.model, user_keys[position]), []).append(position)
@@ -349,11 +352,11 @@ class EncoreAPI:
             except ServingError as error:
                 if arm is None:  # the model the request named: the whole request's error
                     raise
-                answers = [{"error": user_error(http, error.code, error.message, error.field)}] * len(positions)
-                info = None
+                failed = batch_result(None, None, arm, user_error(http, error.code, error.message, error.field))
+                answers, info = [failed] * len(positions), None
             for position, answer in zip(positions, answers):
-                results[position] = {**answer, "model": info, "arm": arm}
-        return {"results": results}
+                results[position] = answer if "error" in answer else batch_result(answer, info, arm)
+        return batch_response(results)
 
     @app.post("/v1/users/top", response_model=UserTopResponse, responses=error_statuses(404))
     async def user_top(self, request: UserTopRequest, client: RecommendClient) -> dict:

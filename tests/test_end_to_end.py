@@ -527,11 +527,14 @@ def test_verbs_a_model_cannot_do_say_so(api):
 
 
 def test_a_batch_answers_each_user_in_order_with_its_own_error(api, pipeline_run):
+    from encore.serving.api import BatchResponse
+
     raws = list(pipeline_run["histories"])[:3]
     users = [raws[0], 42, "", "nobody-we-know", raws[1], "x" * 300, raws[2], None]
     answer = api.post("/v1/recommend/batch", json={"users": users, "n": 4})
     assert answer.status_code == 200, answer.text
     results = answer.json()["results"]
+    assert BatchResponse.model_validate(answer.json()).model_dump(mode="json") == answer.json()  # the documented shape
     assert len(results) == len(users)
     for position in (1, 2, 5, 7):
         assert results[position]["items"] is None
