@@ -41,6 +41,17 @@ def test_top_k_orders_and_breaks_ties_by_index():
     assert top_k(scores, 3).tolist() == [[1, 3, 2], [0, 1, 2]]
 
 
+@pytest.mark.parametrize("k", [1, 3, 10, 39, 40, 50])
+def test_top_k_equals_a_full_stable_sort_whatever_the_ties(k):
+    """Scores drawn from a few values, so that ties cross the k-th place in most rows; some items excluded."""
+    rng = np.random.default_rng(k)
+    scores = rng.integers(0, 4, size=(200, 40)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.3] = -np.inf
+    scores[0] = -np.inf
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    assert (top_k(scores, k) == expected).all()
+
+
 class FixedScores:
     """Every user ranks items 0, 1, 2, ... in that order."""
 

@@ -41,17 +41,21 @@ def user_metrics(ranked: np.ndarray, relevant: set[int], k: int) -> dict[str, fl
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest scores of each row, best first (ties broken by lower index)."""
     k = min(k, scores.shape[1])
-    # torch's selection is four times faster than np.argpartition here; which of the items tied with a row's
-    # k-th score either picks is left to chance, so such rows are ranked again over all their tied items.
-    candidates = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), k, dim=1, sorted=False).indices.numpy()
+    # torch's selection is four times faster than np.argpartition here, but which of the items tied with a row's
+    # k-th score it picks is left to chance. Selecting one more than asked shows the rows where such a tie
+    # crosses the k-th place (the extra score equals the k-th), and only those are ranked again over all items.
+    selected = min(k + 1, scores.shape[1])
+    candidates = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), selected, dim=1, sorted=False).indices
+    candidates = candidates.numpy()
     candidate_scores = np.take_along_axis(scores, candidates, axis=1)
-    kth = candidate_scores.min(axis=1, keepdims=True)
     order = np.lexsort((candidates, -candidate_scores), axis=1)
     ranked = np.take_along_axis(candidates, order, axis=1)
-    for row in np.flatnonzero((scores >= kth).sum(axis=1) > k):
-        tied = np.flatnonzero(scores[row] >= kth[row])
-        ranked[row] = tied[np.lexsort((tied, -scores[row, tied]))][:k]
-    return ranked
+    if selected > k:
+        ranked_scores = np.take_along_axis(candidate_scores, order, axis=1)
+        for row in np.flatnonzero(ranked_scores[:, k] == ranked_scores[:, k - 1]):
+            tied = np.flatnonzero(scores[row] >= ranked_scores[row, k - 1])
+            ranked[row, :k] = tied[np.lexsort((tied, -scores[row, tied]))][:k]
+    return ranked[:, :k]
 
 
 def per_user_metrics(
