@@ -242,7 +242,7 @@ class Soundalike:
 # replica's HTTP server itself, in milliseconds under load, where a check inside the app waited its turn
 # behind the requests in progress (a tenth of a second and more, measured).
 @serve.deployment(
-    ray_actor_options={"num_cpus": 0.1},
+    ray_actor_options={"num_cpus": 0.05},  # two of them (config.yaml)
     max_ongoing_requests=16,
     max_queued_requests=16,
     backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
