@@ -353,9 +353,11 @@ class EncoreAPI:
                 if arm is None:  # the model the request named: the whole request's error
                     raise
                 failed = batch_result(None, None, arm, user_error(http, error.code, error.message, error.field))
-                answers, info = [failed] * len(positions), None
+                for position in positions:
+                    results[position] = failed
+                continue
             for position, answer in zip(positions, answers):
-                results[position] = answer if "error" in answer else batch_result(answer, info, arm)
+                results[position] = batch_result(answer, info, arm)
         return batch_response(results)
 
     @app.post("/v1/users/top", response_model=UserTopResponse, responses=error_statuses(404))

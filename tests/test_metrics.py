@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from encore.recsys.metrics import evaluate, top_k, user_metrics
+from encore.recsys.metrics import evaluate, played, top_k, user_metrics
 
 
 def test_user_metrics_by_hand():
@@ -106,3 +106,11 @@ def test_restrict_items_keeps_only_those_columns():
     restricted = restrict_items(held_out, np.array([2]))
     assert restricted.toarray().tolist() == [[0, 0, 1], [0, 0, 0]]
     assert restricted.nnz == 1
+
+
+def test_played_is_the_rows_nonzero_entries_with_repeats_and_stored_zeros():
+    user_items = sp.random(60, 30, density=0.2, format="csr", random_state=2)
+    user_items.data[::5] = 0  # stored, but not played
+    for users in (np.array([4]), np.array([7, 7, 0]), np.arange(60), np.array([], dtype=int)):
+        expected = user_items[users].nonzero()
+        assert all((got == want).all() for got, want in zip(played(user_items, users), expected))

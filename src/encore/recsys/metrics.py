@@ -58,6 +58,16 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return ranked[:, :k]
 
 
+def played(user_items: sp.csr_matrix, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``user_items[users].nonzero()``, read from the CSR arrays: building the rows' sub-matrix took a quarter
+    of a single user's recommendation."""
+    starts = user_items.indptr[users]
+    lengths = user_items.indptr[users + 1] - starts
+    positions = np.arange(lengths.sum()) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+    nonzero = user_items.data[positions] != 0
+    return np.repeat(np.arange(len(users)), lengths)[nonzero], user_items.indices[positions][nonzero]
+
+
 def per_user_metrics(
     model, seen: sp.csr_matrix, held_out: sp.csr_matrix, ks=DEFAULT_KS, batch_size: int = 512
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
@@ -78,8 +88,7 @@ def per_user_metrics(
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
         scores = np.asarray(model.score(batch), dtype=np.float64)
-        rows, cols = seen[batch].nonzero()
-        scores[rows, cols] = -np.inf
+        scores[played(seen, batch)] = -np.inf
         ranked = top_k(scores, k_max)
         for row, user in enumerate(batch):
             relevant = set(held_out.indices[held_out.indptr[user] : held_out.indptr[user + 1]].tolist())

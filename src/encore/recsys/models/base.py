@@ -21,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from encore.core.errors import NotSupportedError
-from encore.recsys.metrics import top_k
+from encore.recsys.metrics import played, top_k
 from encore.recsys.models.ann import ItemIndex
 
 # ``callback(iteration, model)`` of an iterative fit (see ``Recommender.fit``).
@@ -108,19 +108,9 @@ class Recommender(ABC):
         if not np.issubdtype(scores.dtype, np.floating) or not scores.flags.owndata:
             scores = scores.astype(np.promote_types(scores.dtype, np.float32))
         if exclude_seen:
-            scores[self._played(users)] = -np.inf
+            scores[played(self.user_items_, users)] = -np.inf
         ids, best = self._best(scores, n)
         return (ids[0], best[0]) if np.ndim(user) == 0 else (ids, best)
-
-    def _played(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``user_items_[users].nonzero()``, read from the CSR arrays: building the rows' sub-matrix took a
-        quarter of a single user's recommendation."""
-        played = self.user_items_
-        starts = played.indptr[users]
-        lengths = played.indptr[users + 1] - starts
-        positions = np.arange(lengths.sum()) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-        nonzero = played.data[positions] != 0
-        return np.repeat(np.arange(len(users)), lengths)[nonzero], played.indices[positions][nonzero]
 
     def recommend_for_history(self, items, n: int = 10, weights=None) -> tuple[np.ndarray, np.ndarray]:
         """Top ``n`` items for an unseen user who played ``items`` (those are excluded), no retraining."""
