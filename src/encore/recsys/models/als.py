@@ -50,8 +50,10 @@ import scipy.linalg
 import scipy.sparse as sp
 import torch
 
+from encore.recsys.metrics import played
 from encore.recsys.models.ann import IndexFileError, ItemIndex
 from encore.recsys.models.base import FitCallback, Recommender
+from encore.recsys.models.exact import ExactTopK
 
 # Candidates one approximate search may fetch: a user whose history would need more (every seen item
 # may come back and be dropped) is scored exactly, which then costs about as much as the search.
@@ -153,13 +155,23 @@ class ALS(Recommender):
             self.item_index_ = ItemIndex.build(self.item_factors_)
 
     def _recommend(self, user, n: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
-        """For one user of a model with ``item_index_``, the index proposes ``n`` candidates plus one per
-        item the user played (each may come back and be excluded), and those are scored exactly. An
-        array of users is scored exactly over every item: one matrix product serves them all at a
-        fraction of the per-user cost, and evaluation gets exact answers.
+        """Below ``ann_min_items`` items, every user's top ``n`` is exact, found through ``ExactTopK``
+        (a bounded first pass, then exact float64 scores of the few candidates), or by ranking every item
+        where it cannot serve. For one user of a model with ``item_index_``, the index proposes ``n``
+        candidates plus one per item the user played (each may come back and be excluded), and those are
+        scored exactly; an array of such users is scored exactly over every item, so evaluation gets exact
+        answers.
         """
         index = getattr(self, "item_index_", None)
-        if index is None or np.ndim(user) != 0:
+        if index is None:
+            users = np.atleast_1d(np.asarray(user))
+            excluded = played(self.user_items_, users) if exclude_seen else None
+            found = self._exact_top_k().top_k(self.user_factors_[users], n, excluded)
+            if found is None:
+                return super()._recommend(user, n, exclude_seen)
+            ids, scores = found
+            return (ids[0], scores[0]) if np.ndim(user) == 0 else (ids, scores)
+        if np.ndim(user) != 0:
             return super()._recommend(user, n, exclude_seen)
         row = self.user_items_[user]
         seen = row.indices[row.data != 0] if exclude_seen else np.empty(0, dtype=np.int64)
@@ -172,6 +184,13 @@ class ALS(Recommender):
         scores = (self.item_factors_[candidates] @ self.user_factors_[user]).astype(np.float64)[None, :]
         ids, best = self._best(scores, n)
         return candidates[ids[0]], best[0]
+
+    def _exact_top_k(self) -> ExactTopK:
+        """Built from the item factors on first use, and again once a fit has replaced them."""
+        search = vars(self).get("_exact")
+        if search is None or search.item_factors is not self.item_factors_:
+            search = self._exact = ExactTopK(self.item_factors_)
+        return search
 
     def save(self, folder) -> None:
         if self.n_items >= self.ann_min_items and not hasattr(self, "item_index_"):
