@@ -30,7 +30,10 @@ blocks (``_Interactions``), much faster than gathering ``Y[items]`` and scatteri
 A catalogue of ``ann_min_items`` items or more gets an approximate-search index of its item factors
 (``encore.recsys.models.ann``), built at the end of ``fit`` (or by ``save`` when the factors came from
 elsewhere) and saved beside the factors. A single user's ``recommend`` then asks the index for
-candidates and scores only those exactly; below the threshold every item is scored, as before.
+candidates and scores only those exactly. Below the threshold a user's top items are exact, found by
+``encore.recsys.models.exact.ExactTopK``: a first pass (in bfloat16 where the CPU multiplies it in hardware)
+whose rounding error is bounded, then exact scores of the few items it cannot rule out; one user and a
+batch of users get the same answer.
 
 Example
 -------

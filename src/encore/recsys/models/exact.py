@@ -101,9 +101,10 @@ class ExactTopK:
         picked = np.argpartition(-stripe_best, k - 1, axis=1)[:, :k]
         if (np.take_along_axis(stripe_bits, picked, axis=1) < 0).any():
             return None
-        members = picked[:, :, None] + self.stripes * np.arange(GROUPS)
-        at = np.arange(n_queries)[:, None, None]
-        holders = np.take_along_axis(members, bits[at, members].argmax(axis=2)[:, :, None], axis=2)[:, :, 0]
+        row_starts = np.arange(n_queries) * bits.shape[1]  # where each query's scores start in bits.take
+        members = picked[:, :, None] + self.stripes * np.arange(GROUPS)  # (query, picked stripe, group)
+        holders = np.take_along_axis(members, bits.take(row_starts[:, None, None] + members).argmax(axis=2)[:, :, None], axis=2)
+        holders = holders[:, :, 0]
         exact_queries = queries.astype(np.float64)
         floor = np.einsum("ij,ikj->ik", exact_queries, self.item_factors[holders].astype(np.float64)).min(axis=1)
         slack = _bound(precision, queries.shape[1]) * np.linalg.norm(exact_queries, axis=1)  # x item norm
@@ -115,7 +116,7 @@ class ExactTopK:
         rows = hit_queries[:, None]
         columns = hit_stripes[:, None] + self.stripes * np.arange(GROUPS)
         # An excluded item and the padding score -inf, so they are never candidates.
-        first_pass = _as_float32(bits[rows, columns]).astype(np.float64)
+        first_pass = _as_float32(bits.take(row_starts[rows] + columns)).astype(np.float64)
         item_norms = self._item_norms[np.minimum(columns, n_items - 1)]
         candidate = first_pass + slack[rows] * item_norms + subnormal >= floor[rows]
         rows, columns = np.broadcast_to(rows, columns.shape)[candidate], columns[candidate]
