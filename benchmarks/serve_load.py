@@ -359,6 +359,47 @@ def bulk_scenario(store: Path, url: str, headers: dict, args) -> None:
             f"| {clients} | {rate:,.0f} | {level.percentile(50):.0f} | {level.percentile(99):.0f} | "
             f"{in_process[clients]:,.0f} | {rate / in_process[clients]:.2f} |"
         )
+    if hasattr(bundle.model, "item_factors_"):
+        with threadpool_limits(1):
+            _top_k_table(bundle, keys, args.seconds)
+
+
+def _top_k_table(bundle, keys: list[str], seconds: float) -> None:
+    """In-process, one thread: the top 10 of a factor model's users found by ranking every item, against
+    ``ExactTopK`` with each first pass this CPU runs well, in ``recommend_many``'s chunks; the answers compared."""
+    from encore.recsys.bundle import BULK_CHUNK
+    from encore.recsys.metrics import played
+    from encore.recsys.models.base import Recommender
+    from encore.recsys.models.exact import ExactTopK, native_bfloat16
+
+    model = bundle.model
+    rows = np.array([row for row in map(bundle.user_index, keys) if row is not None])  # the rest get the fallback
+    chunks = [rows[start : start + BULK_CHUNK] for start in range(0, len(rows), BULK_CHUNK)]
+    every_item = "every item ranked (float32 product, `torch.topk`)"
+    methods = {every_item: lambda users: Recommender._recommend(model, users, 10, True)}
+    for name, bfloat16 in [("float32", False), ("bfloat16", True)][: 1 + native_bfloat16()]:
+        search = ExactTopK(model.item_factors_, bfloat16=bfloat16)
+        methods[f"`ExactTopK`, {name} first pass"] = lambda users, search=search: search.top_k(
+            model.user_factors_[users], 10, played(model.user_items_, users)
+        )
+    reference = np.concatenate([methods[every_item](users)[0] for users in chunks])
+    print(
+        f"\n#### In-process, one thread: the top 10 of the {len(rows)} of those users the model knows, "
+        f"{len(model.item_factors_):,} items\n"
+    )
+    print("| found by | users/s | against every item ranked | same 10 items, in order, as every item ranked |")
+    print("|---|---:|---:|---:|")
+    rates = {}
+    for name, method in methods.items():
+        answers = np.concatenate([method(users)[0] for users in chunks])
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            for users in chunks:
+                method(users)
+            done += len(rows)
+        rates[name] = done / (time.perf_counter() - started)
+        same = (answers == reference).all(axis=1).mean()
+        print(f"| {name} | {rates[name]:,.0f} | {rates[name] / rates[every_item]:.2f} | {same:.1%} of users |")
 
 
 def _in_process_rate(bundle, keys: list[str], threads: int, seconds: float) -> float:

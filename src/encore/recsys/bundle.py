@@ -133,10 +133,10 @@ class RecommenderBundle:
     def recommend(
         self, user_key: str | Mapping[str, str], n: int = 10, exclude_seen: bool = True, explain: bool = False
     ) -> dict:
-        """``{"items": [{"item_id", "name", "score"[, "because"]}], "fallback": None | "popular"}``.
+        """``{"items": [{"item_id", "name", "score", "because"}], "fallback": None | "popular"}``.
 
         A user the model has never seen gets the most popular items, marked as the fallback; with
-        ``explain``, each item of a known user carries ``because``: the names of the history items
+        ``explain``, each item of a known user has ``because``: the names of the history items
         that contribute most to its score.
         """
         user = self.user_index(user_key)
@@ -209,7 +209,8 @@ class RecommenderBundle:
         return self._items_by_index.loc[top, "name"].tolist()
 
     def _describe(self, ids: np.ndarray, scores: np.ndarray) -> list[dict]:
+        """Every field of the API's ``Item``: ``because`` stays None unless an explanation fills it."""
         return [
-            {"item_id": item_id, "name": name, "score": score}
+            {"item_id": item_id, "name": name, "score": score, "because": None}
             for item_id, name, score in zip(self._item_ids[ids], self._item_names[ids], scores.tolist())
         ]

@@ -315,9 +315,9 @@ class BatchResponse(BaseModel):
 def batch_result(answer: dict | None, model: dict | None, arm: str | None, error: dict | None = None) -> dict:
     """One user's ``UserResult`` of a batch, every field present: a recommender's ``answer`` (``items`` and
     ``fallback``) with the ``model`` and ``arm`` that gave it, or an ``error``."""
-    items = None if answer is None else [{**item, "because": None} for item in answer["items"]]
-    fallback = None if answer is None else answer["fallback"]
-    return {"items": items, "fallback": fallback, "model": model, "arm": arm, "error": error}
+    if answer is None:
+        return {"items": None, "fallback": None, "model": model, "arm": arm, "error": error}
+    return {"items": answer["items"], "fallback": answer["fallback"], "model": model, "arm": arm, "error": error}
 
 
 def batch_response(results: list[dict]) -> Response:

@@ -2,7 +2,9 @@
 traffic split between aliases, what an alias may point to, and the catalogue of versions."""
 
 import asyncio
+import bisect
 import hashlib
+import itertools
 import logging
 import math
 import threading
@@ -12,8 +14,6 @@ from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
-
-import numpy as np
 
 from encore.core.errors import ModelUnavailableError, ServingError, UnknownModelError
 from encore.recsys.bundle import RecommenderBundle
@@ -83,7 +83,7 @@ class TrafficSplit:
             raise ValueError(f"traffic split weights must be positive numbers: {dict(weights)}")
         self.weights = dict(weights)
         total = sum(self.weights.values())
-        self._bounds = np.cumsum([w / total for w in self.weights.values()])
+        self._bounds = list(itertools.accumulate(w / total for w in self.weights.values()))
         self._salt = hashlib.sha256("\0".join(sorted(self.weights)).encode()).digest()
 
     @property
@@ -91,9 +91,10 @@ class TrafficSplit:
         return list(self.weights)
 
     def arm(self, pseudonym: str) -> str:
+        """Called for every user of a batch, hence plain Python for one number."""
         point = int.from_bytes(hashlib.blake2b(pseudonym.encode(), key=self._salt, digest_size=8).digest())
-        position = int(np.searchsorted(self._bounds, point / 2**64, side="right"))
-        return self.arms[min(position, len(self.arms) - 1)]
+        arms = self.arms
+        return arms[min(bisect.bisect_right(self._bounds, point / 2**64), len(arms) - 1)]
 
 
 class VersionCache:

@@ -103,8 +103,8 @@ class ExactTopK:
             return None
         row_starts = np.arange(n_queries) * bits.shape[1]  # where each query's scores start in bits.take
         members = picked[:, :, None] + self.stripes * np.arange(GROUPS)  # (query, picked stripe, group)
-        holders = np.take_along_axis(members, bits.take(row_starts[:, None, None] + members).argmax(axis=2)[:, :, None], axis=2)
-        holders = holders[:, :, 0]
+        best_members = bits.take(row_starts[:, None, None] + members).argmax(axis=2)
+        holders = np.take_along_axis(members, best_members[:, :, None], axis=2)[:, :, 0]
         exact_queries = queries.astype(np.float64)
         floor = np.einsum("ij,ikj->ik", exact_queries, self.item_factors[holders].astype(np.float64)).min(axis=1)
         slack = _bound(precision, queries.shape[1]) * np.linalg.norm(exact_queries, axis=1)  # x item norm
