@@ -40,12 +40,12 @@ BFLOAT16_MIN_QUERIES = 4
 @dataclass(frozen=True)
 class _Precision:
     dtype: torch.dtype
-    bits: type  # the integer type of the same width, as which numpy reads the scores
+    bits: torch.dtype  # the integer type of the same width, as which numpy reads the scores
     unit_roundoff: float  # of the first pass's inputs and output
 
 
-FLOAT32 = _Precision(torch.float32, np.int32, 0.0)
-BFLOAT16 = _Precision(torch.bfloat16, np.int16, 2.0**-8)
+FLOAT32 = _Precision(torch.float32, torch.int32, 0.0)
+BFLOAT16 = _Precision(torch.bfloat16, torch.int16, 2.0**-8)
 
 
 def native_bfloat16() -> bool:
@@ -62,9 +62,9 @@ class ExactTopK:
         self.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
         n_items, factors = self.item_factors.shape
         self.stripes = -(-n_items // GROUPS)
-        self.precisions = [FLOAT32] + ([BFLOAT16] if (native_bfloat16() if bfloat16 is None else bfloat16) else [])
+        self.batch_precision = BFLOAT16 if (native_bfloat16() if bfloat16 is None else bfloat16) else FLOAT32
         self._padded = {}
-        for precision in self.precisions:
+        for precision in {FLOAT32, self.batch_precision}:
             padded = torch.zeros(GROUPS * self.stripes, factors, dtype=precision.dtype)
             padded[:n_items] = torch.from_numpy(self.item_factors).to(precision.dtype)
             self._padded[precision] = padded
@@ -84,7 +84,7 @@ class ExactTopK:
         n_items, n_queries = len(self.item_factors), len(queries)
         if not 1 <= k <= self.stripes or n_queries == 0:
             return None
-        precision = self.precisions[-1] if n_queries >= BFLOAT16_MIN_QUERIES else FLOAT32
+        precision = self.batch_precision if n_queries >= BFLOAT16_MIN_QUERIES else FLOAT32
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if precision is FLOAT32:  # numpy's product of one query is faster than torch's
             scores = torch.from_numpy(queries @ self._padded[precision].numpy().T)
@@ -95,7 +95,7 @@ class ExactTopK:
             scores[torch.from_numpy(excluded[0]), torch.from_numpy(excluded[1])] = -torch.inf
         # numpy reads the scores' bits as integers of their width (it has no bfloat16); a score that is not
         # negative orders as its bits do, so a stripe's largest bits are its best score where that is >= 0.
-        bits = scores.view(_torch_int(precision.bits)).numpy()
+        bits = scores.view(precision.bits).numpy()
         stripe_bits = bits.reshape(n_queries, GROUPS, self.stripes).max(axis=1)
         stripe_best = np.where(stripe_bits >= 0, _as_float32(stripe_bits), 0.0)  # 0 is over a negative stripe
         picked = np.argpartition(-stripe_best, k - 1, axis=1)[:, :k]
@@ -131,10 +131,6 @@ def _bound(precision: _Precision, factors: int) -> float:
     """``C`` of the module's docstring: a first-pass score is within ``C |q| |v|`` of ``q . v``."""
     u, accumulation = precision.unit_roundoff, factors * 2.0**-24 / (1 - factors * 2.0**-24)
     return 1.25 * ((3 * u + u * u) * (1 + accumulation) + accumulation)
-
-
-def _torch_int(bits: type) -> torch.dtype:
-    return {np.int16: torch.int16, np.int32: torch.int32}[bits]
 
 
 def _as_float32(bits: np.ndarray) -> np.ndarray:
